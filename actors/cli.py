@@ -1,0 +1,130 @@
+"""The ``matchwire`` command line: one thin verb per capability."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+from actors.backends import BackendOptions, BackendUnavailable, book_factory
+from exchange.engine import Exchange
+from exchange.instruments import load_instruments
+from exchange.orders import Cancelled, Fill, Rejected
+from exchange.replay import bench, load_script, replay, replay_to_jsonl
+
+
+def _read_lines(path: str) -> list[str]:
+    if path == "-":
+        return sys.stdin.read().splitlines()
+    return Path(path).read_text().splitlines()
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    """Replay a command script through one book per symbol and print the events as JSON lines."""
+    try:
+        instruments = load_instruments(args.instruments) if args.instruments else None
+        lines = _read_lines(args.script)
+    except (OSError, ValueError) as exc:
+        print(f"matchwire match: {exc}", file=sys.stderr)
+        return 2
+    commands = load_script(lines, sys.stderr, source=args.script)
+    options = BackendOptions(simulator=args.simulator, link=args.link)
+    try:
+        factory = book_factory(args.backend, options)
+    except BackendUnavailable as exc:
+        print(f"matchwire match: {exc}", file=sys.stderr)
+        return 2
+
+    def make_exchange() -> Exchange:
+        return Exchange(instruments, book_factory=factory)
+
+    if args.bench:
+        if not commands:
+            print("matchwire match: nothing to time: the script holds no commands", file=sys.stderr)
+            return 2
+        result = bench(commands, make_exchange, min_seconds=args.min_seconds)
+        print(f"backend={args.backend} messages={result['messages']} rounds={result['rounds']} "
+              f"events_per_msg={result['events_per_msg']:.3f} ns_per_msg={result['ns_per_msg']:.1f} "
+              f"msgs_per_s={result['msgs_per_s']:.1f}")
+        return 0
+    out = sys.stdout
+    replay_to_jsonl(commands, make_exchange(), out)
+    out.flush()
+    return 0
+
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Replay the bundled demo scenario and print the trades and the resulting books."""
+    text = resources.files("exchange").joinpath("data/demo.jsonl").read_text()
+    commands = load_script(text.splitlines(), sys.stderr, source="demo.jsonl")
+    exchange = Exchange()
+    trades: list[Fill] = []
+    outcomes: dict[str, int] = {}
+
+    def collect(event: object) -> None:
+        if isinstance(event, Fill):
+            trades.append(event)
+        if isinstance(event, (Cancelled, Rejected)):
+            outcomes[f"{event.kind}:{event.reason}"] = outcomes.get(f"{event.kind}:{event.reason}", 0) + 1
+
+    events = replay(commands, exchange, collect)
+    print(f"matchwire demo: {len(commands)} commands -> {events} events, {len(trades)} trades\n")
+    print("Trades (price in dollars, 4 implied decimals on the wire)")
+    print(f"  {'#':>3} {'symbol':<6} {'qty':>6} {'price':>10}  {'buyer':<8} {'seller':<8} aggressor")
+    for fill in trades:
+        buyer, seller = ((fill.taker_account, fill.maker_account) if fill.taker_side.name == "BUY"
+                         else (fill.maker_account, fill.taker_account))
+        print(f"  {fill.match_number:>3} {fill.symbol:<6} {fill.qty:>6} {fill.price / 10_000:>10.2f}  "
+              f"{buyer:<8} {seller:<8} {fill.taker_side.name.lower()}")
+    print("\nCancels and rejects: " + ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items())))
+    for symbol, book in exchange.books.items():
+        depth = book.depth(5)
+        print(f"\nBook {symbol} (top 5 levels)")
+        print(f"  {'bid qty':>8} {'bid':>9} | {'ask':<9} {'ask qty':<8}")
+        for i in range(max(len(depth["bids"]), len(depth["asks"]), 1)):
+            bid = depth["bids"][i] if i < len(depth["bids"]) else None
+            ask = depth["asks"][i] if i < len(depth["asks"]) else None
+            left = f"{bid[1]:>8} {bid[0] / 10_000:>9.2f}" if bid else f"{'':>8} {'':>9}"
+            right = f"{ask[0] / 10_000:<9.2f} {ask[1]:<8}" if ask else ""
+            print(f"  {left} | {right}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="matchwire", description="An exchange built from actors, "
+                                     "with its matching and feed decoding in Python and in FPGA gateware.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    match = verbs.add_parser("match", help="replay a JSONL command script and print the events")
+    match.add_argument("script", help="JSON-lines command script ('-' for standard input)")
+    match.add_argument("--instruments", metavar="FILE", help="TOML file of [[instrument]] tables")
+    match.add_argument("--backend", default="software", help="matcher behind each book (default: software)")
+    match.add_argument("--simulator", default="icarus", choices=["icarus", "verilator"],
+                       help="HDL simulator for --backend sim")
+    match.add_argument("--link", metavar="URL", help="card link for --backend card (pyserial URL)")
+    match.add_argument("--bench", action="store_true", help="time the engine alone over the script")
+    match.add_argument("--min-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
+    match.set_defaults(func=cmd_match)
+
+    demo = verbs.add_parser("demo", help="replay the bundled demo scenario and show trades and books")
+    demo.set_defaults(func=cmd_demo)
+
+    run = verbs.add_parser("run", help="run the exchange on the embedded default (the demo until the "
+                           "cluster lands)")
+    run.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

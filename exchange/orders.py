@@ -1,0 +1,425 @@
+"""Orders, commands and events: the vocabulary every matchwire component shares.
+
+Commands go into a book; events come out. Both are plain slotted objects so the engine stays
+fast; :mod:`exchange.script` turns them into and out of JSON lines. Enumerations are
+``IntEnum`` so binary formats carry them as small integers, and their lower-case names are the
+JSON spellings ("buy", "gtc", "cancel_oldest", ...).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Side(IntEnum):
+    """Which side of the book an order is on."""
+
+    BUY = 1
+    SELL = 2
+
+
+class OrderType(IntEnum):
+    """Limit orders carry a price; market orders take whatever the book offers."""
+
+    LIMIT = 1
+    MARKET = 2
+
+
+class TimeInForce(IntEnum):
+    """How long an order may live: until cancelled, until end of day, or not at all (IOC/FOK)."""
+
+    GTC = 1
+    DAY = 2
+    IOC = 3
+    FOK = 4
+
+
+class SelfTradePrevention(IntEnum):
+    """What happens when an order would trade with a resting order of its own account.
+
+    The incoming (taker) order's mode decides. ``NONE`` lets an account trade with itself.
+    """
+
+    NONE = 0
+    CANCEL_NEWEST = 1
+    CANCEL_OLDEST = 2
+    CANCEL_BOTH = 3
+
+
+def enum_name(value: IntEnum) -> str:
+    """The JSON spelling of an enumeration member."""
+    return value.name.lower()
+
+
+def parse_enum(enum: type[IntEnum], text: object) -> IntEnum | None:
+    """The member whose JSON spelling is ``text``, or None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return enum[text.upper()]
+    except KeyError:
+        return None
+
+
+class CancelReason:
+    """Why an order (or its remainder) left the book without trading."""
+
+    USER = "user"
+    IOC = "ioc"  # the part of an IOC or market order that found nothing to trade with
+    FOK = "fok"  # a fill-or-kill order that could not fill completely
+    STP = "stp"  # self-trade prevention
+    POST_ONLY = "post_only"  # a post-only order that would have taken liquidity
+    EXPIRED = "expired"  # a DAY order at end of day
+    BOOK_FULL = "book_full"  # no room left to rest (capacity-limited profiles)
+    ADMIN = "admin"  # cancelled by an operator or the risk kill switch
+
+
+class RejectReason:
+    """Why a command was refused. Each code comes with a human-readable text."""
+
+    UNKNOWN_SYMBOL = "unknown_symbol"
+    INVALID_SYMBOL = "invalid_symbol"
+    INVALID_ORDER_ID = "invalid_order_id"
+    DUPLICATE_ORDER_ID = "duplicate_order_id"
+    UNKNOWN_ORDER = "unknown_order"
+    INVALID_ACCOUNT = "invalid_account"
+    INVALID_SIDE = "invalid_side"
+    INVALID_TYPE = "invalid_type"
+    INVALID_TIF = "invalid_tif"
+    INVALID_STP = "invalid_stp"
+    INVALID_QTY = "invalid_qty"
+    QTY_OFF_LOT = "qty_off_lot"
+    INVALID_PRICE = "invalid_price"
+    PRICE_OFF_TICK = "price_off_tick"
+    PRICE_OUTSIDE_BAND = "price_outside_band"
+    PRICE_OUTSIDE_WINDOW = "price_outside_window"
+    INVALID_DISPLAY_QTY = "invalid_display_qty"
+    INVALID_POST_ONLY = "invalid_post_only"
+    NO_CHANGE = "no_change"
+    UNSUPPORTED = "unsupported"
+    BOOK_NOT_EMPTY = "book_not_empty"
+    INVALID_COMMAND = "invalid_command"
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+class Command:
+    """Base class of everything a book accepts."""
+
+    __slots__ = ("symbol",)
+    op = ""
+
+
+class NewOrder(Command):
+    """Enter a new order. ``price`` is None for market orders; ``display_qty`` > 0 makes it a
+    reserve (iceberg) order showing at most that many shares at a time."""
+
+    __slots__ = ("order_id", "account", "side", "order_type", "tif", "price", "qty", "post_only",
+                 "display_qty", "stp")
+    op = "new"
+
+    def __init__(self, symbol: str, order_id: int, account: str, side: Side, price: int | None, qty: int,
+                 order_type: OrderType = OrderType.LIMIT, tif: TimeInForce = TimeInForce.GTC,
+                 post_only: bool = False, display_qty: int = 0,
+                 stp: SelfTradePrevention = SelfTradePrevention.NONE) -> None:
+        self.symbol = symbol
+        self.order_id = order_id
+        self.account = account
+        self.side = side
+        self.order_type = order_type
+        self.tif = tif
+        self.price = price
+        self.qty = qty
+        self.post_only = post_only
+        self.display_qty = display_qty
+        self.stp = stp
+
+    def __repr__(self) -> str:
+        return (f"NewOrder({self.symbol} #{self.order_id} {self.account} {self.side!r} {self.order_type!r} "
+                f"{self.tif!r} {self.qty}@{self.price} post_only={self.post_only} "
+                f"display={self.display_qty} stp={self.stp!r})")
+
+
+class CancelOrder(Command):
+    """Cancel what remains of a resting order."""
+
+    __slots__ = ("order_id", "reason")
+    op = "cancel"
+
+    def __init__(self, symbol: str, order_id: int, reason: str = CancelReason.USER) -> None:
+        self.symbol = symbol
+        self.order_id = order_id
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"CancelOrder({self.symbol} #{self.order_id})"
+
+
+class ModifyOrder(Command):
+    """Change a resting order's remaining quantity and/or price (None leaves it unchanged).
+
+    A quantity decrease at the same price keeps time priority; a price change or a quantity
+    increase loses it, and a repriced order may trade on the way back in.
+    """
+
+    __slots__ = ("order_id", "qty", "price")
+    op = "modify"
+
+    def __init__(self, symbol: str, order_id: int, qty: int | None = None, price: int | None = None) -> None:
+        self.symbol = symbol
+        self.order_id = order_id
+        self.qty = qty
+        self.price = price
+
+    def __repr__(self) -> str:
+        return f"ModifyOrder({self.symbol} #{self.order_id} qty={self.qty} price={self.price})"
+
+
+class EndOfDay(Command):
+    """Expire every DAY order of the book."""
+
+    __slots__ = ()
+    op = "end_of_day"
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+
+    def __repr__(self) -> str:
+        return f"EndOfDay({self.symbol})"
+
+
+class SetBasePrice(Command):
+    """Place the price window of a capacity-limited (hardware-profile) book around ``price``.
+
+    Only an empty book can move its window; unlimited books accept and ignore it.
+    """
+
+    __slots__ = ("price",)
+    op = "set_base"
+
+    def __init__(self, symbol: str, price: int) -> None:
+        self.symbol = symbol
+        self.price = price
+
+    def __repr__(self) -> str:
+        return f"SetBasePrice({self.symbol} {self.price})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Events. ``seq`` is the book's event sequence number (1, 2, 3, ... with no gaps); None for the
+# rare events no book produced (a command for an unknown symbol).
+
+
+class Event:
+    """Base class of everything a book reports. ``fields`` lists the JSON keys in order."""
+
+    __slots__ = ("seq", "symbol")
+    kind = ""
+    fields: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        out: dict = {"event": self.kind}
+        if self.seq is not None:
+            out["seq"] = self.seq
+        for name in self.fields:
+            value = getattr(self, name)
+            if isinstance(value, IntEnum):
+                value = value.name.lower()
+            out[name] = value
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.to_dict() == other.to_dict()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.to_dict().items())))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_dict()})"
+
+
+class Accepted(Event):
+    """A new order passed validation and entered the book's sequence."""
+
+    __slots__ = ("order_id", "account", "side", "order_type", "tif", "price", "qty", "display_qty",
+                 "post_only", "stp")
+    kind = "accepted"
+    fields = ("symbol", "order_id", "account", "side", "type", "tif", "price", "qty")
+
+    def __init__(self, seq: int, order: NewOrder) -> None:
+        self.seq = seq
+        self.symbol = order.symbol
+        self.order_id = order.order_id
+        self.account = order.account
+        self.side = order.side
+        self.order_type = order.order_type
+        self.tif = order.tif
+        self.price = order.price
+        self.qty = order.qty
+        self.display_qty = order.display_qty
+        self.post_only = order.post_only
+        self.stp = order.stp
+
+    @property
+    def type(self) -> OrderType:
+        return self.order_type
+
+    def to_dict(self) -> dict:
+        out = Event.to_dict(self)
+        # Optional attributes appear only when used, so plain scripts give plain output.
+        if self.post_only:
+            out["post_only"] = True
+        if self.display_qty:
+            out["display_qty"] = self.display_qty
+        if self.stp:
+            out["stp"] = self.stp.name.lower()
+        return out
+
+
+class Rejected(Event):
+    """A command was refused; nothing changed in the book."""
+
+    __slots__ = ("order_id", "op", "reason", "text")
+    kind = "rejected"
+    fields = ("symbol", "order_id", "op", "reason", "text")
+
+    def __init__(self, seq: int | None, symbol: object, order_id: object, op: str, reason: str,
+                 text: str) -> None:
+        self.seq = seq
+        self.symbol = symbol
+        self.order_id = order_id
+        self.op = op
+        self.reason = reason
+        self.text = text
+
+
+class Fill(Event):
+    """A trade between a resting (maker) order and an incoming (taker) order, at the maker's price."""
+
+    __slots__ = ("price", "qty", "maker_order_id", "taker_order_id", "maker_account", "taker_account",
+                 "taker_side", "match_number")
+    kind = "fill"
+    fields = ("symbol", "price", "qty", "maker_order_id", "taker_order_id", "maker_account",
+              "taker_account", "taker_side", "match_number")
+
+    def __init__(self, seq: int, symbol: str, price: int, qty: int, maker_order_id: int,
+                 taker_order_id: int, maker_account: str, taker_account: str, taker_side: Side,
+                 match_number: int) -> None:
+        self.seq = seq
+        self.symbol = symbol
+        self.price = price
+        self.qty = qty
+        self.maker_order_id = maker_order_id
+        self.taker_order_id = taker_order_id
+        self.maker_account = maker_account
+        self.taker_account = taker_account
+        self.taker_side = taker_side
+        self.match_number = match_number
+
+
+class Cancelled(Event):
+    """An order's remaining quantity (``qty``, hidden reserve included) left without trading."""
+
+    __slots__ = ("order_id", "account", "qty", "reason")
+    kind = "cancelled"
+    fields = ("symbol", "order_id", "account", "qty", "reason")
+
+    def __init__(self, seq: int, symbol: str, order_id: int, account: str, qty: int, reason: str) -> None:
+        self.seq = seq
+        self.symbol = symbol
+        self.order_id = order_id
+        self.account = account
+        self.qty = qty
+        self.reason = reason
+
+
+class Modified(Event):
+    """A modify took effect: ``qty`` is the new remaining quantity, ``price`` the (new) price."""
+
+    __slots__ = ("order_id", "account", "price", "qty", "kept_priority")
+    kind = "modified"
+    fields = ("symbol", "order_id", "account", "price", "qty", "kept_priority")
+
+    def __init__(self, seq: int, symbol: str, order_id: int, account: str, price: int, qty: int,
+                 kept_priority: bool) -> None:
+        self.seq = seq
+        self.symbol = symbol
+        self.order_id = order_id
+        self.account = account
+        self.price = price
+        self.qty = qty
+        self.kept_priority = kept_priority
+
+
+class OrderAdded(Event):
+    """Book change: ``qty`` shares of an order became visible at the back of its price level.
+
+    Also reported when a reserve order's displayed part refreshes.
+    """
+
+    __slots__ = ("order_id", "side", "price", "qty")
+    kind = "order_added"
+    fields = ("symbol", "order_id", "side", "price", "qty")
+
+    def __init__(self, seq: int, symbol: str, order_id: int, side: Side, price: int, qty: int) -> None:
+        self.seq = seq
+        self.symbol = symbol
+        self.order_id = order_id
+        self.side = side
+        self.price = price
+        self.qty = qty
+
+
+class OrderReduced(Event):
+    """Book change: a resting order's visible quantity fell by ``qty`` (to ``remaining``) without
+    trading and without losing its place. Fills reduce makers too, but are reported as fills."""
+
+    __slots__ = ("order_id", "qty", "remaining")
+    kind = "order_reduced"
+    fields = ("symbol", "order_id", "qty", "remaining")
+
+    def __init__(self, seq: int, symbol: str, order_id: int, qty: int, remaining: int) -> None:
+        self.seq = seq
+        self.symbol = symbol
+        self.order_id = order_id
+        self.qty = qty
+        self.remaining = remaining
+
+
+class OrderRemoved(Event):
+    """Book change: a resting order's visible ``qty`` left the book without trading.
+
+    A maker whose last share trades leaves the book with its fill; no removal is reported then.
+    """
+
+    __slots__ = ("order_id", "qty")
+    kind = "order_removed"
+    fields = ("symbol", "order_id", "qty")
+
+    def __init__(self, seq: int, symbol: str, order_id: int, qty: int) -> None:
+        self.seq = seq
+        self.symbol = symbol
+        self.order_id = order_id
+        self.qty = qty
+
+
+class BasePriceSet(Event):
+    """A book's price window now centres on ``price``."""
+
+    __slots__ = ("price",)
+    kind = "base_price_set"
+    fields = ("symbol", "price")
+
+    def __init__(self, seq: int, symbol: str, price: int) -> None:
+        self.seq = seq
+        self.symbol = symbol
+        self.price = price
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (Accepted, Rejected, Fill, Cancelled, Modified, OrderAdded, OrderReduced, OrderRemoved,
+                BasePriceSet)
+}
