@@ -55,6 +55,11 @@ from exchange.orders import (
 
 BUY = Side.BUY
 SELL = Side.SELL
+_event = tuple.__new__  # builds an event from its items without a Python-level call
+LIMIT = OrderType.LIMIT
+GTC = TimeInForce.GTC
+IOC = TimeInForce.IOC
+FOK = TimeInForce.FOK
 STP_NONE = SelfTradePrevention.NONE
 STP_NEWEST = SelfTradePrevention.CANCEL_NEWEST
 STP_OLDEST = SelfTradePrevention.CANCEL_OLDEST
@@ -129,21 +134,6 @@ class PriceLevel:
         self.displayed = 0
 
 
-class _Taker:
-    """The incoming side of a match: a new order, or a modified one re-entering."""
-
-    __slots__ = ("order_id", "account", "side", "price", "remaining", "stp")
-
-    def __init__(self, order_id: int, account: str, side: Side, price: int | None, remaining: int,
-                 stp: SelfTradePrevention) -> None:
-        self.order_id = order_id
-        self.account = account
-        self.side = side
-        self.price = price
-        self.remaining = remaining
-        self.stp = stp
-
-
 class BookSide:
     """One side of a book: price levels plus a sorted key list whose last entry is the best price.
 
@@ -205,6 +195,10 @@ class OrderBook:
         self._tick = instrument.tick_size
         self._lot = instrument.lot_size
         self._band = instrument.band
+        # Fast paths apply only where no band, window or feature limit needs checking.
+        self._plain = instrument.band is None and profile is SOFTWARE_PROFILE
+        self._good_accounts: set[str] = set()
+        self._stopped = False
 
     # -- commands -------------------------------------------------------------------------
 
@@ -229,7 +223,7 @@ class OrderBook:
 
     def _reject(self, out: list[Event], order_id: object, op: str, reason: str, text: str) -> None:
         self.seq += 1
-        out.append(Rejected(self.seq, self.symbol, order_id, op, reason, text))
+        out.append(_event(Rejected, (self.seq, self.symbol, order_id, op, reason, text)))
 
     def _check_price(self, price: object, out: list[Event], order_id: object, op: str) -> bool:
         if type(price) is not int or price <= 0:
@@ -347,63 +341,97 @@ class OrderBook:
         return True
 
     def _new(self, cmd: NewOrder, out: list[Event]) -> None:
-        if not self._validate_new(cmd, out):
-            return
-        oid = cmd.order_id
-        self.seen_ids.add(oid)
-        self.seq += 1
-        out.append(Accepted(self.seq, cmd))
-        side, price, qty, tif = cmd.side, cmd.price, cmd.qty, cmd.tif
-        taker = _Taker(oid, cmd.account, side, price, qty, cmd.stp)
-        opposite = self.asks if side is BUY else self.bids
-        if cmd.post_only:
-            best = opposite.best_price()
-            if best is not None and (price >= best if side is BUY else price <= best):
-                self.seq += 1
-                out.append(Cancelled(self.seq, self.symbol, oid, cmd.account, qty, CancelReason.POST_ONLY))
+        oid, qty, price, side, tif, account = cmd.order_id, cmd.qty, cmd.price, cmd.side, cmd.tif, cmd.account
+        # A plain valid limit order skips the full validation (which would accept it too).
+        if not (self._plain and type(oid) is int and oid > 0 and oid not in self.seen_ids
+                and account in self._good_accounts and (side is BUY or side is SELL)
+                and cmd.order_type is LIMIT and type(qty) is int and qty > 0 and not qty % self._lot
+                and type(price) is int and price > 0 and not price % self._tick
+                and not cmd.display_qty and not cmd.post_only and (tif is GTC or tif is IOC)
+                and cmd.stp.__class__ is SelfTradePrevention):
+            if not self._validate_new(cmd, out):
                 return
-        if tif is TimeInForce.FOK and self._fillable(taker, opposite) < qty:
+            self._good_accounts.add(account)
+        self.seen_ids.add(oid)
+        seq = self.seq + 1
+        self.seq = seq
+        out.append(_event(Accepted, (seq, cmd.symbol, oid, account, side, cmd.order_type, tif, price, qty,
+                                     cmd.display_qty, cmd.post_only, cmd.stp)))
+        opposite = self.asks if side is BUY else self.bids
+        keys = opposite.keys
+        crosses = bool(keys) and (price is None or (price >= -keys[-1] if side is BUY else price <= keys[-1]))
+        if not crosses:
+            remaining = qty
+            if tif is FOK:
+                self.seq += 1
+                out.append(_event(Cancelled, (self.seq, self.symbol, oid, account, qty, CancelReason.FOK)))
+                return
+        else:
+            if cmd.post_only:
+                self.seq += 1
+                out.append(_event(Cancelled, (self.seq, self.symbol, oid, account, qty, CancelReason.POST_ONLY)))
+                return
+            if tif is FOK and self._fillable(oid, account, side, price, qty, cmd.stp, opposite) < qty:
+                self.seq += 1
+                out.append(_event(Cancelled, (self.seq, self.symbol, oid, account, qty, CancelReason.FOK)))
+                return
+            remaining = self._match(oid, account, side, price, qty, cmd.stp, opposite, out)
+            if not remaining:
+                return
+        if self._stopped or tif is IOC or tif is FOK or price is None:
+            reason = CancelReason.STP if self._stopped else CancelReason.IOC
+            self._stopped = False
             self.seq += 1
-            out.append(Cancelled(self.seq, self.symbol, oid, cmd.account, qty, CancelReason.FOK))
+            out.append(_event(Cancelled, (self.seq, self.symbol, oid, account, remaining, reason)))
             return
-        stopped = self._match(taker, opposite, out)
-        remaining = taker.remaining
-        if not remaining:
+        display = cmd.display_qty
+        shown = display if display and display < remaining else remaining
+        order = RestingOrder(oid, account, side, price, remaining, shown, display, tif, cmd.stp, cmd.post_only)
+        if not self._plain:
+            self._rest(order, out)
             return
-        if stopped or tif is TimeInForce.IOC or tif is TimeInForce.FOK or price is None:
-            reason = CancelReason.STP if stopped else CancelReason.IOC
-            self.seq += 1
-            out.append(Cancelled(self.seq, self.symbol, oid, cmd.account, remaining, reason))
-            return
-        display = cmd.display_qty or remaining
-        self._rest(RestingOrder(oid, cmd.account, side, price, remaining, min(display, remaining), cmd.display_qty,
-                                tif, cmd.stp, cmd.post_only), out)
+        # _rest, inlined for the common case of an unlimited book.
+        own = self.bids if side is BUY else self.asks
+        level = own.levels.get(price)
+        if level is None:
+            level = own.level_for(price)
+        level.orders[oid] = order
+        level.displayed += shown
+        self.orders[oid] = order
+        seq = self.seq + 1
+        self.seq = seq
+        out.append(_event(OrderAdded, (seq, self.symbol, oid, side, price, shown)))
 
     def _rest(self, order: RestingOrder, out: list[Event]) -> None:
         max_orders = self.profile.max_orders
         if max_orders is not None and len(self.orders) >= max_orders:
             self.seq += 1
-            out.append(Cancelled(self.seq, self.symbol, order.order_id, order.account, order.leaves,
-                                 CancelReason.BOOK_FULL))
+            out.append(_event(Cancelled, (self.seq, self.symbol, order.order_id, order.account, order.leaves,
+                                 CancelReason.BOOK_FULL)))
             return
+        price = order.price
         side = self.bids if order.side is BUY else self.asks
-        level = side.level_for(order.price)
+        level = side.levels.get(price)
+        if level is None:
+            level = side.level_for(price)
         level.orders[order.order_id] = order
         level.displayed += order.displayed
         self.orders[order.order_id] = order
         self.seq += 1
-        out.append(OrderAdded(self.seq, self.symbol, order.order_id, order.side, order.price, order.displayed))
+        out.append(_event(OrderAdded, (self.seq, self.symbol, order.order_id, order.side, price, order.displayed)))
 
-    def _match(self, taker: _Taker, opposite: BookSide, out: list[Event]) -> bool:
-        """Trade ``taker`` against ``opposite`` while prices cross. True when STP stopped it."""
+    def _match(self, taker_id: int, taker_account: str, taker_side: Side, limit: int | None, remaining: int,
+               stp: SelfTradePrevention, opposite: BookSide, out: list[Event]) -> int:
+        """Trade an incoming order against ``opposite`` while prices cross; returns what remains.
+
+        Sets ``self._stopped`` when self-trade prevention ended the matching.
+        """
         keys = opposite.keys
         levels = opposite.levels
         sign = opposite.sign
-        limit = taker.price
         symbol = self.symbol
         book_orders = self.orders
-        taker_id, taker_account, taker_side, stp = taker.order_id, taker.account, taker.side, taker.stp
-        remaining = taker.remaining
+        append = out.append
         stopped = False
         while remaining and keys:
             price = keys[-1] * sign
@@ -424,16 +452,18 @@ class OrderBook:
                         continue
                     stopped = True
                     break
-                qty = maker.displayed if maker.displayed < remaining else remaining
+                displayed = maker.displayed
+                qty = displayed if displayed < remaining else remaining
                 self.match_number += 1
                 self.seq += 1
-                out.append(Fill(self.seq, symbol, price, qty, maker.order_id, taker_id, maker.account,
-                                taker_account, taker_side, self.match_number))
+                append(_event(Fill, (self.seq, symbol, price, qty, maker.order_id, taker_id, maker.account,
+                            taker_account, taker_side, self.match_number)))
                 remaining -= qty
-                maker.displayed -= qty
+                displayed -= qty
+                maker.displayed = displayed
                 maker.leaves -= qty
                 level.displayed -= qty
-                if not maker.displayed:
+                if not displayed:
                     orders.popitem(last=False)
                     if maker.leaves:
                         # Reserve refresh: a new visible slice at the back of the level.
@@ -442,23 +472,23 @@ class OrderBook:
                         level.displayed += shown
                         orders[maker.order_id] = maker
                         self.seq += 1
-                        out.append(OrderAdded(self.seq, symbol, maker.order_id, maker.side, price, shown))
+                        append(_event(OrderAdded, (self.seq, symbol, maker.order_id, maker.side, price, shown)))
                     else:
                         del book_orders[maker.order_id]
             if not orders:
                 opposite.drop_level(price)
             if stopped:
                 break
-        taker.remaining = remaining
-        return stopped
+        self._stopped = stopped
+        return remaining
 
-    def _fillable(self, taker: _Taker, opposite: BookSide) -> int:
-        """How much a FOK taker would trade, found by matching a copy of the crossing levels."""
+    def _fillable(self, taker_id: int, account: str, side: Side, limit: int | None, qty: int,
+                  stp: SelfTradePrevention, opposite: BookSide) -> int:
+        """How much a FOK order would trade, found by matching a copy of the crossing levels."""
         scratch = OrderBook(self.instrument, SOFTWARE_PROFILE)
-        scratch_side = scratch.asks if taker.side is BUY else scratch.bids
-        limit = taker.price
+        scratch_side = scratch.asks if side is BUY else scratch.bids
         for price in opposite.prices_best_first():
-            if limit is not None and (price > limit if taker.side is BUY else price < limit):
+            if limit is not None and (price > limit if side is BUY else price < limit):
                 break
             level = scratch_side.level_for(price)
             for order in opposite.levels[price].orders.values():
@@ -466,9 +496,7 @@ class OrderBook:
                 level.orders[clone.order_id] = clone
                 level.displayed += clone.displayed
                 scratch.orders[clone.order_id] = clone
-        trial = _Taker(taker.order_id, taker.account, taker.side, limit, taker.remaining, taker.stp)
-        scratch._match(trial, scratch_side, [])
-        return taker.remaining - trial.remaining
+        return qty - scratch._match(taker_id, account, side, limit, qty, stp, scratch_side, [])
 
     def _remove_resting(self, order: RestingOrder, level: PriceLevel, reason: str, out: list[Event],
                         report_cancel: bool = True, drop_empty: bool = True) -> None:
@@ -478,9 +506,9 @@ class OrderBook:
         del self.orders[order.order_id]
         if report_cancel:
             self.seq += 1
-            out.append(Cancelled(self.seq, self.symbol, order.order_id, order.account, order.leaves, reason))
+            out.append(_event(Cancelled, (self.seq, self.symbol, order.order_id, order.account, order.leaves, reason)))
         self.seq += 1
-        out.append(OrderRemoved(self.seq, self.symbol, order.order_id, order.displayed))
+        out.append(_event(OrderRemoved, (self.seq, self.symbol, order.order_id, order.displayed)))
         if drop_empty and not level.orders:
             (self.bids if order.side is BUY else self.asks).drop_level(level.price)
 
@@ -500,53 +528,85 @@ class OrderBook:
         if order is None:
             self._reject(out, oid, "modify", RejectReason.UNKNOWN_ORDER, f"no resting order {oid!r}")
             return
-        new_qty = order.leaves if cmd.qty is None else cmd.qty
-        new_price = order.price if cmd.price is None else cmd.price
-        if cmd.qty is not None and not self._check_qty(new_qty, out, oid, "modify"):
+        new_qty, new_price = cmd.qty, cmd.price
+        old_price, leaves = order.price, order.leaves
+        if new_qty is None:
+            new_qty = leaves
+        elif not (type(new_qty) is int and new_qty > 0 and not new_qty % self._lot):
+            self._check_qty(new_qty, out, oid, "modify")
             return
-        if cmd.price is not None and not self._check_price(new_price, out, oid, "modify"):
-            return
-        if new_qty == order.leaves and new_price == order.price:
+        if new_price is None:
+            new_price = old_price
+        elif not (self._plain and type(new_price) is int and new_price > 0 and not new_price % self._tick):
+            if not self._check_price(new_price, out, oid, "modify"):
+                return
+        if new_qty == leaves and new_price == old_price:
             self._reject(out, oid, "modify", RejectReason.NO_CHANGE, "modify changes neither price nor quantity")
             return
-        side = self.bids if order.side is BUY else self.asks
-        level = side.levels[order.price]
-        if new_price == order.price and new_qty < order.leaves:
+        side = order.side
+        own = self.bids if side is BUY else self.asks
+        level = own.levels[old_price]
+        symbol = self.symbol
+        if new_price == old_price and new_qty < leaves:
             # Quantity down in place: the reserve shrinks first, then the visible part.
             order.leaves = new_qty
             self.seq += 1
-            out.append(Modified(self.seq, self.symbol, oid, order.account, new_price, new_qty, True))
+            out.append(_event(Modified, (self.seq, symbol, oid, order.account, new_price, new_qty, True)))
             if order.displayed > new_qty:
                 cut = order.displayed - new_qty
                 order.displayed = new_qty
                 level.displayed -= cut
                 self.seq += 1
-                out.append(OrderReduced(self.seq, self.symbol, oid, cut, new_qty))
+                out.append(_event(OrderReduced, (self.seq, symbol, oid, cut, new_qty)))
             return
         # Price change or quantity up: leave the level and come back as a new arrival.
-        self.seq += 1
-        out.append(Modified(self.seq, self.symbol, oid, order.account, new_price, new_qty, False))
-        self._remove_resting(order, level, "", out, report_cancel=False)
-        opposite = self.asks if order.side is BUY else self.bids
-        if order.post_only:
-            # A post-only order stays post-only: repriced through the spread, it is cancelled.
-            best = opposite.best_price()
-            if best is not None and (new_price >= best if order.side is BUY else new_price <= best):
+        seq = self.seq + 1
+        out.append(_event(Modified, (seq, symbol, oid, order.account, new_price, new_qty, False)))
+        displayed = order.displayed
+        del level.orders[oid]
+        level.displayed -= displayed
+        seq += 1
+        out.append(_event(OrderRemoved, (seq, symbol, oid, displayed)))
+        self.seq = seq
+        if not level.orders:
+            own.drop_level(old_price)
+        opposite = self.asks if side is BUY else self.bids
+        keys = opposite.keys
+        remaining = new_qty
+        if keys and (new_price >= -keys[-1] if side is BUY else new_price <= keys[-1]):
+            del self.orders[oid]
+            if order.post_only:
+                # A post-only order stays post-only: repriced through the spread, it is cancelled.
                 self.seq += 1
-                out.append(Cancelled(self.seq, self.symbol, oid, order.account, new_qty, CancelReason.POST_ONLY))
+                out.append(_event(Cancelled, (self.seq, symbol, oid, order.account, new_qty, CancelReason.POST_ONLY)))
                 return
-        taker = _Taker(oid, order.account, order.side, new_price, new_qty, order.stp)
-        stopped = self._match(taker, opposite, out)
-        if not taker.remaining:
+            remaining = self._match(oid, order.account, side, new_price, new_qty, order.stp, opposite, out)
+            if not remaining:
+                return
+            if self._stopped:
+                self._stopped = False
+                self.seq += 1
+                out.append(_event(Cancelled, (self.seq, symbol, oid, order.account, remaining, CancelReason.STP)))
+                return
+            # The order left the book while it traded; it rests again like any new arrival.
+            order.leaves = remaining
+            order.price = new_price
+            display = order.display_qty
+            order.displayed = display if display and display < remaining else remaining
+            self._rest(order, out)
             return
-        if stopped:
-            self.seq += 1
-            out.append(Cancelled(self.seq, self.symbol, oid, order.account, taker.remaining, CancelReason.STP))
-            return
-        display = order.display_qty or taker.remaining
-        self._rest(RestingOrder(oid, order.account, order.side, new_price, taker.remaining,
-                                min(display, taker.remaining), order.display_qty, order.tif, order.stp,
-                                order.post_only), out)
+        # No cross: the same order object moves to the back of its new level.
+        order.price = new_price
+        order.leaves = remaining
+        display = order.display_qty
+        order.displayed = shown = display if display and display < remaining else remaining
+        level = own.levels.get(new_price)
+        if level is None:
+            level = own.level_for(new_price)
+        level.orders[oid] = order
+        level.displayed += shown
+        self.seq += 1
+        out.append(_event(OrderAdded, (self.seq, symbol, oid, side, new_price, shown)))
 
     def _end_of_day(self, out: list[Event]) -> None:
         expiring = [order for order in self.orders.values() if order.tif is TimeInForce.DAY]
@@ -567,7 +627,7 @@ class OrderBook:
             return
         self.base_price = price
         self.seq += 1
-        out.append(BasePriceSet(self.seq, self.symbol, price))
+        out.append(_event(BasePriceSet, (self.seq, self.symbol, price)))
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -647,14 +707,18 @@ class Exchange:
     def process(self, command: Command) -> list[Event]:
         """Route one command to its book; never raises on bad input."""
         symbol = getattr(command, "symbol", None)
-        book = self.books.get(symbol) if isinstance(symbol, str) else None  # type: ignore[arg-type]
+        try:
+            book = self.books.get(symbol)  # type: ignore[arg-type]
+        except TypeError:  # an unhashable symbol
+            book = None
         if book is None:
             book = self.book(symbol) if isinstance(symbol, str) else None
         if book is None:
             op = getattr(command, "op", "?")
             order_id = getattr(command, "order_id", None)
             if not valid_symbol(symbol):
-                return [Rejected(None, symbol, order_id, op, RejectReason.INVALID_SYMBOL,
-                                 f"symbol must be 1-8 printable ASCII characters, got {symbol!r}")]
-            return [Rejected(None, symbol, order_id, op, RejectReason.UNKNOWN_SYMBOL, f"unknown symbol {symbol}")]
+                return [_event(Rejected, (None, symbol, order_id, op, RejectReason.INVALID_SYMBOL,
+                                 f"symbol must be 1-8 printable ASCII characters, got {symbol!r}"))]
+            return [_event(Rejected, (None, symbol, order_id, op, RejectReason.UNKNOWN_SYMBOL,
+                                      f"unknown symbol {symbol}"))]
         return book.process(command)

@@ -9,6 +9,7 @@ JSON spellings ("buy", "gtc", "cancel_oldest", ...).
 from __future__ import annotations
 
 from enum import IntEnum
+from operator import itemgetter
 
 
 class Side(IntEnum):
@@ -210,147 +211,126 @@ class SetBasePrice(Command):
 # ---------------------------------------------------------------------------------------------
 # Events. ``seq`` is the book's event sequence number (1, 2, 3, ... with no gaps); None for the
 # rare events no book produced (a command for an unknown symbol).
+#
+# Events are tuples underneath (a book emits several per command, so they must be cheap to make),
+# with named read-only attributes. ``attrs`` lists the tuple's items in order; ``fields`` lists the
+# JSON keys after "event" and "seq", with the attribute each one reads.
+
+_tuple_new = tuple.__new__
 
 
-class Event:
-    """Base class of everything a book reports. ``fields`` lists the JSON keys in order."""
+class Event(tuple):
+    """Base class of everything a book reports."""
 
-    __slots__ = ("seq", "symbol")
+    __slots__ = ()
     kind = ""
-    fields: tuple[str, ...] = ()
+    attrs: tuple[str, ...] = ("seq", "symbol")
+    fields: tuple[tuple[str, str], ...] = ()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        for index, name in enumerate(cls.attrs):
+            setattr(cls, name, property(itemgetter(index), doc=f"item {index} of the event"))
+        if not cls.fields:
+            cls.fields = tuple((name, name) for name in cls.attrs[1:])
+
+    def __new__(cls, *values: object) -> Event:
+        if len(values) != len(cls.attrs):
+            raise TypeError(f"{cls.__name__} takes {len(cls.attrs)} values ({', '.join(cls.attrs)})")
+        return _tuple_new(cls, values)
 
     def to_dict(self) -> dict:
         out: dict = {"event": self.kind}
-        if self.seq is not None:
-            out["seq"] = self.seq
-        for name in self.fields:
-            value = getattr(self, name)
+        if self[0] is not None:
+            out["seq"] = self[0]
+        for key, attr in self.fields:
+            value = getattr(self, attr)
             if isinstance(value, IntEnum):
                 value = value.name.lower()
-            out[name] = value
+            out[key] = value
         return out
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self.to_dict() == other.to_dict()  # type: ignore[union-attr]
+        return type(other) is type(self) and tuple.__eq__(self, other)
 
-    def __hash__(self) -> int:
-        return hash(tuple(sorted(self.to_dict().items())))
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = tuple.__hash__
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.to_dict()})"
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild_event, (type(self).kind, tuple(self)))
+
+
+def _rebuild_event(kind: str, values: tuple) -> Event:
+    return _tuple_new(EVENT_TYPES[kind], values)
 
 
 class Accepted(Event):
     """A new order passed validation and entered the book's sequence."""
 
-    __slots__ = ("order_id", "account", "side", "order_type", "tif", "price", "qty", "display_qty",
-                 "post_only", "stp")
+    __slots__ = ()
     kind = "accepted"
-    fields = ("symbol", "order_id", "account", "side", "type", "tif", "price", "qty")
+    attrs = ("seq", "symbol", "order_id", "account", "side", "order_type", "tif", "price", "qty", "display_qty",
+             "post_only", "stp")
+    fields = (("symbol", "symbol"), ("order_id", "order_id"), ("account", "account"), ("side", "side"),
+              ("type", "order_type"), ("tif", "tif"), ("price", "price"), ("qty", "qty"))
 
-    def __init__(self, seq: int, order: NewOrder) -> None:
-        self.seq = seq
-        self.symbol = order.symbol
-        self.order_id = order.order_id
-        self.account = order.account
-        self.side = order.side
-        self.order_type = order.order_type
-        self.tif = order.tif
-        self.price = order.price
-        self.qty = order.qty
-        self.display_qty = order.display_qty
-        self.post_only = order.post_only
-        self.stp = order.stp
+    def __new__(cls, seq: int, order: NewOrder) -> Accepted:  # type: ignore[override]
+        return _tuple_new(cls, (seq, order.symbol, order.order_id, order.account, order.side, order.order_type,
+                                order.tif, order.price, order.qty, order.display_qty, order.post_only,
+                                order.stp))
 
     @property
     def type(self) -> OrderType:
-        return self.order_type
+        return self.order_type  # type: ignore[attr-defined]
 
     def to_dict(self) -> dict:
         out = Event.to_dict(self)
         # Optional attributes appear only when used, so plain scripts give plain output.
-        if self.post_only:
+        if self[10]:
             out["post_only"] = True
-        if self.display_qty:
-            out["display_qty"] = self.display_qty
-        if self.stp:
-            out["stp"] = self.stp.name.lower()
+        if self[9]:
+            out["display_qty"] = self[9]
+        if self[11]:
+            out["stp"] = self[11].name.lower()
         return out
 
 
 class Rejected(Event):
     """A command was refused; nothing changed in the book."""
 
-    __slots__ = ("order_id", "op", "reason", "text")
+    __slots__ = ()
     kind = "rejected"
-    fields = ("symbol", "order_id", "op", "reason", "text")
-
-    def __init__(self, seq: int | None, symbol: object, order_id: object, op: str, reason: str,
-                 text: str) -> None:
-        self.seq = seq
-        self.symbol = symbol
-        self.order_id = order_id
-        self.op = op
-        self.reason = reason
-        self.text = text
+    attrs = ("seq", "symbol", "order_id", "op", "reason", "text")
 
 
 class Fill(Event):
     """A trade between a resting (maker) order and an incoming (taker) order, at the maker's price."""
 
-    __slots__ = ("price", "qty", "maker_order_id", "taker_order_id", "maker_account", "taker_account",
-                 "taker_side", "match_number")
+    __slots__ = ()
     kind = "fill"
-    fields = ("symbol", "price", "qty", "maker_order_id", "taker_order_id", "maker_account",
-              "taker_account", "taker_side", "match_number")
-
-    def __init__(self, seq: int, symbol: str, price: int, qty: int, maker_order_id: int,
-                 taker_order_id: int, maker_account: str, taker_account: str, taker_side: Side,
-                 match_number: int) -> None:
-        self.seq = seq
-        self.symbol = symbol
-        self.price = price
-        self.qty = qty
-        self.maker_order_id = maker_order_id
-        self.taker_order_id = taker_order_id
-        self.maker_account = maker_account
-        self.taker_account = taker_account
-        self.taker_side = taker_side
-        self.match_number = match_number
+    attrs = ("seq", "symbol", "price", "qty", "maker_order_id", "taker_order_id", "maker_account",
+             "taker_account", "taker_side", "match_number")
 
 
 class Cancelled(Event):
     """An order's remaining quantity (``qty``, hidden reserve included) left without trading."""
 
-    __slots__ = ("order_id", "account", "qty", "reason")
+    __slots__ = ()
     kind = "cancelled"
-    fields = ("symbol", "order_id", "account", "qty", "reason")
-
-    def __init__(self, seq: int, symbol: str, order_id: int, account: str, qty: int, reason: str) -> None:
-        self.seq = seq
-        self.symbol = symbol
-        self.order_id = order_id
-        self.account = account
-        self.qty = qty
-        self.reason = reason
+    attrs = ("seq", "symbol", "order_id", "account", "qty", "reason")
 
 
 class Modified(Event):
     """A modify took effect: ``qty`` is the new remaining quantity, ``price`` the (new) price."""
 
-    __slots__ = ("order_id", "account", "price", "qty", "kept_priority")
+    __slots__ = ()
     kind = "modified"
-    fields = ("symbol", "order_id", "account", "price", "qty", "kept_priority")
-
-    def __init__(self, seq: int, symbol: str, order_id: int, account: str, price: int, qty: int,
-                 kept_priority: bool) -> None:
-        self.seq = seq
-        self.symbol = symbol
-        self.order_id = order_id
-        self.account = account
-        self.price = price
-        self.qty = qty
-        self.kept_priority = kept_priority
+    attrs = ("seq", "symbol", "order_id", "account", "price", "qty", "kept_priority")
 
 
 class OrderAdded(Event):
@@ -359,33 +339,18 @@ class OrderAdded(Event):
     Also reported when a reserve order's displayed part refreshes.
     """
 
-    __slots__ = ("order_id", "side", "price", "qty")
+    __slots__ = ()
     kind = "order_added"
-    fields = ("symbol", "order_id", "side", "price", "qty")
-
-    def __init__(self, seq: int, symbol: str, order_id: int, side: Side, price: int, qty: int) -> None:
-        self.seq = seq
-        self.symbol = symbol
-        self.order_id = order_id
-        self.side = side
-        self.price = price
-        self.qty = qty
+    attrs = ("seq", "symbol", "order_id", "side", "price", "qty")
 
 
 class OrderReduced(Event):
     """Book change: a resting order's visible quantity fell by ``qty`` (to ``remaining``) without
     trading and without losing its place. Fills reduce makers too, but are reported as fills."""
 
-    __slots__ = ("order_id", "qty", "remaining")
+    __slots__ = ()
     kind = "order_reduced"
-    fields = ("symbol", "order_id", "qty", "remaining")
-
-    def __init__(self, seq: int, symbol: str, order_id: int, qty: int, remaining: int) -> None:
-        self.seq = seq
-        self.symbol = symbol
-        self.order_id = order_id
-        self.qty = qty
-        self.remaining = remaining
+    attrs = ("seq", "symbol", "order_id", "qty", "remaining")
 
 
 class OrderRemoved(Event):
@@ -394,28 +359,17 @@ class OrderRemoved(Event):
     A maker whose last share trades leaves the book with its fill; no removal is reported then.
     """
 
-    __slots__ = ("order_id", "qty")
+    __slots__ = ()
     kind = "order_removed"
-    fields = ("symbol", "order_id", "qty")
-
-    def __init__(self, seq: int, symbol: str, order_id: int, qty: int) -> None:
-        self.seq = seq
-        self.symbol = symbol
-        self.order_id = order_id
-        self.qty = qty
+    attrs = ("seq", "symbol", "order_id", "qty")
 
 
 class BasePriceSet(Event):
     """A book's price window now centres on ``price``."""
 
-    __slots__ = ("price",)
+    __slots__ = ()
     kind = "base_price_set"
-    fields = ("symbol", "price")
-
-    def __init__(self, seq: int, symbol: str, price: int) -> None:
-        self.seq = seq
-        self.symbol = symbol
-        self.price = price
+    attrs = ("seq", "symbol", "price")
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
