@@ -23,7 +23,7 @@ export ECPPACK ?= yowasp-ecppack
 export ICEPACK ?= yowasp-icepack
 export OPENFPGALOADER ?= true
 
-.PHONY: setup run test lint bench-engine clean
+.PHONY: setup run test lint bench-engine bench-itch clean
 .DEFAULT_GOAL := run
 
 setup: $(STAMP) $(SYS_STAMP)
@@ -51,6 +51,10 @@ lint: setup
 
 bench-engine: setup
 	$(PY) -m exchange.bench
+
+ITCH_SAMPLE ?= ../shared/data/itch/sample-20101224.ITCH50.gz
+bench-itch: setup
+	$(PY) -m exchange.itch_tools bench $(ITCH_SAMPLE)
 
 clean:
 	rm -rf build .pytest_cache

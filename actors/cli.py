@@ -92,6 +92,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_itch(args: argparse.Namespace) -> int:
+    """ITCH 5.0 file tools: decode to JSON lines, rebuild the book, count messages."""
+    from exchange import itch_tools
+
+    if args.backend != "software":
+        print(f"matchwire itch: backend {args.backend!r} is not available; use 'software'", file=sys.stderr)
+        return 2
+    if args.action == "decode":
+        return itch_tools.cmd_decode(args.file, sys.stdout, sys.stderr)
+    if args.action == "book":
+        return itch_tools.cmd_book(args.file, symbol=args.symbol, depth=args.depth, out=sys.stdout, err=sys.stderr)
+    return itch_tools.cmd_stats(args.file, sys.stdout, sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="matchwire", description="An exchange built from actors, "
                                      "with its matching and feed decoding in Python and in FPGA gateware.")
@@ -107,6 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--bench", action="store_true", help="time the engine alone over the script")
     match.add_argument("--min-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
     match.set_defaults(func=cmd_match)
+
+    itch = verbs.add_parser("itch", help="ITCH 5.0 file tools (plain or gzip)")
+    itch_verbs = itch.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("decode", "print one JSON object per message"),
+                         ("book", "print the book at the end of the file"),
+                         ("stats", "count messages by type")):
+        sub = itch_verbs.add_parser(action, help=text)
+        sub.add_argument("file", help="ITCH 5.0 file: 2-byte big-endian length before each message")
+        sub.add_argument("--backend", default="software", help="decoder (default: software)")
+        if action == "book":
+            sub.add_argument("--symbol", help="only this symbol")
+            sub.add_argument("--depth", type=int, default=5, help="price levels per side (default 5)")
+        sub.set_defaults(func=cmd_itch)
 
     demo = verbs.add_parser("demo", help="replay the bundled demo scenario and show trades and books")
     demo.set_defaults(func=cmd_demo)
