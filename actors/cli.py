@@ -106,6 +106,26 @@ def cmd_itch(args: argparse.Namespace) -> int:
     return itch_tools.cmd_stats(args.file, sys.stdout, sys.stderr)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Start a local cluster, demo traders and a live view; summarise at the end."""
+    from actors.cluster import run_cluster
+    from actors.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"matchwire run: {exc}", file=sys.stderr)
+        return 2
+    return run_cluster(config, args.config, args.duration, not args.no_demo)
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    """Run one node process."""
+    from actors.node import main as node_main
+
+    return node_main(args.config, args.name, args.control)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="matchwire", description="An exchange built from actors, "
                                      "with its matching and feed decoding in Python and in FPGA gateware.")
@@ -138,9 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo", help="replay the bundled demo scenario and show trades and books")
     demo.set_defaults(func=cmd_demo)
 
-    run = verbs.add_parser("run", help="run the exchange on the embedded default (the demo until the "
-                           "cluster lands)")
-    run.set_defaults(func=cmd_demo)
+    run = verbs.add_parser("run", help="run a local cluster (the embedded default unless --config)")
+    run.add_argument("--config", metavar="FILE", help="cluster configuration (TOML)")
+    run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
+    run.add_argument("--no-demo", action="store_true", help="start no demo traders")
+    run.set_defaults(func=cmd_run)
+
+    node = verbs.add_parser("node", help="run one node of a cluster (for spreading a cluster over hosts)")
+    node.add_argument("--config", metavar="FILE", help="cluster configuration (TOML; default: embedded)")
+    node.add_argument("--name", required=True, help="which [[node]] of the configuration to run")
+    node.add_argument("--control", metavar="ENDPOINT", help="launcher's control endpoint (set by matchwire run)")
+    node.set_defaults(func=cmd_node)
     return parser
 
 

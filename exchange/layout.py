@@ -98,6 +98,11 @@ class Layout:
     def __repr__(self) -> str:
         return f"Layout({self.name}, {self.size} bytes)"
 
+    @property
+    def struct(self) -> struct.Struct:
+        """The compiled ``struct.Struct`` (for hot paths that pack raw values themselves)."""
+        return self._struct
+
     def offset_of(self, name: str) -> int:
         """Bit offset of a field from the least significant bit."""
         offset = 0

@@ -1,0 +1,160 @@
+"""What every matchwire actor shares: batches in, an outbox out, ticks, statistics, failure."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import pykka
+import zmq
+
+from actors.config import ClusterConfig
+from actors.transport import Batch, LocalDirectory, Outbox, PeerDown, PeerUp, SendResult, Tick
+
+log = logging.getLogger("matchwire")
+
+
+@dataclass(slots=True)
+class ActorFailed:
+    """Told to the supervisor when an actor dies of an exception."""
+
+    actor: str
+    error: str
+
+
+@dataclass(slots=True)
+class StatsReport:
+    """Told to the supervisor by every actor on each statistics tick."""
+
+    actor: str
+    stats: dict
+
+
+@dataclass
+class NodeContext:
+    """What a node gives its actors: configuration, ZeroMQ context, local registry, supervisor."""
+
+    config: ClusterConfig
+    node: str
+    zmq_context: zmq.Context
+    local: LocalDirectory
+    supervisor: pykka.ActorRef | None = None
+    stats_interval: float = 1.0
+
+
+class ClusterActor(pykka.ThreadingActor):
+    """Base of the cluster's actors.
+
+    Subclasses implement :meth:`handle_batch`, and may override :meth:`on_tick`,
+    :meth:`on_peer_down`, :meth:`on_peer_up`, :meth:`handle_send_failures` and :meth:`stats`.
+    After each message, when the inbox is empty, buffered output is flushed: under load, many
+    records leave in one message.
+    """
+
+    def __init__(self, context: NodeContext, name: str) -> None:
+        super().__init__()
+        self.ctx = context
+        self.config = context.config
+        self.name = name
+        self.index = context.config.actor_index[name]
+        self.outbox: Outbox | None = None
+        self.counters: dict[str, int] = {}
+        self._last_stats = 0.0
+
+    # -- pykka life cycle ----------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.outbox = Outbox(self.ctx.zmq_context, self.config, self.name, self.ctx.local, self.ctx.node)
+
+    def on_stop(self) -> None:
+        if self.outbox is not None:
+            self.flush()
+            self.outbox.close()
+            self.outbox = None
+
+    def on_failure(self, exception_type: type, exception_value: BaseException, traceback: object) -> None:
+        log.error("actor %s failed: %r", self.name, exception_value)
+        if self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
+        if self.ctx.supervisor is not None:
+            self.ctx.supervisor.tell(ActorFailed(self.name, repr(exception_value)))
+
+    def on_receive(self, message: object) -> object:
+        kind = type(message)
+        if kind is Batch:
+            try:
+                self.handle_batch(message)  # type: ignore[arg-type]
+            finally:
+                self.ctx.local.done(self.index)
+        elif kind is Tick:
+            self._tick(message)  # type: ignore[arg-type]
+        elif kind is PeerDown:
+            self.on_peer_down(message.node)  # type: ignore[union-attr]
+        elif kind is PeerUp:
+            self.on_peer_up(message.node)  # type: ignore[union-attr]
+        else:
+            return self.on_other(message)
+        if self.actor_inbox.empty():
+            self.flush()
+        return None
+
+    # -- behaviour for subclasses --------------------------------------------------------
+
+    def handle_batch(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def on_other(self, message: object) -> object:
+        """Messages other than batches and ticks (admin asks in tests, for instance)."""
+        return None
+
+    def on_tick(self, now: float) -> None:
+        """Periodic work beyond flushing and probing."""
+
+    def on_peer_down(self, node: str) -> None:
+        log.warning("%s: node %s is down", self.name, node)
+
+    def on_peer_up(self, node: str) -> None:
+        log.info("%s: node %s is up", self.name, node)
+
+    def handle_send_failures(self, result: SendResult) -> None:
+        """Default: keep what could not go and try again on the next flush (reports are never dropped)."""
+        assert self.outbox is not None
+        for destination, kind, records in result.busy + result.unreachable:
+            for record in records:
+                self.outbox.add(destination, kind, record)
+
+    def stats(self) -> dict:
+        out = dict(self.counters)
+        if self.outbox is not None:
+            out.update({f"outbox_{k}": v for k, v in self.outbox.stats.items()})
+            out["outbox_pending"] = self.outbox.pending()
+            out["peers_down"] = sorted(node for node, up in self.outbox.up.items() if not up)
+        return out
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def count(self, key: str, amount: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + amount
+
+    def flush(self) -> None:
+        if self.outbox is None:
+            return
+        result = self.outbox.flush()
+        if result.busy or result.unreachable:
+            self.handle_send_failures(result)
+
+    def _tick(self, tick: Tick) -> None:
+        if self.outbox is not None:
+            came_up, went_down = self.outbox.probe()
+            for node in went_down:
+                self.on_peer_down(node)
+            for node in came_up:
+                self.on_peer_up(node)
+        self.on_tick(tick.now)
+        self.flush()
+        now = time.monotonic()
+        if self.ctx.supervisor is not None and now - self._last_stats >= self.ctx.stats_interval:
+            self._last_stats = now
+            self.ctx.supervisor.tell(StatsReport(self.name, self.stats()))

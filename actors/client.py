@@ -1,0 +1,148 @@
+"""ClusterClient: the in-cluster client API (ZeroMQ, binary records) to a gateway.
+
+It speaks the cluster's own wire format: order records out, report records back, with the
+client's own order ids (the gateway maps them to cluster ids). One client is used from one
+thread. Issue #6 adds OUCH 5.0 over SoupBinTCP for software written by others; this API stays
+the lowest-overhead way in, used by benchmarks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+import zmq
+
+from exchange.layout import LayoutError
+from exchange.orders import (
+    CancelOrder,
+    Command,
+    Event,
+    ModifyOrder,
+    NewOrder,
+    OrderType,
+    SelfTradePrevention,
+    Side,
+    TimeInForce,
+)
+from exchange.wire import REPORT_SIZE, MessageKind, command_to_record, pack_header, record_to_event, unpack_header
+
+_session_numbers = itertools.count(1)
+
+
+class ClusterClient:
+    """A session with a gateway: send orders, receive reports (as engine events with your ids)."""
+
+    def __init__(self, endpoint: str, name: str | None = None, context: zmq.Context | None = None,
+                 send_hwm: int = 10_000) -> None:
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.name = name or f"client-{os.getpid()}-{next(_session_numbers)}"
+        self.socket.setsockopt(zmq.ROUTING_ID, self.name.encode())
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, send_hwm)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.connect(endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.socket, zmq.POLLIN)
+        self.pending: list[bytes] = []
+        self.sent = 0
+        self.busy = 0  # sends refused locally because the gateway's queue was full
+        self.received = 0
+        self.malformed = 0
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        if self._own_context:
+            self.context.term()
+
+    def __enter__(self) -> ClusterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def queue(self, command: Command, trace_ns: int | None = None) -> None:
+        """Add a command to the next :meth:`flush`."""
+        self.pending.append(command_to_record(command, time.perf_counter_ns() if trace_ns is None else trace_ns))
+
+    def flush(self) -> bool:
+        """Send queued commands as one message; False (and nothing sent) when the gateway is full."""
+        if not self.pending:
+            return True
+        header = pack_header(MessageKind.ORDERS, len(self.pending), 0, 0, 0)
+        try:
+            self.socket.send_multipart([header, b"".join(self.pending)], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.busy += len(self.pending)
+            return False
+        self.sent += len(self.pending)
+        self.pending = []
+        return True
+
+    def send(self, command: Command, trace_ns: int | None = None) -> bool:
+        self.queue(command, trace_ns)
+        return self.flush()
+
+    def new_order(self, symbol: str, order_id: int, account: str, side: Side | str, qty: int,
+                  price: int | None = None, tif: TimeInForce | str = TimeInForce.GTC,
+                  order_type: OrderType | str | None = None, post_only: bool = False, display_qty: int = 0,
+                  stp: SelfTradePrevention | str = SelfTradePrevention.NONE) -> bool:
+        """Send one new order (enum members or their JSON spellings)."""
+        side = Side[side.upper()] if isinstance(side, str) else side
+        tif = TimeInForce[tif.upper()] if isinstance(tif, str) else tif
+        stp = SelfTradePrevention[stp.upper()] if isinstance(stp, str) else stp
+        if order_type is None:
+            order_type = OrderType.MARKET if price is None else OrderType.LIMIT
+        elif isinstance(order_type, str):
+            order_type = OrderType[order_type.upper()]
+        return self.send(NewOrder(symbol, order_id, account, side, price, qty, order_type, tif, post_only,
+                                  display_qty, stp))
+
+    def cancel(self, symbol: str, order_id: int) -> bool:
+        return self.send(CancelOrder(symbol, order_id))
+
+    def modify(self, symbol: str, order_id: int, qty: int | None = None, price: int | None = None) -> bool:
+        return self.send(ModifyOrder(symbol, order_id, qty=qty, price=price))
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def poll(self, timeout: float = 0.0) -> list[tuple[Event, int]]:
+        """Reports received within ``timeout`` seconds: (event, trace_ns) pairs, in arrival order."""
+        out: list[tuple[Event, int]] = []
+        if not self.poller.poll(int(timeout * 1000)):
+            return out
+        while True:
+            try:
+                header_frame, payload = self.socket.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            except ValueError:
+                self.malformed += 1
+                continue
+            try:
+                header = unpack_header(header_frame)
+                count = header["count"]
+                if len(payload) != count * REPORT_SIZE:
+                    raise LayoutError("payload length")
+            except LayoutError:
+                self.malformed += 1
+                continue
+            for offset in range(0, count * REPORT_SIZE, REPORT_SIZE):
+                out.append(record_to_event(payload, offset))
+            self.received += count
+
+    def collect(self, until: object, timeout: float = 5.0) -> list[Event]:
+        """Events until ``until(events)`` is true or ``timeout`` passes (for tests and tools)."""
+        events: list[Event] = []
+        deadline = time.monotonic() + timeout
+        while not until(events):  # type: ignore[operator]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            events.extend(event for event, _ in self.poll(min(left, 0.05)))
+        return events

@@ -1,0 +1,325 @@
+"""The launcher: ``matchwire run`` starts a configuration's nodes on this machine, drives demo
+traders, shows a live view, and shuts everything down with a summary.
+
+Each node is a child process that dies with the launcher (PR_SET_PDEATHSIG), and the launcher
+kills any child still alive when it exits, however it exits: no orphans. A child that dies
+while the cluster runs is reported loudly, with the instruments that became unavailable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import zmq
+
+from actors.config import ClusterConfig
+from actors.demo import DemoTrader, MarketMaker, Taker, TraderStats
+
+
+@dataclass
+class NodeProcess:
+    """A running node: its process, log file, and what the launcher heard from it."""
+
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+    ready: bool = False
+    last_report: float = 0.0
+    stats: dict = field(default_factory=dict)
+    reported_dead: bool = False
+    failures: list = field(default_factory=list)
+
+
+class Cluster:
+    """A local cluster of node processes, controlled from this (launcher) process."""
+
+    def __init__(self, config: ClusterConfig, config_path: str | None, log_dir: Path | None = None,
+                 out: TextIO = sys.stdout) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="matchwire-run-"))
+        self.out = out
+        self.nodes: dict[str, NodeProcess] = {}
+        self.context = zmq.Context()
+        self.control = self.context.socket(zmq.PULL)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.bind(config.control_endpoint(bind=True))
+        self.events: list[str] = []
+        self._lock = threading.Lock()
+
+    # -- processes ------------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Spawn every node and wait until all report ready; raises RuntimeError naming the culprit."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for node in self.config.nodes:
+            log_path = self.log_dir / f"{node.name}.log"
+            argv = [sys.executable, "-m", "actors.cli", "node", "--name", node.name, "--control",
+                    self.config.control_endpoint()]
+            if self.config_path:
+                argv += ["--config", self.config_path]
+            log_file = open(log_path, "wb")  # noqa: SIM115  # handed to the child
+            process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            log_file.close()
+            self.nodes[node.name] = NodeProcess(node.name, process, log_path)
+        deadline = time.monotonic() + timeout
+        while not all(n.ready for n in self.nodes.values()):
+            self.pump(0.05)
+            for node in self.nodes.values():
+                if node.process.poll() is not None:
+                    raise RuntimeError(f"node {node.name} exited with code {node.process.returncode} while "
+                                       f"starting:\n{self.log_tail(node.name)}")
+            if time.monotonic() > deadline:
+                waiting = [n.name for n in self.nodes.values() if not n.ready]
+                raise RuntimeError(f"nodes not ready after {timeout:.0f} s: {', '.join(waiting)}")
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        try:
+            text = self.nodes[name].log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join("    " + line for line in text[-lines:])
+
+    def pump(self, timeout: float = 0.0) -> None:
+        """Read control messages from nodes; notice nodes that died."""
+        if self.control.poll(int(timeout * 1000)):
+            while True:
+                try:
+                    message = json.loads(self.control.recv(flags=zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                except ValueError:
+                    continue
+                node = self.nodes.get(message.get("node"))
+                if node is None:
+                    continue
+                node.last_report = time.monotonic()
+                kind = message.get("type")
+                if kind == "ready":
+                    node.ready = True
+                    if message.get("peers_down"):
+                        self.say(f"node {node.name} started, but cannot reach: {', '.join(message['peers_down'])}")
+                elif kind == "stats":
+                    node.stats = message
+                elif kind == "failed":
+                    node.failures.append(message)
+                    self.say(f"!!! node {node.name}: actor {message.get('actor')} failed: {message.get('error')}")
+        for node in self.nodes.values():
+            if node.process.poll() is not None and not node.reported_dead:
+                node.reported_dead = True
+                lost = [a.split("/", 1)[1] for a in self.config.node(node.name).actors if a.startswith("book/")]
+                what = f"; instruments unavailable: {', '.join(lost)}" if lost else ""
+                self.say(f"!!! NODE {node.name.upper()} DIED (exit code {node.process.returncode}){what}")
+
+    def say(self, text: str) -> None:
+        with self._lock:
+            self.events.append(text)
+        print(text, file=sys.stderr, flush=True)
+
+    def alive(self) -> dict[str, bool]:
+        return {name: node.process.poll() is None for name, node in self.nodes.items()}
+
+    def kill_node(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill one node (tests and failure drills)."""
+        self.nodes[name].process.send_signal(sig)
+
+    def stop(self, grace: float = 5.0) -> dict[str, int | None]:
+        """SIGTERM every node, wait, SIGKILL stragglers; returns exit codes."""
+        for node in self.nodes.values():
+            if node.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    node.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for node in self.nodes.values():
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                node.process.wait(left)
+            except subprocess.TimeoutExpired:
+                self.say(f"node {node.name} did not stop within {grace:.0f} s; killing it")
+                node.process.kill()
+                node.process.wait(5)
+        self.control.close(linger=0)
+        self.context.term()
+        return {name: node.process.returncode for name, node in self.nodes.items()}
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.control.closed:
+            self.stop()
+
+
+def _percentiles(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000.0  # noqa: E731
+    return {"p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99), "p99.9": pick(0.999), "max": ordered[-1] / 1000}
+
+
+def _price(value: object) -> str:
+    if not isinstance(value, int):
+        return "-"
+    return f"{value // 10_000}.{value % 10_000:04d}"[:-2]
+
+
+def render_view(cluster: Cluster, rates: dict[str, float]) -> list[str]:
+    """The live view: rates, per-instrument top of book, node health."""
+    lines = [f"matchwire {cluster.config.name}: orders/s {rates.get('orders', 0):>8.0f}   "
+             f"trades/s {rates.get('trades', 0):>7.0f}   reports/s {rates.get('reports', 0):>8.0f}"]
+    books: dict = {}
+    for node in cluster.nodes.values():
+        for stats in node.stats.get("actors", {}).values():
+            books.update(stats.get("books", {}))
+    lines.append(f"  {'symbol':<6} {'bid qty':>8} {'bid':>9}  {'ask':>9} {'ask qty':>8}  {'last':>9} {'trades':>8}")
+    for symbol in cluster.config.instruments:
+        info = books.get(symbol, {})
+        bid, bid_qty, ask, ask_qty = info.get("bbo", (None, 0, None, 0))
+        lines.append(f"  {symbol:<6} {bid_qty or '':>8} {_price(bid):>9}  {_price(ask):>9} {ask_qty or '':>8}  "
+                     f"{_price(info.get('last')):>9} {info.get('trades', 0):>8}")
+    now = time.monotonic()
+    health = []
+    for name, node in cluster.nodes.items():
+        if node.process.poll() is not None:
+            health.append(f"{name}:DEAD({node.process.returncode})")
+        elif now - node.last_report > 3:
+            health.append(f"{name}:silent")
+        else:
+            health.append(f"{name}:ok")
+    lines.append("  nodes: " + "  ".join(health))
+    return lines
+
+
+def run_cluster(config: ClusterConfig, config_path: str | None, duration: float | None, demo: bool,
+                out: TextIO = sys.stdout) -> int:
+    """``matchwire run``: start, trade, watch, stop, summarise."""
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    cluster = Cluster(config, config_path, out=out)
+    traders: list[DemoTrader] = []
+    started = time.monotonic()
+    exit_codes: dict[str, int | None] = {}
+    try:
+        print(f"matchwire: starting {len(config.nodes)} nodes ({', '.join(n.name for n in config.nodes)}); "
+              f"logs in {cluster.log_dir}", file=out, flush=True)
+        cluster.start()
+        print(f"matchwire: cluster ready in {time.monotonic() - started:.1f} s; gateway client API at "
+              f"{config.client_endpoint()}", file=out, flush=True)
+        if demo:
+            traders = _start_demo(config, stop)
+            print(f"matchwire: {len(traders)} demo traders at {config.demo.get('orders_per_second', 2000)} "
+                  "orders/s in all", file=out, flush=True)
+        t0 = time.monotonic()
+        last_view = t0
+        last_counts = {"orders": 0, "trades": 0, "reports": 0}
+        tty = out.isatty()
+        drawn = 0
+        while not stop.is_set():
+            cluster.pump(0.1)
+            now = time.monotonic()
+            if duration is not None and now - t0 >= duration:
+                break
+            if now - last_view >= 1.0:
+                counts = _counts(cluster)
+                rates = {k: (counts[k] - last_counts[k]) / (now - last_view) for k in counts}
+                last_counts, last_view = counts, now
+                lines = render_view(cluster, rates)
+                if tty and drawn:
+                    out.write(f"\x1b[{drawn}F\x1b[J")
+                out.write("\n".join(lines) + "\n")
+                out.flush()
+                drawn = len(lines) if tty else 0
+        elapsed = time.monotonic() - t0
+    except RuntimeError as exc:
+        print(f"matchwire: {exc}", file=sys.stderr)
+        stop.set()
+        for trader in traders:
+            trader.join(2)
+        cluster.stop()
+        signal.signal(signal.SIGINT, previous)
+        return 1
+    finally:
+        stop.set()
+    for trader in traders:
+        trader.join(3)
+    cluster.pump(0.5)
+    final_counts = _counts(cluster)
+    exit_codes = cluster.stop()
+    signal.signal(signal.SIGINT, previous)
+    _summary(out, traders, final_counts, elapsed, exit_codes, cluster)
+    return 0 if not any(n.reported_dead for n in cluster.nodes.values()) or not cluster.events else 1
+
+
+def _start_demo(config: ClusterConfig, stop: threading.Event) -> list[DemoTrader]:
+    demo = config.demo
+    makers = demo.get("market_makers", [])
+    takers = demo.get("takers", [])
+    total = float(demo.get("orders_per_second", 2000))
+    instruments = list(config.instruments.values())
+    traders: list[DemoTrader] = []
+    count = max(1, len(makers) + len(takers))
+    for i, account in enumerate(makers):
+        traders.append(MarketMaker(f"mm-{account}", config.client_endpoint(), account, instruments,
+                                   total * 0.6 / max(1, len(makers)), seed=i + 1, stop=stop))
+    for i, account in enumerate(takers):
+        traders.append(Taker(f"taker-{account}", config.client_endpoint(), account, instruments,
+                             total * 0.4 / max(1, len(takers)), seed=100 + i, stop=stop))
+    del count
+    for trader in traders:
+        trader.start()
+    return traders
+
+
+def _counts(cluster: Cluster) -> dict[str, int]:
+    orders = trades = reports = 0
+    for node in cluster.nodes.values():
+        for name, stats in node.stats.get("actors", {}).items():
+            if name.startswith("book/"):
+                orders += stats.get("orders", 0)
+                trades += stats.get("fills", 0)
+            if name.startswith("gateway/"):
+                reports += stats.get("reports_out", 0)
+    return {"orders": orders, "trades": trades, "reports": reports}
+
+
+def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], elapsed: float,
+             exit_codes: dict[str, int | None], cluster: Cluster) -> None:
+    total = TraderStats()
+    for trader in traders:
+        total.merge(trader.stats)
+    print("\nmatchwire summary", file=out)
+    print(f"  ran {elapsed:.1f} s; nodes exited: " + ", ".join(f"{k}={v}" for k, v in exit_codes.items()), file=out)
+    if traders:
+        acks = total.reports.get("accepted", 0) + total.reports.get("modified", 0)
+        print(f"  orders sent {total.sent} ({total.sent / max(elapsed, 1e-9):.0f}/s); acknowledged {acks}; "
+              f"rejected {sum(total.rejects.values())}; refused locally (gateway full) {total.busy_local}", file=out)
+        print(f"  trades {counts['trades']} ({counts['trades'] / max(elapsed, 1e-9):.0f}/s); fills reported to "
+              f"traders {total.fills}", file=out)
+        if total.rejects:
+            print("  rejects by reason: " + ", ".join(f"{k} {v}" for k, v in total.rejects.most_common()), file=out)
+        if total.cancels:
+            print("  cancels by reason: " + ", ".join(f"{k} {v}" for k, v in total.cancels.most_common()), file=out)
+        pct = _percentiles(total.latencies_ns)
+        if pct:
+            print("  ack latency (send -> accepted/rejected/modified, us): "
+                  + "  ".join(f"{k} {v:.0f}" for k, v in pct.items()), file=out)
+    else:
+        print(f"  book commands {counts['orders']}, trades {counts['trades']}", file=out)
+    for event in cluster.events:
+        print(f"  event: {event}", file=out)
+    out.flush()
+
+

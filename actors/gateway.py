@@ -1,0 +1,377 @@
+"""GatewayActor: client sessions in, execution reports out.
+
+Clients reach the gateway through its :class:`ClientPort` (a ZeroMQ ROUTER socket read by one
+thread; issue #6 adds OUCH over SoupBinTCP beside it). The gateway gives every order a
+cluster-wide id (so clients choose their own ids freely and nobody can touch another
+session's orders), routes it to the risk shard of its account, and turns reports from books
+and risk back into the client's ids. Counterparty order ids and accounts are blanked: the
+exchange is anonymous.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+
+import zmq
+
+from actors.base import ClusterActor, NodeContext
+from actors.config import cluster_order_id
+from actors.transport import Batch, LocalDirectory
+from exchange.layout import LayoutError
+from exchange.orders import Rejected, RejectReason
+from exchange.wire import (
+    ORDER,
+    ORDER_SIZE,
+    REPORT,
+    REPORT_SIZE,
+    ClusterReason,
+    EventKind,
+    MessageKind,
+    Op,
+    event_to_record,
+    iter_records,
+    pack_header,
+    unpack_header,
+)
+
+_unpack_order = ORDER.struct.unpack_from
+_pack_order = ORDER.struct.pack
+_unpack_report = REPORT.struct.unpack_from
+_pack_report = REPORT.struct.pack
+_BLANK = b"        "
+_OP_NAMES = {Op.NEW: "new", Op.CANCEL: "cancel", Op.MODIFY: "modify"}
+
+
+class ClientPort(threading.Thread):
+    """The gateway's client socket, owned by this thread alone.
+
+    Inbound client messages become batches for the gateway actor; outbound reports arrive from
+    the actor over an inproc PULL socket and leave through the ROUTER. A client that does not
+    read has its reports queued (bounded); a client that is gone has them counted as undeliverable.
+    """
+
+    def __init__(self, context: zmq.Context, endpoint: str, outbound: str, local: LocalDirectory,
+                 gateway_index: int, max_backlog: int, max_queued: int = 100_000) -> None:
+        super().__init__(name=f"client-port-{gateway_index}", daemon=True)
+        self.context = context
+        self.endpoint = endpoint
+        self.outbound = outbound
+        self.local = local
+        self.gateway_index = gateway_index
+        self.max_backlog = max_backlog
+        self.max_queued = max_queued
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.stats = {"client_messages": 0, "client_records": 0, "malformed": 0, "reports_sent": 0,
+                      "undeliverable": 0, "client_queue_overflow": 0}
+        self.queued: dict[bytes, collections.deque] = {}
+
+    def run(self) -> None:
+        clients = self.context.socket(zmq.ROUTER)
+        pull = self.context.socket(zmq.PULL)
+        try:
+            clients.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            clients.setsockopt(zmq.LINGER, 0)
+            clients.setsockopt(zmq.SNDHWM, 10_000)
+            clients.setsockopt(zmq.RCVHWM, 1_000)
+            clients.bind(self.endpoint)
+            pull.setsockopt(zmq.LINGER, 0)
+            pull.bind(self.outbound)
+        except zmq.ZMQError as exc:
+            self.error = exc
+            self.ready.set()
+            clients.close(linger=0)
+            pull.close(linger=0)
+            return
+        self.ready.set()
+        poller = zmq.Poller()
+        poller.register(clients, zmq.POLLIN)
+        poller.register(pull, zmq.POLLIN)
+        try:
+            while not self.stopping.is_set():
+                reading = self.local.max_backlog() <= self.max_backlog
+                events = dict(poller.poll(20 if reading else 1))
+                if pull in events:
+                    for _ in range(1024):
+                        try:
+                            frames = pull.recv_multipart(flags=zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._to_client(clients, frames)
+                if self.queued:
+                    self._retry(clients)
+                if reading and clients in events:
+                    for _ in range(256):
+                        try:
+                            frames = clients.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._from_client(frames)
+                        if self.local.max_backlog() > self.max_backlog:
+                            break
+        finally:
+            clients.close(linger=0)
+            pull.close(linger=0)
+
+    def _from_client(self, frames: list) -> None:
+        if len(frames) != 3:
+            self.stats["malformed"] += 1
+            return
+        client, header_frame, payload = frames
+        try:
+            header = unpack_header(header_frame.bytes)
+            if header["kind"] is not MessageKind.ORDERS:
+                raise LayoutError("clients send orders only")
+            iter_records(payload.buffer, ORDER_SIZE, header["count"])
+        except LayoutError:
+            self.stats["malformed"] += 1
+            return
+        self.stats["client_messages"] += 1
+        self.stats["client_records"] += header["count"]
+        self.local.deliver(self.gateway_index, Batch(MessageKind.ORDERS, -1, payload.bytes, header["count"],
+                                                     session=client.bytes))
+
+    def _to_client(self, clients: zmq.Socket, frames: list) -> None:
+        client = frames[0]
+        queue = self.queued.get(client)
+        if queue:
+            self._enqueue(client, frames)
+            return
+        if not self._send(clients, frames):
+            self._enqueue(client, frames)
+
+    def _enqueue(self, client: bytes, frames: list) -> None:
+        queue = self.queued.setdefault(client, collections.deque())
+        if len(queue) >= self.max_queued:
+            self.stats["client_queue_overflow"] += 1
+            return
+        queue.append(frames)
+
+    def _send(self, clients: zmq.Socket, frames: list) -> bool:
+        try:
+            clients.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.stats["undeliverable"] += 1
+            return True
+        self.stats["reports_sent"] += 1
+        return True
+
+    def _retry(self, clients: zmq.Socket) -> None:
+        for client in list(self.queued):
+            queue = self.queued[client]
+            while queue and self._send(clients, queue[0]):
+                queue.popleft()
+            if not queue:
+                del self.queued[client]
+
+
+class GatewayOrder:
+    """A live order as the gateway knows it."""
+
+    __slots__ = ("session", "client_id", "account", "symbol", "leaves")
+
+    def __init__(self, session: bytes, client_id: int, account: str, symbol: str, leaves: int) -> None:
+        self.session = session
+        self.client_id = client_id
+        self.account = account
+        self.symbol = symbol
+        self.leaves = leaves
+
+
+class GatewayActor(ClusterActor):
+    """Client sessions: id mapping, ownership, routing by account, reports back in client terms."""
+
+    def __init__(self, context: NodeContext, name: str) -> None:
+        super().__init__(context, name)
+        config = context.config
+        self.number = config.gateways.index(name)
+        self.outbound_endpoint = f"inproc://gateway-out-{self.number}"
+        self.port = ClientPort(context.zmq_context, config.client_endpoint(name, bind=True), self.outbound_endpoint,
+                               context.local, self.index, config.max_backlog)
+        self.next_id = itertools.count(1)
+        self.orders: dict[int, GatewayOrder] = {}
+        self.by_client: dict[tuple[bytes, int], int] = {}
+        self.to_clients: dict[bytes, list[bytes]] = {}
+        self.push: zmq.Socket | None = None
+        self._risk_cache: dict[str, int] = {}
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.port.start()
+        self.port.ready.wait(5)
+        if self.port.error is not None:
+            raise RuntimeError(f"gateway client port {self.config.client_endpoint(self.name)}: {self.port.error}")
+        self.push = self.ctx.zmq_context.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.LINGER, 0)
+        self.push.setsockopt(zmq.SNDHWM, 100_000)
+        self.push.connect(self.outbound_endpoint)
+
+    def on_stop(self) -> None:
+        super().on_stop()
+        self._flush_clients()
+        if self.push is not None:
+            self.push.close(linger=0)
+        self.port.stopping.set()
+        self.port.join(2)
+
+    def _risk_of(self, account: str) -> int:
+        index = self._risk_cache.get(account)
+        if index is None:
+            index = self._risk_cache[account] = self.config.actor_index[self.config.risk_shard(account)]
+        return index
+
+    def handle_batch(self, batch: Batch) -> None:
+        if batch.kind is MessageKind.ORDERS and batch.session:
+            self._client_orders(batch)
+        elif batch.kind is MessageKind.REPORTS:
+            self._reports(batch)
+        else:
+            self.count("unexpected_batches")
+
+    # -- client -> cluster -----------------------------------------------------------------
+
+    def _client_orders(self, batch: Batch) -> None:
+        payload = batch.payload
+        session = batch.session
+        add = self.outbox.add  # type: ignore[union-attr]
+        self.count("client_orders", batch.count)
+        for offset in range(0, batch.count * ORDER_SIZE, ORDER_SIZE):
+            (op, side, order_type, tif, stp, flags, reserved, trace_ns, symbol_b, account_b, client_id, price, qty,
+             display) = _unpack_order(payload, offset)
+            symbol = symbol_b.decode("ascii", "replace").rstrip(" ")
+            if op == Op.NEW:
+                key = (session, client_id)
+                if key in self.by_client:
+                    self._reject_to(session, symbol, client_id, op, RejectReason.DUPLICATE_ORDER_ID, trace_ns)
+                    continue
+                account = account_b.decode("ascii", "replace").rstrip(" ")
+                if not account or account not in self.config.accounts and self.config.accounts:
+                    self._reject_to(session, symbol, client_id, op, RejectReason.INVALID_ACCOUNT, trace_ns)
+                    continue
+                order_id = cluster_order_id(self.number, next(self.next_id))
+                self.orders[order_id] = GatewayOrder(session, client_id, account, symbol, qty)
+                self.by_client[key] = order_id
+            elif op == Op.CANCEL or op == Op.MODIFY:
+                order_id = self.by_client.get((session, client_id))
+                order = self.orders.get(order_id) if order_id is not None else None
+                if order is None:
+                    self._reject_to(session, symbol, client_id, op, RejectReason.UNKNOWN_ORDER, trace_ns)
+                    continue
+                account, symbol = order.account, order.symbol
+                account_b = account.encode().ljust(8, b" ")
+                symbol_b = symbol.encode().ljust(8, b" ")
+            else:
+                self._reject_to(session, symbol, client_id, op, RejectReason.INVALID_COMMAND, trace_ns)
+                continue
+            add(self._risk_of(account), MessageKind.ORDERS,
+                _pack_order(op, side, order_type, tif, stp, flags, reserved, trace_ns, symbol_b, account_b, order_id,
+                            price, qty, display))
+
+    def _reject_to(self, session: bytes, symbol: str, client_id: int, op: int, reason: str, trace_ns: int) -> None:
+        self.count(f"rejected_{reason}")
+        event = tuple.__new__(Rejected, (None, symbol, client_id, _OP_NAMES.get(op, "new"), reason, ""))
+        self._to_client(session, event_to_record(event, trace_ns))
+
+    def handle_send_failures(self, result) -> None:  # noqa: ANN001
+        """Orders the risk shard could not take are answered "busy" (or "instrument_unavailable")."""
+        failures = [(ClusterReason.BUSY, item) for item in result.busy]
+        failures += [(ClusterReason.INSTRUMENT_UNAVAILABLE, item) for item in result.unreachable]
+        for reason, (destination, kind, records) in failures:
+            if kind is not MessageKind.ORDERS:
+                for record in records:
+                    self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
+                continue
+            for record in records:
+                fields = _unpack_order(record, 0)
+                op, trace_ns, order_id = fields[0], fields[7], fields[10]
+                order = self.orders.get(order_id)
+                if order is None:
+                    continue
+                if op == Op.NEW:
+                    del self.orders[order_id]
+                    self.by_client.pop((order.session, order.client_id), None)
+                self._reject_to(order.session, order.symbol, order.client_id, op, reason, trace_ns)
+        self._flush_clients()
+
+    # -- cluster -> client -----------------------------------------------------------------
+
+    def _reports(self, batch: Batch) -> None:
+        try:
+            offsets = iter_records(batch.payload, REPORT_SIZE, batch.count)
+        except LayoutError:
+            self.count("malformed_batches")
+            return
+        payload = batch.payload
+        orders = self.orders
+        for offset in offsets:
+            fields = list(_unpack_report(payload, offset))
+            kind = fields[0]
+            if kind == EventKind.FILL:
+                self.count("fills")
+                maker = orders.get(fields[13])
+                taker = orders.get(fields[14])
+                qty = fields[16]
+                for order, own, other in ((maker, 13, 14), (taker, 14, 13)):
+                    if order is None:
+                        continue
+                    copy = list(fields)
+                    copy[own] = order.client_id
+                    copy[other] = 0
+                    copy[12 if own == 13 else 11] = _BLANK  # the counterparty's account
+                    self._to_client(order.session, _pack_report(*copy))
+                    order.leaves -= qty
+                    if order.leaves <= 0:
+                        self._forget(fields[own])
+                continue
+            order_id = fields[13]
+            order = orders.get(order_id)
+            if order is None:
+                # Rejects the gateway itself answered earlier, or reports for orders already done.
+                self.count("reports_for_unknown_orders")
+                continue
+            fields[13] = order.client_id
+            self._to_client(order.session, _pack_report(*fields))
+            if kind == EventKind.CANCELLED or (kind == EventKind.REJECTED and fields[7] == Op.NEW):
+                self._forget(order_id)
+            elif kind == EventKind.MODIFIED:
+                order.leaves = fields[16]
+
+    def _forget(self, order_id: int) -> None:
+        order = self.orders.pop(order_id, None)
+        if order is not None:
+            self.by_client.pop((order.session, order.client_id), None)
+
+    def _to_client(self, session: bytes, record: bytes) -> None:
+        queue = self.to_clients.get(session)
+        if queue is None:
+            self.to_clients[session] = [record]
+        else:
+            queue.append(record)
+
+    def _flush_clients(self) -> None:
+        if not self.to_clients or self.push is None:
+            return
+        pending, self.to_clients = self.to_clients, {}
+        for session, records in pending.items():
+            header = pack_header(MessageKind.REPORTS, len(records), self.index, 0, 0)
+            # The inproc queue is large and drained by the port thread; blocking here only
+            # happens when the port is far behind, which is the backpressure we want.
+            self.push.send_multipart([session, header, b"".join(records)])
+            self.count("reports_out", len(records))
+
+    def flush(self) -> None:
+        super().flush()
+        self._flush_clients()
+
+    def stats(self) -> dict:
+        out = super().stats()
+        out.update({f"port_{k}": v for k, v in self.port.stats.items()})
+        out["live_orders"] = len(self.orders)
+        return out

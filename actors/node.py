@@ -1,0 +1,240 @@
+"""A node: one OS process hosting pykka actors, its inbound pump, and its supervisor.
+
+``matchwire node --config FILE --name NODE`` runs one; ``matchwire run`` starts every node of
+a configuration on this machine. A node reports to the launcher's control socket (JSON: ready,
+statistics every second, failures) and exits non-zero when one of its actors fails: a dead
+book is not silently restarted empty, it is reported and its instruments become unavailable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import pykka
+import zmq
+
+from actors.backends import BackendOptions, BackendUnavailable, book_factory
+from actors.base import ActorFailed, ClusterActor, NodeContext, StatsReport
+from actors.book import BookActor
+from actors.config import ClusterConfig, ConfigError, load_config
+from actors.gateway import GatewayActor
+from actors.marketdata import MarketDataActor
+from actors.risk import RiskActor
+from actors.transport import Inbound, LocalDirectory, Tick
+
+log = logging.getLogger("matchwire.node")
+
+EXIT_ACTOR_FAILED = 70
+EXIT_CONFIG = 78
+TICK_SECONDS = 0.1
+
+
+class SupervisorActor(pykka.ThreadingActor):
+    """The node's supervisor: gathers its actors' statistics, reports health and failures.
+
+    Actors only ever *tell* it things; it never asks them, so nothing waits on anything.
+    """
+
+    def __init__(self, config: ClusterConfig, node: str, control_endpoint: str | None, fatal: threading.Event,
+                 inbound: Inbound | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.node = node
+        self.control_endpoint = control_endpoint
+        self.fatal = fatal
+        self.inbound = inbound
+        self.actor_stats: dict[str, dict] = {}
+        self.failures: list[dict] = []
+        self.socket: zmq.Socket | None = None
+        self.context: zmq.Context | None = None
+        self.ready_sent = False
+        self.started = time.monotonic()
+
+    def on_start(self) -> None:
+        if self.control_endpoint:
+            self.context = zmq.Context.instance()
+            self.socket = self.context.socket(zmq.PUSH)
+            self.socket.setsockopt(zmq.LINGER, 0)
+            self.socket.setsockopt(zmq.SNDHWM, 100)
+            self.socket.connect(self.control_endpoint)
+
+    def on_stop(self) -> None:
+        if self.socket is not None:
+            self._send({"type": "stopped"})
+            self.socket.close(linger=0)
+
+    def _send(self, message: dict) -> None:
+        if self.socket is None:
+            return
+        message.update({"node": self.node, "pid": os.getpid(), "time": time.time()})
+        try:
+            self.socket.send(json.dumps(message).encode(), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the launcher is behind; the next report supersedes this one
+
+    def on_receive(self, message: object) -> object:
+        if isinstance(message, StatsReport):
+            self.actor_stats[message.actor] = message.stats
+            self._maybe_ready()
+        elif isinstance(message, ActorFailed):
+            failure = {"actor": message.actor, "error": message.error}
+            self.failures.append(failure)
+            log.error("node %s: actor %s failed: %s", self.node, message.actor, message.error)
+            self._send({"type": "failed", **failure})
+            self.fatal.set()
+        elif message == "publish":
+            inbound = self.inbound.stats if self.inbound is not None else {}
+            self._send({"type": "stats", "actors": self.actor_stats, "inbound": dict(inbound),
+                        "ready": self.ready_sent})
+        elif message == "stats":
+            return dict(self.actor_stats)
+        return None
+
+    def _maybe_ready(self) -> None:
+        if self.ready_sent:
+            return
+        node = self.config.node(self.node)
+        if not all(actor in self.actor_stats for actor in node.actors):
+            return
+        down = {n for stats in self.actor_stats.values() for n in stats.get("peers_down", [])}
+        if down and time.monotonic() - self.started < 15:
+            return
+        self.ready_sent = True
+        self._send({"type": "ready", "peers_down": sorted(down)})
+
+
+def start_actor(context: NodeContext, name: str, backend: str, link: str | None) -> pykka.ActorRef:
+    """Start the actor for a configured name (its kind is the part before the slash)."""
+    kind, key = name.split("/", 1)
+    if kind == "book":
+        factory = book_factory(backend, BackendOptions(link=link))
+        return BookActor.start(context, name, factory(context.config.instruments[key]))
+    classes: dict[str, type[ClusterActor]] = {"risk": RiskActor, "gateway": GatewayActor, "md": MarketDataActor}
+    cls = classes.get(kind)
+    if cls is None:
+        raise ConfigError(f"actor {name!r}: no actor of kind {kind!r} can run yet")
+    return cls.start(context, name)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies: no orphans, even on kill -9."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except OSError:
+        pass
+
+
+class Node:
+    """Everything one node process runs; usable in-process by tests as well."""
+
+    def __init__(self, config: ClusterConfig, name: str, control_endpoint: str | None = None) -> None:
+        self.config = config
+        self.node = config.node(name)
+        self.name = name
+        self.control_endpoint = control_endpoint
+        self.zmq_context = zmq.Context()
+        self.local = LocalDirectory()
+        self.fatal = threading.Event()
+        self.stopping = threading.Event()
+        self.refs: list[pykka.ActorRef] = []
+        self.inbound: Inbound | None = None
+        self.supervisor: pykka.ActorRef | None = None
+
+    def start(self) -> None:
+        if self.config.transport == "ipc":
+            os.makedirs(self.config.ipc_dir, exist_ok=True)
+        self.inbound = Inbound(self.zmq_context, self.config, self.name, self.local)
+        self.supervisor = SupervisorActor.start(self.config, self.name, self.control_endpoint, self.fatal,
+                                                self.inbound)
+        context = NodeContext(self.config, self.name, self.zmq_context, self.local, self.supervisor,
+                              stats_interval=0.25)
+        for actor_name in self.node.actors:
+            ref = start_actor(context, actor_name, self.node.backend, self.node.link)
+            self.local.register(self.config.actor_index[actor_name], ref)
+            self.refs.append(ref)
+        # Start reading only once every local actor can take its messages.
+        self.inbound.start()
+        self.inbound.ready.wait(5)
+        if self.inbound.error is not None:
+            raise RuntimeError(f"node {self.name}: cannot bind {self.config.endpoint(self.node, bind=True)}: "
+                               f"{self.inbound.error}")
+
+    def tick(self) -> None:
+        tick = Tick()
+        for ref in self.refs:
+            try:
+                ref.tell(tick)
+            except pykka.ActorDeadError:
+                self.fatal.set()
+
+    def run(self) -> int:
+        """Tick until told to stop or until an actor fails; returns the process exit code."""
+        last_publish = 0.0
+        parent = os.getppid()
+        while not self.stopping.is_set() and not self.fatal.is_set():
+            time.sleep(TICK_SECONDS)
+            self.tick()
+            now = time.monotonic()
+            if now - last_publish >= 1.0 and self.supervisor is not None:
+                last_publish = now
+                self.supervisor.tell("publish")
+            if parent != 1 and os.getppid() != parent:
+                log.error("node %s: launcher went away; stopping", self.name)
+                break
+        return EXIT_ACTOR_FAILED if self.fatal.is_set() else 0
+
+    def stop(self) -> None:
+        for ref in self.refs:
+            try:
+                ref.stop(timeout=5)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                pass
+        if self.inbound is not None:
+            self.inbound.stopping.set()
+            self.inbound.join(2)
+        if self.supervisor is not None:
+            try:
+                self.supervisor.stop(timeout=2)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                pass
+        self.zmq_context.term()
+
+
+def main(config_path: str | None, name: str, control_endpoint: str | None) -> int:
+    """Entry point of ``matchwire node``."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    _die_with_parent()
+    try:
+        config = load_config(config_path)
+        node = Node(config, name, control_endpoint)
+    except (ConfigError, BackendUnavailable) as exc:
+        print(f"matchwire node: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    def request_stop(signum: int, frame: object) -> None:
+        node.stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        node.start()
+    except (RuntimeError, BackendUnavailable, ConfigError) as exc:
+        print(f"matchwire node {name}: {exc}", file=sys.stderr)
+        node.stopping.set()
+        node.stop()
+        return EXIT_CONFIG
+    log.info("node %s up: actors %s on %s", name, ", ".join(node.node.actors), config.endpoint(node.node))
+    code = node.run()
+    node.stop()
+    log.info("node %s stopped (exit %d)", name, code)
+    return code

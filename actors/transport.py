@@ -1,0 +1,326 @@
+"""ZeroMQ between nodes, pykka within a node.
+
+Each node binds one ROUTER socket (its *inbound* socket, routing id = node name), read by one
+thread, the :class:`Inbound` pump, which hands every batch to the local actor it is addressed
+to. Each actor that sends owns an :class:`Outbox`: a ROUTER socket made in ``on_start`` and
+closed in ``on_stop``, connected to every peer node, with ``ROUTER_MANDATORY`` so an unreachable
+peer is an error instead of a silent drop, and non-blocking sends so a full peer is seen at
+once (counted, and answered "busy" by the caller) instead of blocking the actor. Records for
+the same destination are batched until the actor's inbox runs dry, then sent as one message.
+
+No socket is ever used by two threads. Messages for an actor on the same node skip ZeroMQ
+and go through pykka directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pykka
+import zmq
+
+from actors.config import ClusterConfig
+from exchange.layout import LayoutError
+from exchange.wire import HEADER, MessageKind, pack_header, unpack_header
+
+PING_HEADER_KIND = MessageKind.PING
+
+
+@dataclass(slots=True)
+class Batch:
+    """Records addressed to one actor: ``count`` fixed-size records of ``kind`` in ``payload``."""
+
+    kind: MessageKind
+    source: int
+    payload: bytes | memoryview
+    count: int
+    session: bytes = b""  # set for batches from a client connection
+
+
+@dataclass(slots=True)
+class Tick:
+    """Sent to every actor periodically: retry pending sends, probe peers, report statistics."""
+
+    now: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class PeerDown:
+    """A peer node stopped answering; the actor decides what that means for its work."""
+
+    node: str
+
+
+@dataclass(slots=True)
+class PeerUp:
+    """A peer node answers again."""
+
+    node: str
+
+
+class LocalDirectory:
+    """Node-local registry: actor index -> pykka ActorRef, plus per-actor backlog counters.
+
+    The inbound pump increments ``delivered`` and the actor increments ``processed``; each
+    counter has one writer, so the backlog (their difference) needs no lock.
+    """
+
+    def __init__(self) -> None:
+        self.refs: dict[int, pykka.ActorRef] = {}
+        self.delivered: dict[int, int] = {}
+        self.processed: dict[int, int] = {}
+
+    def register(self, index: int, ref: pykka.ActorRef) -> None:
+        self.refs[index] = ref
+        self.delivered.setdefault(index, 0)
+        self.processed.setdefault(index, 0)
+
+    def deliver(self, index: int, message: object) -> bool:
+        ref = self.refs.get(index)
+        if ref is None:
+            return False
+        self.delivered[index] += 1
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            return False
+        return True
+
+    def done(self, index: int) -> None:
+        self.processed[index] += 1
+
+    def max_backlog(self) -> int:
+        return max((self.delivered[i] - self.processed[i] for i in self.refs), default=0)
+
+
+class SendResult:
+    """What happened to a flush: batches that could not go, by reason."""
+
+    __slots__ = ("busy", "unreachable")
+
+    def __init__(self) -> None:
+        self.busy: list[tuple[int, MessageKind, list[bytes]]] = []
+        self.unreachable: list[tuple[int, MessageKind, list[bytes]]] = []
+
+
+class Outbox:
+    """An actor's outbound side: batching per destination, non-blocking sends, liveness of peers.
+
+    ``add`` buffers a record; ``flush`` sends every buffer as one message per destination and
+    returns what could not be sent (``busy``: the peer's queue is full; ``unreachable``: the
+    peer is not connected). The caller decides: reject new orders, keep reports for a retry.
+    """
+
+    def __init__(self, context: zmq.Context, config: ClusterConfig, owner: str, local: LocalDirectory,
+                 local_node: str) -> None:
+        self.config = config
+        self.owner = owner
+        self.owner_index = config.actor_index[owner]
+        self.local = local
+        self.local_node = local_node
+        self.socket = context.socket(zmq.ROUTER)
+        # A fresh routing id per incarnation: a restarted actor never inherits its old pipes.
+        self.socket.setsockopt(zmq.ROUTING_ID, f"{owner}@{os.getpid()}:{next(_incarnation)}".encode())
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.SNDHWM, config.send_hwm)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.HEARTBEAT_IVL, 200)
+        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
+        self.socket.setsockopt(zmq.RECONNECT_IVL, 50)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        self.peer_ids: dict[str, bytes] = {}
+        for node in config.nodes:
+            if node.name != local_node:
+                self.socket.connect(config.endpoint(node))
+                self.peer_ids[node.name] = node.name.encode()
+        self.node_of = [config.actor_node[name].name for name in config.actor_names]
+        self.buffers: dict[tuple[int, MessageKind], list[bytes]] = {}
+        self.batch_counters: dict[int, itertools.count] = {}
+        self.up: dict[str, bool] = dict.fromkeys(self.peer_ids, False)
+        self.stats = {"messages_sent": 0, "records_sent": 0, "busy": 0, "unreachable": 0, "local_batches": 0}
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def add(self, destination: int, kind: MessageKind, record: bytes) -> None:
+        key = (destination, kind)
+        buffer = self.buffers.get(key)
+        if buffer is None:
+            self.buffers[key] = [record]
+        else:
+            buffer.append(record)
+
+    def pending(self) -> int:
+        return sum(len(b) for b in self.buffers.values())
+
+    def flush(self) -> SendResult:
+        result = SendResult()
+        if not self.buffers:
+            return result
+        buffers, self.buffers = self.buffers, {}
+        for (destination, kind), records in buffers.items():
+            self._send(destination, kind, records, result)
+        return result
+
+    def send_now(self, destination: int, kind: MessageKind, records: list[bytes]) -> SendResult:
+        result = SendResult()
+        self._send(destination, kind, records, result)
+        return result
+
+    def _send(self, destination: int, kind: MessageKind, records: list[bytes], result: SendResult) -> None:
+        node = self.node_of[destination]
+        counter = self.batch_counters.get(destination)
+        if counter is None:
+            counter = self.batch_counters[destination] = itertools.count(1)
+        payload = b"".join(records)
+        if node == self.local_node:
+            batch = Batch(kind, self.owner_index, payload, len(records))
+            if self.local.deliver(destination, batch):
+                self.stats["local_batches"] += 1
+                self.stats["records_sent"] += len(records)
+            else:
+                result.unreachable.append((destination, kind, records))
+            return
+        header = pack_header(kind, len(records), self.owner_index, destination, next(counter))
+        try:
+            self.socket.send_multipart([self.peer_ids[node], header, payload], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.stats["busy"] += 1
+            result.busy.append((destination, kind, records))
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.stats["unreachable"] += 1
+            self.up[node] = False
+            result.unreachable.append((destination, kind, records))
+            return
+        self.stats["messages_sent"] += 1
+        self.stats["records_sent"] += len(records)
+        self.up[node] = True
+
+    def probe(self) -> tuple[list[str], list[str]]:
+        """Ping every peer node; returns (nodes that came up, nodes that went down)."""
+        came_up, went_down = [], []
+        header = pack_header(PING_HEADER_KIND, 0, self.owner_index, 0, 0)
+        for node, routing_id in self.peer_ids.items():
+            try:
+                self.socket.send_multipart([routing_id, header, b""], flags=zmq.NOBLOCK)
+                alive = True
+            except zmq.Again:
+                alive = True  # connected, merely full
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                alive = False
+            if alive != self.up[node]:
+                (came_up if alive else went_down).append(node)
+                self.up[node] = alive
+        return came_up, went_down
+
+    def wait_for_peers(self, nodes: list[str], timeout: float) -> list[str]:
+        """Probe until the given peers are reachable or ``timeout`` passes; returns those still down."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.probe()
+            down = [n for n in nodes if n in self.up and not self.up[n]]
+            if not down or time.monotonic() >= deadline:
+                return down
+            time.sleep(0.02)
+
+
+_incarnation = itertools.count(1)
+
+
+class Inbound(threading.Thread):
+    """The node's inbound pump: one bound ROUTER socket, read by this thread alone.
+
+    It stops reading while any local actor is more than ``max_backlog`` batches behind, so the
+    socket's queue fills and senders see "busy": bounded queues end to end.
+    """
+
+    def __init__(self, context: zmq.Context, config: ClusterConfig, node_name: str, local: LocalDirectory,
+                 on_control: Callable[[bytes, bytes], None] | None = None) -> None:
+        super().__init__(name=f"inbound-{node_name}", daemon=True)
+        self.context = context
+        self.config = config
+        self.node = config.node(node_name)
+        self.local = local
+        self.on_control = on_control
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.stats = {"messages": 0, "records": 0, "pings": 0, "malformed": 0, "misaddressed": 0, "paused_ms": 0}
+
+    def run(self) -> None:
+        socket = self.context.socket(zmq.ROUTER)
+        try:
+            socket.setsockopt(zmq.ROUTING_ID, self.node.name.encode())
+            socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            socket.setsockopt(zmq.RCVHWM, self.config.send_hwm)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.HEARTBEAT_IVL, 200)
+            socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
+            socket.bind(self.config.endpoint(self.node, bind=True))
+        except zmq.ZMQError as exc:
+            self.error = exc
+            self.ready.set()
+            socket.close(linger=0)
+            return
+        self.ready.set()
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        limit = self.config.max_backlog
+        try:
+            while not self.stopping.is_set():
+                if self.local.max_backlog() > limit:
+                    time.sleep(0.001)
+                    self.stats["paused_ms"] += 1
+                    continue
+                if not poller.poll(50):
+                    continue
+                for _ in range(256):  # drain a burst, then re-check the backlog
+                    try:
+                        frames = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._dispatch(frames)
+                    if self.local.max_backlog() > limit:
+                        break
+        finally:
+            socket.close(linger=0)
+
+    def _dispatch(self, frames: list) -> None:
+        if len(frames) != 3:
+            self.stats["malformed"] += 1
+            return
+        sender, header_frame, payload_frame = frames
+        try:
+            header = unpack_header(header_frame.bytes)
+        except LayoutError:
+            self.stats["malformed"] += 1
+            return
+        kind = header["kind"]
+        if kind is MessageKind.PING:
+            self.stats["pings"] += 1
+            return
+        if kind is MessageKind.CONTROL:
+            if self.on_control is not None:
+                self.on_control(sender.bytes, payload_frame.bytes)
+            return
+        payload = payload_frame.buffer
+        count = header["count"]
+        batch = Batch(kind, header["source"], payload, count)
+        if not self.local.deliver(header["destination"], batch):
+            self.stats["misaddressed"] += 1
+            return
+        self.stats["messages"] += 1
+        self.stats["records"] += count
+
+
+HEADER_SIZE = HEADER.size
