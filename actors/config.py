@@ -47,6 +47,7 @@ class ClusterConfig:
     client_port: int
     send_hwm: int
     max_backlog: int
+    socket_buffer: int
     nodes: list[NodeConfig]
     instruments: dict[str, Instrument]
     accounts: list[str]
@@ -157,6 +158,7 @@ def parse_config(data: dict, source: str) -> ClusterConfig:
         control_port=cluster.get("control_port", base_port + 90),
         client_port=cluster.get("client_port", base_port + 91),
         send_hwm=cluster.get("send_hwm", 1000), max_backlog=cluster.get("max_backlog", 64),
+        socket_buffer=cluster.get("socket_buffer", 262_144),
         nodes=nodes, instruments=instruments, accounts=accounts, demo=data.get("demo", {}), raw=data, source=source)
 
 

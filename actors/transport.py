@@ -128,7 +128,12 @@ class Outbox:
         self.socket.setsockopt(zmq.ROUTING_ID, f"{owner}@{os.getpid()}:{next(_incarnation)}".encode())
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.SNDHWM, config.send_hwm)
+        # Kernel buffers are queues too: bound them, or "bounded queues" hide megabytes.
+        self.socket.setsockopt(zmq.SNDBUF, config.socket_buffer)
         self.socket.setsockopt(zmq.LINGER, 0)
+        # Without IMMEDIATE a connecting socket keeps its pipe to a dead peer and queues into it,
+        # silently; with it, a dead peer is unroutable at once and the sender knows.
+        self.socket.setsockopt(zmq.IMMEDIATE, 1)
         self.socket.setsockopt(zmq.HEARTBEAT_IVL, 200)
         self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
         self.socket.setsockopt(zmq.RECONNECT_IVL, 50)
@@ -263,6 +268,7 @@ class Inbound(threading.Thread):
             socket.setsockopt(zmq.ROUTING_ID, self.node.name.encode())
             socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
             socket.setsockopt(zmq.RCVHWM, self.config.send_hwm)
+            socket.setsockopt(zmq.RCVBUF, self.config.socket_buffer)
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.HEARTBEAT_IVL, 200)
             socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)

@@ -1,0 +1,204 @@
+"""Multi-process cluster tests on loopback: real node processes, real ZeroMQ, real clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from actors.client import ClusterClient
+from exchange.orders import Accepted, Cancelled, Fill, NewOrder, Rejected, Side
+from tests.actors.cluster_helpers import start_cluster, wait_for, write_config
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody reaped yet (PID 1 here need not reap)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _descendants(pid: int) -> set[int]:
+    children: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            children.add(int(entry))
+            children |= _descendants(int(entry))
+    return children
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    path = write_config(tmp_path)
+    running = start_cluster(path, tmp_path / "logs")
+    yield running
+    running.stop()
+
+
+def _terminal(events, order_ids):
+    """True when every order id got accepted-or-rejected."""
+    acked = {e.order_id for e in events if isinstance(e, (Accepted, Rejected))}
+    return set(order_ids) <= acked
+
+
+def test_orders_across_two_book_nodes_trade_and_report(cluster):
+    endpoint = cluster.config.client_endpoint()
+    with ClusterClient(endpoint, name="maker") as maker, ClusterClient(endpoint, name="taker") as taker:
+        for i, symbol in enumerate(("AAPL", "MSFT", "GOOG", "TSLA")):
+            maker.new_order(symbol, 10 + i, "A1", "sell", 300, price=1_000_000)
+        maker_events = maker.collect(lambda ev: len([e for e in ev if isinstance(e, Accepted)]) == 4)
+        assert {e.symbol for e in maker_events if isinstance(e, Accepted)} == {"AAPL", "MSFT", "GOOG", "TSLA"}
+        for i, symbol in enumerate(("AAPL", "MSFT", "GOOG", "TSLA")):
+            taker.new_order(symbol, 20 + i, "A2", "buy", 200, price=1_000_000)
+        taker_events = taker.collect(lambda ev: len([e for e in ev if isinstance(e, Fill)]) == 4)
+        fills = [e for e in taker_events if isinstance(e, Fill)]
+        assert sorted((f.symbol, f.qty, f.price, f.taker_order_id, f.maker_order_id) for f in fills) == [
+            ("AAPL", 200, 1_000_000, 20, 0), ("GOOG", 200, 1_000_000, 22, 0),
+            ("MSFT", 200, 1_000_000, 21, 0), ("TSLA", 200, 1_000_000, 23, 0)]
+        # The counterparty stays anonymous; the maker hears of its fills in its own ids.
+        assert all(f.maker_account == "" for f in fills)
+        maker_fills = maker.collect(lambda ev: len([e for e in ev if isinstance(e, Fill)]) == 4)
+        assert sorted(f.maker_order_id for f in maker_fills if isinstance(f, Fill)) == [10, 11, 12, 13]
+        # Nobody touches another session's orders: the taker cannot cancel the maker's order 10.
+        taker.cancel("AAPL", 10)
+        reject = taker.collect(lambda ev: any(isinstance(e, Rejected) for e in ev))
+        assert [(e.reason, e.op) for e in reject if isinstance(e, Rejected)] == [("unknown_order", "cancel")]
+        maker.cancel("AAPL", 10)
+        cancelled = maker.collect(lambda ev: any(isinstance(e, Cancelled) for e in ev))
+        assert [(e.order_id, e.qty, e.reason) for e in cancelled if isinstance(e, Cancelled)] == [(10, 100, "user")]
+
+
+def test_sequence_numbers_have_no_gaps_and_market_data_sees_every_event(cluster):
+    endpoint = cluster.config.client_endpoint()
+    clients = [ClusterClient(endpoint, name=f"c{i}") for i in range(3)]
+    try:
+        sent = []
+        for n in range(300):
+            client = clients[n % 3]
+            symbol = ("AAPL", "GOOG", "MSFT")[n % 3]
+            side = "buy" if n % 2 else "sell"
+            price = 1_000_000 + (n % 7 - 3) * 100
+            client.new_order(symbol, n + 1, f"A{n % 4 + 1}", side, 100, price=price)
+            sent.append((client, n + 1))
+        events = {c.name: [] for c in clients}
+        for client in clients:
+            ids = [oid for c, oid in sent if c is client]
+            events[client.name] = client.collect(lambda ev, ids=ids: _terminal(ev, ids), timeout=15)
+            assert _terminal(events[client.name], ids)
+    finally:
+        for client in clients:
+            client.close()
+
+    def md_caught_up() -> bool:
+        cluster.pump(0.05)
+        md = cluster.nodes["md"].stats.get("actors", {}).get("md/0", {})
+        books = {s: b["seq"] for s, b in md.get("books", {}).items()}
+        book_seqs = {}
+        for node in ("book1", "book2"):
+            for name, stats in cluster.nodes[node].stats.get("actors", {}).items():
+                book_seqs[name.split("/")[1]] = stats.get("seq")
+        return bool(books) and all(books.get(s) == q for s, q in book_seqs.items() if q)
+
+    assert wait_for(md_caught_up, timeout=10)
+    md = cluster.nodes["md"].stats["actors"]["md/0"]
+    assert md["gaps"] == 0
+    assert md["anomalies"] == 0
+
+
+def test_killed_book_node_gives_rejects_not_hangs(cluster):
+    endpoint = cluster.config.client_endpoint()
+    with ClusterClient(endpoint, name="k") as client:
+        client.new_order("GOOG", 1, "A1", "buy", 100, price=1_000_000)
+        client.new_order("AAPL", 2, "A1", "buy", 100, price=1_000_000)
+        assert _terminal(client.collect(lambda ev: _terminal(ev, [1, 2])), [1, 2])
+        cluster.kill_node("book2")
+        assert wait_for(lambda: (cluster.pump(0.05), not cluster.alive()["book2"])[1], timeout=5)
+        # The resting GOOG order is gone with its node, and the owner is told so.
+        gone = client.collect(lambda ev: any(isinstance(e, Cancelled) for e in ev), timeout=5)
+        assert [(e.order_id, e.reason) for e in gone if isinstance(e, Cancelled)] == [
+            (1, "instrument_unavailable")]
+        started = time.monotonic()
+        client.new_order("GOOG", 3, "A1", "buy", 100, price=1_000_000)
+        client.new_order("TSLA", 4, "A1", "buy", 100, price=1_000_000)
+        client.new_order("AAPL", 5, "A1", "buy", 100, price=1_000_000)
+        events = client.collect(lambda ev: _terminal(ev, [3, 4, 5]), timeout=5)
+        assert time.monotonic() - started < 5
+        outcome = {e.order_id: (type(e).__name__, getattr(e, "reason", None)) for e in events
+                   if isinstance(e, (Accepted, Rejected))}
+        assert outcome == {3: ("Rejected", "instrument_unavailable"), 4: ("Rejected", "instrument_unavailable"),
+                           5: ("Accepted", None)}
+    assert any("BOOK2 DIED" in line for line in cluster.events)
+
+
+def test_shutdown_leaves_no_process_behind(tmp_path):
+    path = write_config(tmp_path)
+    cluster = start_cluster(path, tmp_path / "logs")
+    pids = {node.process.pid for node in cluster.nodes.values()}
+    assert pids <= _descendants(os.getpid())
+    codes = cluster.stop()
+    assert codes == dict.fromkeys(codes, 0)
+    for pid in pids:
+        assert _gone(pid)
+    assert not (_descendants(os.getpid()) & pids)
+
+
+def test_nodes_die_with_a_killed_launcher(tmp_path):
+    """Even kill -9 of the launcher leaves no node behind (PR_SET_PDEATHSIG)."""
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path)
+    launcher = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", "--config", str(path), "--no-demo",
+                                 "--duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: len(_descendants(launcher.pid)) >= 5, timeout=20)
+        time.sleep(1.0)
+        nodes = _descendants(launcher.pid)
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(5)
+
+        def all_gone() -> bool:
+            return all(_gone(pid) for pid in nodes)
+
+        assert wait_for(all_gone, timeout=10), "node processes outlived their launcher"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
+def test_overload_gives_busy_rejects_and_loses_nothing(tmp_path):
+    # Tiny queues: the cluster must push back rather than buffer without bound.
+    path = write_config(tmp_path, send_hwm=1, max_backlog=1, socket_buffer=4096)
+    cluster = start_cluster(path, tmp_path / "logs")
+    try:
+        with ClusterClient(cluster.config.client_endpoint(), name="blaster", send_hwm=100_000) as client:
+            sent_ids = []
+            for n in range(1, 40_001):
+                client.queue(NewOrder(("AAPL", "GOOG")[n % 2], n, "A1", Side.BUY if n % 2 else Side.SELL,
+                                      1_000_000 + (n % 50) * 100, 100))
+                if n % 200 == 0:
+                    assert client.flush()
+                    sent_ids.extend(range(n - 199, n + 1))
+            events = client.collect(lambda ev: _terminal(ev, sent_ids), timeout=60)
+        answered = {}
+        for event in events:
+            if isinstance(event, (Accepted, Rejected)):
+                assert event.order_id not in answered, f"order {event.order_id} answered twice"
+                answered[event.order_id] = event
+        assert set(answered) == set(sent_ids), f"{len(set(sent_ids) - set(answered))} orders never answered"
+        reasons = {e.reason for e in answered.values() if isinstance(e, Rejected)}
+        assert "busy" in reasons, "no backpressure seen"
+        assert reasons <= {"busy"}
+    finally:
+        cluster.stop()
