@@ -123,7 +123,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     """Run one node process."""
     from actors.node import main as node_main
 
-    return node_main(args.config, args.name, args.control)
+    return node_main(args.config, args.name, args.control, args.parent)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--config", metavar="FILE", help="cluster configuration (TOML; default: embedded)")
     node.add_argument("--name", required=True, help="which [[node]] of the configuration to run")
     node.add_argument("--control", metavar="ENDPOINT", help="launcher's control endpoint (set by matchwire run)")
+    node.add_argument("--parent", type=int, metavar="PID", help="exit when this process (the launcher) exits")
     node.set_defaults(func=cmd_node)
     return parser
 

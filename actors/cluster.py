@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -65,7 +66,7 @@ class Cluster:
         for node in self.config.nodes:
             log_path = self.log_dir / f"{node.name}.log"
             argv = [sys.executable, "-m", "actors.cli", "node", "--name", node.name, "--control",
-                    self.config.control_endpoint()]
+                    self.config.control_endpoint(), "--parent", str(os.getpid())]
             if self.config_path:
                 argv += ["--config", self.config_path]
             log_file = open(log_path, "wb")  # noqa: SIM115  # handed to the child

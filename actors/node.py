@@ -136,7 +136,9 @@ def _die_with_parent() -> None:
 class Node:
     """Everything one node process runs; usable in-process by tests as well."""
 
-    def __init__(self, config: ClusterConfig, name: str, control_endpoint: str | None = None) -> None:
+    def __init__(self, config: ClusterConfig, name: str, control_endpoint: str | None = None,
+                 parent_pid: int | None = None) -> None:
+        self.parent_pid = parent_pid
         self.config = config
         self.node = config.node(name)
         self.name = name
@@ -179,7 +181,7 @@ class Node:
     def run(self) -> int:
         """Tick until told to stop or until an actor fails; returns the process exit code."""
         last_publish = 0.0
-        parent = os.getppid()
+        parent = self.parent_pid
         while not self.stopping.is_set() and not self.fatal.is_set():
             time.sleep(TICK_SECONDS)
             self.tick()
@@ -187,7 +189,7 @@ class Node:
             if now - last_publish >= 1.0 and self.supervisor is not None:
                 last_publish = now
                 self.supervisor.tell("publish")
-            if parent != 1 and os.getppid() != parent:
+            if parent is not None and os.getppid() != parent:
                 log.error("node %s: launcher went away; stopping", self.name)
                 break
         return EXIT_ACTOR_FAILED if self.fatal.is_set() else 0
@@ -209,14 +211,18 @@ class Node:
         self.zmq_context.term()
 
 
-def main(config_path: str | None, name: str, control_endpoint: str | None) -> int:
+def main(config_path: str | None, name: str, control_endpoint: str | None, parent_pid: int | None = None) -> int:
     """Entry point of ``matchwire node``."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s",
                         stream=sys.stderr)
     _die_with_parent()
+    if parent_pid is not None and os.getppid() != parent_pid:
+        # The launcher died before the death signal was armed.
+        print(f"matchwire node {name}: launcher {parent_pid} is gone; not starting", file=sys.stderr)
+        return 1
     try:
         config = load_config(config_path)
-        node = Node(config, name, control_endpoint)
+        node = Node(config, name, control_endpoint, parent_pid)
     except (ConfigError, BackendUnavailable) as exc:
         print(f"matchwire node: {exc}", file=sys.stderr)
         return EXIT_CONFIG

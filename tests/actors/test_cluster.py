@@ -163,7 +163,6 @@ def test_nodes_die_with_a_killed_launcher(tmp_path):
                                  "--duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         assert wait_for(lambda: len(_descendants(launcher.pid)) >= 5, timeout=20)
-        time.sleep(1.0)
         nodes = _descendants(launcher.pid)
         launcher.send_signal(signal.SIGKILL)
         launcher.wait(5)
