@@ -96,9 +96,16 @@ class ClusterActor(pykka.ThreadingActor):
             self.on_peer_up(message.node)  # type: ignore[union-attr]
         else:
             return self.on_other(message)
-        if self.actor_inbox.empty():
+        # Flush when idle (so batches grow with load), but never hold output back for long.
+        if self.actor_inbox.empty() or self.flush_due():
             self.flush()
         return None
+
+    MAX_BATCH_RECORDS = 512
+    MAX_BATCH_DELAY_NS = 500_000
+
+    def flush_due(self) -> bool:
+        return self.outbox is not None and self.outbox.due(self.MAX_BATCH_RECORDS, self.MAX_BATCH_DELAY_NS)
 
     # -- behaviour for subclasses --------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
+import time
 
 import zmq
 
@@ -20,10 +21,11 @@ from actors.base import ClusterActor, NodeContext
 from actors.config import cluster_order_id
 from actors.transport import Batch, LocalDirectory
 from exchange.layout import LayoutError
-from exchange.orders import Rejected, RejectReason
+from exchange.orders import CancelReason, Rejected, RejectReason
 from exchange.wire import (
     ORDER,
     ORDER_SIZE,
+    REASONS_BY_CODE,
     REPORT,
     REPORT_SIZE,
     ClusterReason,
@@ -175,7 +177,7 @@ class ClientPort(threading.Thread):
 class GatewayOrder:
     """A live order as the gateway knows it."""
 
-    __slots__ = ("session", "client_id", "account", "symbol", "leaves")
+    __slots__ = ("session", "client_id", "account", "symbol", "leaves", "pending", "done")
 
     def __init__(self, session: bytes, client_id: int, account: str, symbol: str, leaves: int) -> None:
         self.session = session
@@ -183,6 +185,8 @@ class GatewayOrder:
         self.account = account
         self.symbol = symbol
         self.leaves = leaves
+        self.pending = 1  # commands sent for this order and not yet answered (the new order itself)
+        self.done = False  # nothing remains of it in any book
 
 
 class GatewayActor(ClusterActor):
@@ -199,6 +203,7 @@ class GatewayActor(ClusterActor):
         self.orders: dict[int, GatewayOrder] = {}
         self.by_client: dict[tuple[bytes, int], int] = {}
         self.to_clients: dict[bytes, list[bytes]] = {}
+        self.clients_oldest_ns = 0
         self.push: zmq.Socket | None = None
         self._risk_cache: dict[str, int] = {}
 
@@ -261,9 +266,11 @@ class GatewayActor(ClusterActor):
             elif op == Op.CANCEL or op == Op.MODIFY:
                 order_id = self.by_client.get((session, client_id))
                 order = self.orders.get(order_id) if order_id is not None else None
-                if order is None:
+                if order is None or order.done:
                     self._reject_to(session, symbol, client_id, op, RejectReason.UNKNOWN_ORDER, trace_ns)
                     continue
+                # Kept until answered: its answer must find its way back even if the order ends first.
+                order.pending += 1
                 account, symbol = order.account, order.symbol
                 account_b = account.encode().ljust(8, b" ")
                 symbol_b = symbol.encode().ljust(8, b" ")
@@ -295,9 +302,10 @@ class GatewayActor(ClusterActor):
                 if order is None:
                     continue
                 if op == Op.NEW:
-                    del self.orders[order_id]
-                    self.by_client.pop((order.session, order.client_id), None)
+                    order.done = True
+                order.pending -= 1
                 self._reject_to(order.session, order.symbol, order.client_id, op, reason, trace_ns)
+                self._maybe_forget(order_id, order)
         self._flush_clients()
 
     # -- cluster -> client -----------------------------------------------------------------
@@ -328,7 +336,8 @@ class GatewayActor(ClusterActor):
                     self._to_client(order.session, _pack_report(*copy))
                     order.leaves -= qty
                     if order.leaves <= 0:
-                        self._forget(fields[own])
+                        order.done = True
+                        self._maybe_forget(fields[own], order)
                 continue
             order_id = fields[13]
             order = orders.get(order_id)
@@ -338,22 +347,39 @@ class GatewayActor(ClusterActor):
                 continue
             fields[13] = order.client_id
             self._to_client(order.session, _pack_report(*fields))
-            if kind == EventKind.CANCELLED or (kind == EventKind.REJECTED and fields[7] == Op.NEW):
-                self._forget(order_id)
+            if kind == EventKind.ACCEPTED:
+                order.pending -= 1
+            elif kind == EventKind.REJECTED:
+                order.pending -= 1
+                if fields[7] == Op.NEW:
+                    order.done = True
+            elif kind == EventKind.CANCELLED:
+                order.done = True
+                if REASONS_BY_CODE.get(fields[6]) == CancelReason.USER:
+                    order.pending -= 1  # the answer to a cancel
             elif kind == EventKind.MODIFIED:
+                order.pending -= 1
                 order.leaves = fields[16]
+            self._maybe_forget(order_id, order)
 
-    def _forget(self, order_id: int) -> None:
-        order = self.orders.pop(order_id, None)
-        if order is not None:
+    def _maybe_forget(self, order_id: int, order: GatewayOrder) -> None:
+        """Drop an order once nothing remains of it and every command for it was answered."""
+        if order.done and order.pending <= 0:
+            del self.orders[order_id]
             self.by_client.pop((order.session, order.client_id), None)
 
     def _to_client(self, session: bytes, record: bytes) -> None:
         queue = self.to_clients.get(session)
         if queue is None:
+            if not self.to_clients:
+                self.clients_oldest_ns = time.perf_counter_ns()
             self.to_clients[session] = [record]
         else:
             queue.append(record)
+
+    def flush_due(self) -> bool:
+        return super().flush_due() or (
+            bool(self.to_clients) and time.perf_counter_ns() - self.clients_oldest_ns >= self.MAX_BATCH_DELAY_NS)
 
     def _flush_clients(self) -> None:
         if not self.to_clients or self.push is None:

@@ -116,11 +116,11 @@ class OuchClient:
                     if packet.type == "A":
                         fields = packet.fields()
                         self.session = fields["session"]
-                        self.next_seq = fields["sequence_number"]
+                        self.next_seq = accepted = fields["sequence_number"]
                         self.counters["logins"] += 1
                         # Anything that came with the acceptance (a replay) is in the decoder still.
                         self._drain_decoder()
-                        return self.next_seq
+                        return accepted
                     if packet.type == "J":
                         raise LoginRejected(packet.fields()["reject_reason_code"])
                     if packet.type != "+":

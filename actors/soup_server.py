@@ -136,7 +136,7 @@ class _TokenBucket:
 
 class _Conn:
     __slots__ = ("sock", "peer", "decoder", "out", "state", "username", "cursor", "last_rx", "last_tx",
-                 "opened", "stall_since", "registered", "ended")
+                 "opened", "stall_since", "registered", "ended", "fill_until", "trailer")
 
     def __init__(self, sock: socket.socket, peer: tuple, max_packet_length: int, now: float) -> None:
         self.sock = sock
@@ -152,6 +152,9 @@ class _Conn:
         self.stall_since: float | None = None  # output pending and no progress since then
         self.registered = 0  # selector event mask currently registered (0: not registered)
         self.ended = False
+        # Once closing: sequenced messages still to send (up to this number, exclusive), then a last packet.
+        self.fill_until = 0
+        self.trailer = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,8 +471,7 @@ class SoupServer:
                 self._count("heartbeats_in")
             elif kind == "O":
                 self._count("logouts")
-                self._end_session(conn)
-                conn.state = _CLOSING
+                self._wind_down(conn, b"")
                 self._pump(conn)
                 return False
             elif kind == "L":
@@ -567,8 +569,15 @@ class SoupServer:
         """Queue what the session may send and write as much as the socket takes, without blocking."""
         out = conn.out
         while True:
-            if conn.state == _LIVE and len(out) < self.output_watermark:
-                self._fill(conn)
+            if len(out) < self.output_watermark:
+                if conn.state == _LIVE:
+                    self._fill(conn, None)
+                elif conn.state == _CLOSING:
+                    if conn.cursor < conn.fill_until:
+                        self._fill(conn, conn.fill_until)
+                    if conn.cursor >= conn.fill_until and conn.trailer and len(out) < self.output_watermark:
+                        out += conn.trailer
+                        conn.trailer = b""
             if not out:
                 break
             try:
@@ -597,12 +606,15 @@ class SoupServer:
         if conn.registered & selectors.EVENT_WRITE:
             self._set_interest(conn, selectors.EVENT_READ)
 
-    def _fill(self, conn: _Conn) -> None:
+    def _fill(self, conn: _Conn, until: int | None) -> None:
         username: str = conn.username  # type: ignore[assignment]
         room = self.output_watermark - len(conn.out)
         while room > 0:
+            limit = 256 if until is None else min(256, until - conn.cursor)
+            if limit <= 0:
+                return
             with self._lock:
-                batch = self.store.get_from(username, conn.cursor, 256)
+                batch = self.store.get_from(username, conn.cursor, limit)
             if not batch:
                 return
             frames = b"".join(soup.sequenced_data(payload) for payload in batch)
@@ -640,6 +652,14 @@ class SoupServer:
             for ip in full:
                 del self._buckets[ip]
 
+    def _wind_down(self, conn: _Conn, trailer: bytes) -> None:
+        """End a live session gracefully: send what its stream holds now, then ``trailer``, then close."""
+        with self._lock:
+            conn.fill_until = self.store.next_seq(conn.username)  # type: ignore[arg-type]
+        self._end_session(conn)
+        conn.state = _CLOSING
+        conn.trailer = trailer
+
     def _end_session(self, conn: _Conn) -> None:
         if conn.state == _LIVE and self._live.get(conn.username) is conn:  # type: ignore[arg-type]
             del self._live[conn.username]  # type: ignore[arg-type]
@@ -670,22 +690,20 @@ class SoupServer:
         if self._closed:
             return
         self._closed = True
-        live = [c for c in self._conns if c.state == _LIVE and not c.ended]
-        if self._send_end_of_session:
-            for conn in live:
-                self._fill(conn)
-                conn.out += soup.END_OF_SESSION
+        for conn in [c for c in self._conns if c.state == _LIVE and not c.ended]:
+            self._wind_down(conn, soup.END_OF_SESSION if self._send_end_of_session else b"")
+            if self._send_end_of_session:
                 self._count("end_of_session_sent")
-        for conn in live:
-            self._end_session(conn)
-            conn.state = _CLOSING
-        # A short, bounded flush: whatever a client does not take within a second is lost with it.
+        # A short, bounded flush: whatever a client does not take within a second is lost with it (and
+        # replayed at its next login).
         deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline and any(c.out and not c.ended for c in self._conns):
-            for conn in list(self._conns):
-                if conn.out and not conn.ended:
-                    self._pump(conn)
-            time.sleep(0.005)
+        while time.monotonic() < deadline:
+            closing = [c for c in self._conns if c.state == _CLOSING and not c.ended]
+            if not closing:
+                break
+            for conn in closing:
+                self._pump(conn)
+            time.sleep(0.002)
         for conn in list(self._conns):
             self._close(conn, "server stopped")
         for sock in (self._listener, self._wake_r, self._wake_w):

@@ -145,6 +145,8 @@ class Outbox:
                 self.peer_ids[node.name] = node.name.encode()
         self.node_of = [config.actor_node[name].name for name in config.actor_names]
         self.buffers: dict[tuple[int, MessageKind], list[bytes]] = {}
+        self.buffered = 0
+        self.oldest_ns = 0  # when the oldest buffered record was added
         self.batch_counters: dict[int, itertools.count] = {}
         self.up: dict[str, bool] = dict.fromkeys(self.peer_ids, False)
         self.stats = {"messages_sent": 0, "records_sent": 0, "busy": 0, "unreachable": 0, "local_batches": 0}
@@ -156,9 +158,17 @@ class Outbox:
         key = (destination, kind)
         buffer = self.buffers.get(key)
         if buffer is None:
+            if not self.buffers:
+                self.oldest_ns = time.perf_counter_ns()
             self.buffers[key] = [record]
         else:
             buffer.append(record)
+        self.buffered += 1
+
+    def due(self, max_records: int, max_delay_ns: int) -> bool:
+        """True when the buffers are big or old enough to go even though more input is waiting."""
+        return self.buffered >= max_records or (
+            self.buffered > 0 and time.perf_counter_ns() - self.oldest_ns >= max_delay_ns)
 
     def pending(self) -> int:
         return sum(len(b) for b in self.buffers.values())
@@ -168,6 +178,7 @@ class Outbox:
         if not self.buffers:
             return result
         buffers, self.buffers = self.buffers, {}
+        self.buffered = 0
         for (destination, kind), records in buffers.items():
             self._send(destination, kind, records, result)
         return result

@@ -1,0 +1,185 @@
+"""``make bench-cluster``: end-to-end throughput and latency of a local cluster under open-loop load.
+
+The load follows a fixed schedule (orders due at t0 + i/rate); each order carries its *scheduled*
+send time, and latency is measured from that time to the first report, so a generator that
+falls behind shows up as latency instead of hiding queueing (coordinated omission avoided).
+Runs the same load against 1 and 2 book nodes and reports the scaling ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from actors.client import ClusterClient
+from actors.cluster import Cluster
+from actors.config import load_config
+from exchange.orders import CancelOrder, NewOrder, Side, TimeInForce
+
+SYMBOLS = ("AAPL", "MSFT", "GOOG", "TSLA")
+
+
+def _config_text(base: int, book_nodes: int, extra_cluster: str = "") -> str:
+    if book_nodes == 1:
+        books = '[[node]]\nname = "book1"\nactors = ["book/AAPL", "book/MSFT", "book/GOOG", "book/TSLA"]\n'
+    else:
+        books = ('[[node]]\nname = "book1"\nactors = ["book/AAPL", "book/MSFT"]\n\n'
+                 '[[node]]\nname = "book2"\nactors = ["book/GOOG", "book/TSLA"]\n')
+    instruments = "".join(f'[[instrument]]\nsymbol = "{s}"\ntick_size = 1\n\n' for s in SYMBOLS)
+    accounts = "".join(f'[[account]]\nname = "B{i}"\n\n' for i in range(8))
+    return f"""[cluster]
+name = "bench"
+base_port = {base}
+control_port = {base + 90}
+client_port = {base + 91}
+{extra_cluster}
+
+[[node]]
+name = "gateway"
+actors = ["gateway/0"]
+
+[[node]]
+name = "risk"
+actors = ["risk/0", "risk/1"]
+
+{books}
+[[node]]
+name = "md"
+actors = ["md/0"]
+
+{instruments}{accounts}"""
+
+
+def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7) -> dict:
+    """Offer ``rate`` commands/s for ``seconds``; returns achieved rate and latency percentiles (us)."""
+    rng = random.Random(seed)
+    client = ClusterClient(endpoint, name=f"bench-{os.getpid()}-{rate:.0f}", send_hwm=1_000_000)
+    live: list[tuple[str, int]] = []
+    next_id = 1
+    latencies: list[int] = []
+    answered = 0
+    busy = 0
+    total = int(rate * seconds)
+    interval_ns = int(1e9 / rate)
+    start = time.perf_counter_ns() + 20_000_000
+    sent = 0
+    last_answer = start
+    try:
+        while sent < total:
+            now = time.perf_counter_ns()
+            due = min(total, (now - start) // interval_ns + 1) if now >= start else 0
+            while sent < due:
+                scheduled = start + sent * interval_ns
+                roll = rng.random()
+                if roll < 0.45 or not live:
+                    symbol = rng.choice(SYMBOLS)
+                    side = Side.BUY if rng.random() < 0.5 else Side.SELL
+                    price = 10_000 - rng.randint(1, 50) if side is Side.BUY else 10_000 + rng.randint(1, 50)
+                    client.queue(NewOrder(symbol, next_id, f"B{next_id % 8}", side, price, 100), scheduled)
+                    live.append((symbol, next_id))
+                    next_id += 1
+                elif roll < 0.9:
+                    symbol, order_id = live.pop(rng.randrange(len(live)))
+                    client.queue(CancelOrder(symbol, order_id), scheduled)
+                else:
+                    symbol = rng.choice(SYMBOLS)
+                    side = Side.BUY if rng.random() < 0.5 else Side.SELL
+                    price = 10_060 if side is Side.BUY else 9_940
+                    client.queue(NewOrder(symbol, next_id, f"B{next_id % 8}", side, price, 100,
+                                          tif=TimeInForce.IOC), scheduled)
+                    next_id += 1
+                sent += 1
+            if not client.flush():
+                busy += 1
+            # Sleep in poll until the next order is due: a spinning generator would steal a core.
+            wait = (start + sent * interval_ns - time.perf_counter_ns()) / 1e9
+            for event, trace_ns in client.poll(min(max(wait, 0.0), 0.002)):
+                if event.kind in ("accepted", "rejected") or (event.kind == "cancelled" and event.reason == "user"):
+                    latencies.append(time.perf_counter_ns() - trace_ns)
+                    answered += 1
+            last_answer = time.perf_counter_ns()
+        deadline = time.monotonic() + 10
+        while answered < sent and time.monotonic() < deadline:
+            for event, trace_ns in client.poll(0.05):
+                if event.kind in ("accepted", "rejected") or (event.kind == "cancelled" and event.reason == "user"):
+                    latencies.append(time.perf_counter_ns() - trace_ns)
+                    answered += 1
+                    last_answer = time.perf_counter_ns()
+        elapsed = (time.perf_counter_ns() - start) / 1e9 if answered < sent else (last_answer - start) / 1e9
+    finally:
+        client.close()
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1000 if latencies else float("nan")
+
+    return {"offered": rate, "sent": sent, "answered": answered, "achieved": answered / elapsed,
+            "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99), "p999_us": pct(0.999),
+            "max_us": latencies[-1] / 1000 if latencies else float("nan"), "client_busy": busy}
+
+
+def _free_base(count: int = 100) -> int:
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count < 65000:
+            ok = True
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    try:
+                        s.bind(("127.0.0.1", port))
+                    except OSError:
+                        ok = False
+                        break
+            if ok:
+                return base
+    raise RuntimeError("no free port block")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="end-to-end cluster throughput and latency (open loop)")
+    parser.add_argument("--rates", default="5000,10000,25000,50000,100000", help="offered commands/s, comma list")
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per rate")
+    parser.add_argument("--book-nodes", default="1,2", help="topologies to run")
+    args = parser.parse_args(argv)
+    rates = [float(r) for r in args.rates.split(",")]
+    print(f"# bench-cluster: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+          f"python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}")
+    best: dict[int, float] = {}
+    for book_nodes in [int(n) for n in args.book_nodes.split(",")]:
+        work = Path(tempfile.mkdtemp(prefix="matchwire-bench-"))
+        path = work / "cluster.toml"
+        path.write_text(_config_text(_free_base(), book_nodes))
+        config = load_config(path)
+        cluster = Cluster(config, str(path), log_dir=work / "logs")
+        try:
+            cluster.start()
+            for rate in rates:
+                result = run_load(config.client_endpoint(), rate, args.seconds)
+                cluster.pump(0)
+                print(f"book_nodes={book_nodes} offered={rate:.0f} achieved={result['achieved']:.0f} "
+                      f"answered={result['answered']}/{result['sent']} p50_us={result['p50_us']:.0f} "
+                      f"p90_us={result['p90_us']:.0f} p99_us={result['p99_us']:.0f} "
+                      f"p999_us={result['p999_us']:.0f} max_us={result['max_us']:.0f}", flush=True)
+                if result["answered"] == result["sent"] and result["achieved"] >= 0.95 * rate:
+                    best[book_nodes] = max(best.get(book_nodes, 0.0), result["achieved"])
+        finally:
+            cluster.stop()
+    for nodes, rate in sorted(best.items()):
+        print(f"book_nodes={nodes} max_sustained_per_s={rate:.0f}")
+    if 1 in best and 2 in best:
+        print(f"scaling_1_to_2_book_nodes={best[2] / best[1]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
