@@ -23,7 +23,7 @@ export ECPPACK ?= yowasp-ecppack
 export ICEPACK ?= yowasp-icepack
 export OPENFPGALOADER ?= true
 
-.PHONY: setup run test lint bench-engine bench-itch clean
+.PHONY: setup run test lint bench-engine bench-cluster bench-itch clean
 .DEFAULT_GOAL := run
 
 setup: $(STAMP) $(SYS_STAMP)
@@ -51,6 +51,9 @@ lint: setup
 
 bench-engine: setup
 	$(PY) -m exchange.bench
+
+bench-cluster: setup
+	$(PY) -m actors.bench_cluster
 
 ITCH_SAMPLE ?= ../shared/data/itch/sample-20101224.ITCH50.gz
 bench-itch: setup
