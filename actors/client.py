@@ -28,6 +28,10 @@ from exchange.orders import (
 )
 from exchange.wire import REPORT_SIZE, MessageKind, command_to_record, pack_header, record_to_event, unpack_header
 
+# A plain int: pyzmq combines Flag members in Python, which costs on every send.
+NOBLOCK = int(zmq.NOBLOCK)
+
+
 _session_numbers = itertools.count(1)
 
 
@@ -76,7 +80,7 @@ class ClusterClient:
             return True
         header = pack_header(MessageKind.ORDERS, len(self.pending), 0, 0, 0)
         try:
-            self.socket.send_multipart([header, b"".join(self.pending)], flags=zmq.NOBLOCK)
+            self.socket.send_multipart([header, b"".join(self.pending)], flags=NOBLOCK)
         except zmq.Again:
             self.busy += len(self.pending)
             return False
@@ -118,7 +122,7 @@ class ClusterClient:
             return out
         while True:
             try:
-                header_frame, payload = self.socket.recv_multipart(flags=zmq.NOBLOCK)
+                header_frame, payload = self.socket.recv_multipart(flags=NOBLOCK)
             except zmq.Again:
                 return out
             except ValueError:

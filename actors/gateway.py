@@ -38,6 +38,10 @@ from exchange.wire import (
     unpack_header,
 )
 
+# A plain int: pyzmq combines Flag members in Python, which costs on every send.
+NOBLOCK = int(zmq.NOBLOCK)
+
+
 _unpack_order = ORDER.struct.unpack_from
 _pack_order = ORDER.struct.pack
 _unpack_report = REPORT.struct.unpack_from
@@ -99,7 +103,7 @@ class ClientPort(threading.Thread):
                 if pull in events:
                     for _ in range(1024):
                         try:
-                            frames = pull.recv_multipart(flags=zmq.NOBLOCK)
+                            frames = pull.recv_multipart(flags=NOBLOCK)
                         except zmq.Again:
                             break
                         self._to_client(clients, frames)
@@ -108,7 +112,7 @@ class ClientPort(threading.Thread):
                 if reading and clients in events:
                     for _ in range(256):
                         try:
-                            frames = clients.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                            frames = clients.recv_multipart(flags=NOBLOCK)
                         except zmq.Again:
                             break
                         self._from_client(frames)
@@ -124,17 +128,17 @@ class ClientPort(threading.Thread):
             return
         client, header_frame, payload = frames
         try:
-            header = unpack_header(header_frame.bytes)
+            header = unpack_header(header_frame)
             if header["kind"] is not MessageKind.ORDERS:
                 raise LayoutError("clients send orders only")
-            iter_records(payload.buffer, ORDER_SIZE, header["count"])
+            iter_records(payload, ORDER_SIZE, header["count"])
         except LayoutError:
             self.stats["malformed"] += 1
             return
         self.stats["client_messages"] += 1
         self.stats["client_records"] += header["count"]
-        self.local.deliver(self.gateway_index, Batch(MessageKind.ORDERS, -1, payload.bytes, header["count"],
-                                                     session=client.bytes))
+        self.local.deliver(self.gateway_index, Batch(MessageKind.ORDERS, -1, payload, header["count"],
+                                                     session=client))
 
     def _to_client(self, clients: zmq.Socket, frames: list) -> None:
         client = frames[0]
@@ -154,7 +158,7 @@ class ClientPort(threading.Thread):
 
     def _send(self, clients: zmq.Socket, frames: list) -> bool:
         try:
-            clients.send_multipart(frames, flags=zmq.NOBLOCK)
+            clients.send_multipart(frames, flags=NOBLOCK)
         except zmq.Again:
             return False
         except zmq.ZMQError as exc:

@@ -286,7 +286,8 @@ class SoupServer:
 
     def live_users(self) -> set[str]:
         """Usernames with a live session right now."""
-        return set(self._live)
+        with self._lock:
+            return set(self._live)
 
     def next_seq(self, username: str) -> int:
         """The number the next sequenced message of ``username`` will get."""
@@ -543,7 +544,8 @@ class SoupServer:
         conn.state = _LIVE
         now = time.monotonic()
         conn.last_rx = now
-        self._live[username] = conn
+        with self._lock:  # _live is read by other threads (live_users); only this thread writes it
+            self._live[username] = conn
         self._count("logins_accepted")
         log.info("%s logged in from %s, next sequence %d", username, conn.peer, conn.cursor)
         conn.out += soup.login_accepted(self.session, conn.cursor)
@@ -662,7 +664,8 @@ class SoupServer:
 
     def _end_session(self, conn: _Conn) -> None:
         if conn.state == _LIVE and self._live.get(conn.username) is conn:  # type: ignore[arg-type]
-            del self._live[conn.username]  # type: ignore[arg-type]
+            with self._lock:
+                del self._live[conn.username]  # type: ignore[arg-type]
             self._count("sessions_ended")
             try:
                 self.app.on_logout(conn.username)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """ZeroMQ between nodes, pykka within a node.
 
+
 Each node binds one ROUTER socket (its *inbound* socket, routing id = node name), read by one
 thread, the :class:`Inbound` pump, which hands every batch to the local actor it is addressed
 to. Each actor that sends owns an :class:`Outbox`: a ROUTER socket made in ``on_start`` and
@@ -27,6 +28,9 @@ import zmq
 from actors.config import ClusterConfig
 from exchange.layout import LayoutError
 from exchange.wire import HEADER, MessageKind, pack_header, unpack_header
+
+# A plain int: pyzmq combines Flag members in Python, which costs on every send.
+NOBLOCK = int(zmq.NOBLOCK)
 
 PING_HEADER_KIND = MessageKind.PING
 
@@ -204,7 +208,7 @@ class Outbox:
             return
         header = pack_header(kind, len(records), self.owner_index, destination, next(counter))
         try:
-            self.socket.send_multipart([self.peer_ids[node], header, payload], flags=zmq.NOBLOCK, copy=False)
+            self.socket.send_multipart([self.peer_ids[node], header, payload], flags=NOBLOCK)
         except zmq.Again:
             self.stats["busy"] += 1
             result.busy.append((destination, kind, records))
@@ -226,7 +230,7 @@ class Outbox:
         header = pack_header(PING_HEADER_KIND, 0, self.owner_index, 0, 0)
         for node, routing_id in self.peer_ids.items():
             try:
-                self.socket.send_multipart([routing_id, header, b""], flags=zmq.NOBLOCK)
+                self.socket.send_multipart([routing_id, header, b""], flags=NOBLOCK)
                 alive = True
             except zmq.Again:
                 alive = True  # connected, merely full
@@ -303,7 +307,7 @@ class Inbound(threading.Thread):
                     continue
                 for _ in range(256):  # drain a burst, then re-check the backlog
                     try:
-                        frames = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                        frames = socket.recv_multipart(flags=NOBLOCK)
                     except zmq.Again:
                         break
                     self._dispatch(frames)
@@ -318,7 +322,7 @@ class Inbound(threading.Thread):
             return
         sender, header_frame, payload_frame = frames
         try:
-            header = unpack_header(header_frame.bytes)
+            header = unpack_header(header_frame)
         except LayoutError:
             self.stats["malformed"] += 1
             return
@@ -328,9 +332,9 @@ class Inbound(threading.Thread):
             return
         if kind is MessageKind.CONTROL:
             if self.on_control is not None:
-                self.on_control(sender.bytes, payload_frame.bytes)
+                self.on_control(sender, payload_frame)
             return
-        payload = payload_frame.buffer
+        payload = payload_frame
         count = header["count"]
         batch = Batch(kind, header["source"], payload, count)
         if not self.local.deliver(header["destination"], batch):
