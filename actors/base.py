@@ -10,7 +10,7 @@ import pykka
 import zmq
 
 from actors.config import ClusterConfig
-from actors.transport import Batch, LocalDirectory, Outbox, PeerDown, PeerUp, SendResult, Tick
+from actors.transport import Batch, ControlRequest, LocalDirectory, Outbox, PeerDown, PeerUp, SendResult, Tick
 
 log = logging.getLogger("matchwire")
 
@@ -94,6 +94,15 @@ class ClusterActor(pykka.ThreadingActor):
             self.on_peer_down(message.node)  # type: ignore[union-attr]
         elif kind is PeerUp:
             self.on_peer_up(message.node)  # type: ignore[union-attr]
+        elif kind is ControlRequest:
+            try:
+                answer = self.on_control(message.request)  # type: ignore[union-attr]
+            except Exception as exc:  # an operator's bad request must not kill the actor
+                log.exception("%s: control request %r failed", self.name, message.request)  # type: ignore[union-attr]
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            if self.actor_inbox.empty() or self.flush_due():
+                self.flush()
+            return answer
         else:
             return self.on_other(message)
         # Flush when idle (so batches grow with load), but never hold output back for long.
@@ -115,6 +124,12 @@ class ClusterActor(pykka.ThreadingActor):
     def on_other(self, message: object) -> object:
         """Messages other than batches and ticks (admin asks in tests, for instance)."""
         return None
+
+    def on_control(self, request: dict) -> dict:
+        """Answer an operator's request; subclasses add their commands and call this last."""
+        if request.get("command") == "stats":
+            return {"actor": self.name, "stats": self.stats()}
+        return {"error": f"{self.name}: unknown command {request.get('command')!r}"}
 
     def on_tick(self, now: float) -> None:
         """Periodic work beyond flushing and probing."""

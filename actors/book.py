@@ -31,6 +31,8 @@ class BookActor(ClusterActor):
         config = context.config
         self.gateway_indices = [config.actor_index[g] for g in config.gateways]
         self.md_indices = [config.actor_index[m] for m in config.market_data]
+        # Every risk shard sees every fill: it marks positions and collars to the last trade.
+        self.risk_indices = [config.actor_index[r] for r in config.risk_shards]
         self._risk_cache: dict[str, int] = {}
 
     def _risk_of(self, account: str) -> int:
@@ -81,7 +83,7 @@ class BookActor(ClusterActor):
                     for index in {maker_gw, taker_gw}:
                         if index is not None:
                             add(index, _REPORTS, record)
-                    for index in {self._risk_of(event[6]), self._risk_of(event[7])}:
+                    for index in self.risk_indices:
                         add(index, _REPORTS, record)
                     continue
                 gateway = self._gateway_of(event[2])

@@ -126,6 +126,28 @@ def cmd_node(args: argparse.Namespace) -> int:
     return node_main(args.config, args.name, args.control, args.parent)
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    """Operator requests to a running cluster: kill switch, release, limits, positions."""
+    import json
+
+    from actors.admin import AdminError, kill_and_wait, risk_request
+    from actors.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+        if args.action == "kill":
+            answer = kill_and_wait(config, args.account, timeout=args.timeout)
+        else:
+            answer = risk_request(config, args.account, args.action, timeout=args.timeout)
+    except (ConfigError, AdminError) as exc:
+        print(f"matchwire admin: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(answer, indent=2, sort_keys=True))
+    if "error" in answer:
+        return 1
+    return 0 if answer.get("effective", True) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="matchwire", description="An exchange built from actors, "
                                      "with its matching and feed decoding in Python and in FPGA gateware.")
@@ -154,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--symbol", help="only this symbol")
             sub.add_argument("--depth", type=int, default=5, help="price levels per side (default 5)")
         sub.set_defaults(func=cmd_itch)
+
+    admin = verbs.add_parser("admin", help="operator requests to a running cluster")
+    admin.add_argument("action", choices=["kill", "release", "limits", "positions"],
+                       help="kill: refuse the account's new orders and cancel its open ones; release: undo; "
+                            "limits / positions: show them")
+    admin.add_argument("account", help="the account")
+    admin.add_argument("--config", metavar="FILE", help="the cluster's configuration (default: embedded)")
+    admin.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for answers")
+    admin.set_defaults(func=cmd_admin)
 
     demo = verbs.add_parser("demo", help="replay the bundled demo scenario and show trades and books")
     demo.set_defaults(func=cmd_demo)

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from exchange.instruments import Instrument, instruments_from_entries
+from exchange.risk import RiskLimits
 
 ACTOR_KINDS = ("gateway", "risk", "book", "md", "feed")
 
@@ -54,6 +55,12 @@ class ClusterConfig:
     demo: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
     source: str = "<embedded default>"
+    risk_defaults: RiskLimits = field(default_factory=RiskLimits)
+    risk_accounts: dict[str, RiskLimits] = field(default_factory=dict)
+
+    def limits_for(self, account: str) -> RiskLimits:
+        """An account's risk limits: its own table over the defaults."""
+        return self.risk_accounts.get(account, self.risk_defaults)
 
     def __post_init__(self) -> None:
         self.actor_index: dict[str, int] = {}
@@ -152,7 +159,16 @@ def parse_config(data: dict, source: str) -> ClusterConfig:
     for account in accounts:
         _require(isinstance(account, str) and 0 < len(account) <= 8 and account.isascii(), source,
                  f"account name {account!r}: 1-8 ASCII characters")
+    risk = data.get("risk", {})
+    _require(isinstance(risk, dict), source, "[risk] must be a table")
+    try:
+        defaults = RiskLimits.from_mapping(risk.get("defaults", {}), where="risk.defaults")
+        per_account = {name: RiskLimits.from_mapping(table, defaults, where=f"risk.accounts.{name}")
+                       for name, table in risk.get("accounts", {}).items()}
+    except (ValueError, AttributeError) as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
     return ClusterConfig(
+        risk_defaults=defaults, risk_accounts=per_account,
         name=cluster.get("name", "local"), transport=transport,
         ipc_dir=cluster.get("ipc_dir", "/tmp/matchwire"), control_host=cluster.get("control_host", host),
         control_port=cluster.get("control_port", base_port + 90),

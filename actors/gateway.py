@@ -22,6 +22,7 @@ from actors.config import cluster_order_id
 from actors.transport import Batch, LocalDirectory
 from exchange.layout import LayoutError
 from exchange.orders import CancelReason, Rejected, RejectReason
+from exchange.risk import RiskReason, TokenBucket
 from exchange.wire import (
     ORDER,
     ORDER_SIZE,
@@ -208,6 +209,7 @@ class GatewayActor(ClusterActor):
         self.by_client: dict[tuple[bytes, int], int] = {}
         self.to_clients: dict[bytes, list[bytes]] = {}
         self.clients_oldest_ns = 0
+        self.buckets: dict[tuple[bytes, str], TokenBucket] = {}
         self.push: zmq.Socket | None = None
         self._risk_cache: dict[str, int] = {}
 
@@ -264,6 +266,9 @@ class GatewayActor(ClusterActor):
                 if not account or account not in self.config.accounts and self.config.accounts:
                     self._reject_to(session, symbol, client_id, op, RejectReason.INVALID_ACCOUNT, trace_ns)
                     continue
+                if not self._rate_ok(session, account):
+                    self._reject_to(session, symbol, client_id, op, RiskReason.RATE_LIMIT, trace_ns)
+                    continue
                 order_id = cluster_order_id(self.number, next(self.next_id))
                 self.orders[order_id] = GatewayOrder(session, client_id, account, symbol, qty)
                 self.by_client[key] = order_id
@@ -272,6 +277,9 @@ class GatewayActor(ClusterActor):
                 order = self.orders.get(order_id) if order_id is not None else None
                 if order is None or order.done:
                     self._reject_to(session, symbol, client_id, op, RejectReason.UNKNOWN_ORDER, trace_ns)
+                    continue
+                if op == Op.MODIFY and not self._rate_ok(session, order.account):
+                    self._reject_to(session, symbol, client_id, op, RiskReason.RATE_LIMIT, trace_ns)
                     continue
                 # Kept until answered: its answer must find its way back even if the order ends first.
                 order.pending += 1
@@ -284,6 +292,18 @@ class GatewayActor(ClusterActor):
             add(self._risk_of(account), MessageKind.ORDERS,
                 _pack_order(op, side, order_type, tif, stp, flags, reserved, trace_ns, symbol_b, account_b, order_id,
                             price, qty, display))
+
+    def _rate_ok(self, session: bytes, account: str) -> bool:
+        """The session's order rate limit (a token bucket per session and account; cancels are free)."""
+        bucket = self.buckets.get((session, account))
+        if bucket is None:
+            limits = self.config.limits_for(account)
+            if not limits.orders_per_second:
+                return True
+            bucket = TokenBucket(limits.orders_per_second, limits.burst or limits.orders_per_second,
+                                 time.monotonic_ns())
+            self.buckets[(session, account)] = bucket
+        return bucket.take(time.monotonic_ns())
 
     def _reject_to(self, session: bytes, symbol: str, client_id: int, op: int, reason: str, trace_ns: int) -> None:
         self.count(f"rejected_{reason}")

@@ -105,6 +105,7 @@ class OuchClient:
         sock.setblocking(False)
         self.sock = sock
         self._decoder = soup.SoupDecoder(soup.SERVER)
+        self._login_queue.clear()
         self.end_of_session = False
         now = time.monotonic()
         self._last_rx = now

@@ -1,22 +1,30 @@
-"""RiskActor: pre-trade risk, sharded by account.
+"""RiskActor: pre-trade risk, one shard of the accounts (by a stable hash of the account).
 
-For now it passes orders on to their book and keeps, per account, the orders in flight (sent,
-not yet answered) and the open orders (accepted and resting) with their remaining quantity and
-the account's positions from fills. Issue #7 adds the checks. It is also where a full or dead
-book node is answered: "busy" when the book's queue is full, "instrument_unavailable" when its
-node is down, so no order ever waits forever.
+Every new and modified order is checked against its account's limits (``exchange.risk``)
+before it may go on to its book; exposure is reserved when the order passes, so an account's
+totals are right while its orders rest in several book processes at once. Reports from the
+books release and convert the reservations. The shard is also where a full or dead book node is
+answered: "busy" when the book's queue is full, "instrument_unavailable" when its node is down,
+so no order ever waits forever. Operators reach it with ``matchwire admin``: kill switch,
+release, limits, positions.
 """
 
 from __future__ import annotations
+
+import logging
+import time
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import gateway_number_of
 from actors.transport import SendResult
 from exchange.layout import LayoutError
-from exchange.orders import Cancelled, Rejected, RejectReason, Side
+from exchange.orders import Cancelled, Rejected, Side
+from exchange.risk import AccountRisk, RiskOrder
 from exchange.wire import (
+    FLAG_ADMIN,
     ORDER,
     ORDER_SIZE,
+    REASONS_BY_CODE,
     REPORT,
     REPORT_SIZE,
     ClusterReason,
@@ -27,43 +35,44 @@ from exchange.wire import (
     iter_records,
 )
 
+log = logging.getLogger("matchwire.risk")
+
 _unpack_order = ORDER.struct.unpack_from
+_pack_order = ORDER.struct.pack
 _unpack_report = REPORT.struct.unpack_from
 _OP_NAMES = {Op.NEW: "new", Op.CANCEL: "cancel", Op.MODIFY: "modify", Op.END_OF_DAY: "end_of_day",
              Op.SET_BASE: "set_base"}
 
 
-class OpenOrder:
-    """What risk knows of an order: whose, where, how much is left."""
-
-    __slots__ = ("order_id", "account", "symbol", "side", "price", "leaves", "accepted")
-
-    def __init__(self, order_id: int, account: str, symbol: str, side: int, price: int, leaves: int) -> None:
-        self.order_id = order_id
-        self.account = account
-        self.symbol = symbol
-        self.side = side
-        self.price = price
-        self.leaves = leaves
-        self.accepted = False
+def _text(data: bytes) -> str:
+    return data.decode("ascii", "replace").rstrip(" ")
 
 
 class RiskActor(ClusterActor):
-    """One shard of pre-trade risk (the accounts whose hash falls on it)."""
+    """One shard of pre-trade risk."""
 
     def __init__(self, context: NodeContext, name: str) -> None:
         super().__init__(context, name)
         config = context.config
         self.book_index = {symbol: config.actor_index[f"book/{symbol}"] for symbol in config.instruments}
         self.book_node = {symbol: config.actor_node[f"book/{symbol}"].name for symbol in config.instruments}
+        self.ticks = {symbol: inst.tick_size for symbol, inst in config.instruments.items()}
+        # The mark of each instrument: its last trade, or its configured reference price before one.
+        self.marks: dict[str, int] = {s: i.reference_price for s, i in config.instruments.items()
+                                      if i.reference_price is not None}
         self.gateway_indices = [config.actor_index[g] for g in config.gateways]
-        self.orders: dict[int, OpenOrder] = {}
-        self.positions: dict[tuple[str, str], int] = {}  # (account, symbol) -> net shares
+        self.accounts: dict[str, AccountRisk] = {}
+        self.orders: dict[int, RiskOrder] = {}  # every open order of this shard's accounts
         self.down_nodes: set[str] = set()
-        # Which gateway sent each command still in flight, to answer it if the book cannot.
-        self.pending_source: dict[int, int] = {}
+        self.pending_source: dict[int, int] = {}  # order id -> the gateway awaiting an answer
+        self._reject_log_window = 0.0
+        self._rejects_logged = 0
 
-    # -- orders from gateways ------------------------------------------------------------
+    def account(self, name: str) -> AccountRisk:
+        risk = self.accounts.get(name)
+        if risk is None:
+            risk = self.accounts[name] = AccountRisk(name, self.config.limits_for(name))
+        return risk
 
     def handle_batch(self, batch) -> None:  # noqa: ANN001
         if batch.kind is MessageKind.ORDERS:
@@ -72,6 +81,8 @@ class RiskActor(ClusterActor):
             self._reports(batch)
         else:
             self.count("unexpected_batches")
+
+    # -- orders from gateways ------------------------------------------------------------
 
     def _orders(self, batch) -> None:  # noqa: ANN001
         try:
@@ -85,30 +96,61 @@ class RiskActor(ClusterActor):
         for offset in offsets:
             fields = _unpack_order(payload, offset)
             op, side, _, _, _, _, _, trace_ns, symbol_b, account_b, order_id, price, qty, _ = fields
-            symbol = symbol_b.decode("ascii", "replace").rstrip(" ")
-            account = account_b.decode("ascii", "replace").rstrip(" ")
-            record = bytes(payload[offset:offset + ORDER_SIZE])
+            symbol = _text(symbol_b)
             self.count("orders")
             book = self.book_index.get(symbol)
             if book is None:
-                self._reject(batch.source, symbol, order_id, op, RejectReason.UNKNOWN_SYMBOL, trace_ns)
+                self._reject(batch.source, symbol, order_id, op, "unknown_symbol", trace_ns)
                 continue
             if self.book_node[symbol] in self.down_nodes:
                 self._reject(batch.source, symbol, order_id, op, ClusterReason.INSTRUMENT_UNAVAILABLE, trace_ns)
                 continue
-            if op == Op.NEW and order_id not in self.orders:
-                self.orders[order_id] = OpenOrder(order_id, account, symbol, side, price, qty)
+            if op == Op.NEW:
+                account = self.account(_text(account_b))
+                reason = account.check_new(symbol, side, price, qty, self.marks.get(symbol), self.ticks[symbol],
+                                           self.marks)
+                if reason is not None:
+                    self._reject(batch.source, symbol, order_id, op, reason, trace_ns, account.account)
+                    continue
+                if order_id not in self.orders:
+                    value_price = price or self.marks.get(symbol, 0)
+                    self.orders[order_id] = account.reserve_new(order_id, symbol, side, value_price, qty)
+            elif op == Op.MODIFY:
+                order = self.orders.get(order_id)
+                if order is not None:
+                    account = self.account(order.account)
+                    reason = account.check_modify(order, price, qty, self.marks.get(symbol), self.ticks[symbol],
+                                                  self.marks)
+                    if reason is not None:
+                        self._reject(batch.source, symbol, order_id, op, reason, trace_ns, account.account)
+                        continue
+                    account.reserve_modify(order, price, qty)
             self.pending_source[order_id] = batch.source
-            add(book, orders_kind, record)
+            add(book, orders_kind, bytes(payload[offset:offset + ORDER_SIZE]))
 
-    def _reject(self, gateway: int, symbol: str, order_id: int, op: int, reason: str, trace_ns: int) -> None:
+    def _reject(self, gateway: int, symbol: str, order_id: int, op: int, reason: str, trace_ns: int,
+                account: str = "") -> None:
         self.count(f"rejected_{reason}")
+        now = time.monotonic()
+        if now - self._reject_log_window >= 1.0:
+            if self._rejects_logged > 5:
+                log.info("%s: %d more rejects in the last second", self.name, self._rejects_logged - 5)
+            self._reject_log_window, self._rejects_logged = now, 0
+        self._rejects_logged += 1
+        if self._rejects_logged <= 5:
+            log.info("%s: rejected %s %s order %d of %s: %s", self.name, _OP_NAMES.get(op, op), symbol,
+                     order_id, account or "?", reason)
         event = tuple.__new__(Rejected, (None, symbol, order_id, _OP_NAMES.get(op, "new"), reason, ""))
-        record = event_to_record(event, trace_ns)
         if op == Op.NEW:
-            self.orders.pop(order_id, None)
+            order = self.orders.pop(order_id, None)
+            if order is not None:
+                self.account(order.account).on_rejected(order_id, "new")
+        elif op == Op.MODIFY:
+            order = self.orders.get(order_id)
+            if order is not None and order.pending is not None:
+                self.account(order.account).on_rejected(order_id, "modify")
         self.pending_source.pop(order_id, None)
-        self.outbox.add(gateway, MessageKind.REPORTS, record)  # type: ignore[union-attr]
+        self.outbox.add(gateway, MessageKind.REPORTS, event_to_record(event, trace_ns))  # type: ignore[union-attr]
 
     def handle_send_failures(self, result: SendResult) -> None:
         """Orders that could not reach their book are answered now; reports are retried."""
@@ -120,11 +162,14 @@ class RiskActor(ClusterActor):
                     self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
                 continue
             for record in records:
-                op, *_rest = _unpack_order(record, 0)
-                trace_ns, symbol_b, order_id = _rest[6], _rest[7], _rest[9]
+                fields = _unpack_order(record, 0)
+                op, flags, trace_ns, symbol_b, order_id = fields[0], fields[5], fields[7], fields[8], fields[10]
+                if op == Op.CANCEL and flags & FLAG_ADMIN:
+                    # A kill-switch cancel must get through: keep it for the next flush.
+                    self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
+                    continue
                 source = self.pending_source.get(order_id, self.gateway_indices[0])
-                self._reject(source, symbol_b.decode("ascii", "replace").rstrip(" "), order_id, op, reason,
-                             trace_ns)
+                self._reject(source, _text(symbol_b), order_id, op, reason, trace_ns)
 
     # -- reports from books --------------------------------------------------------------
 
@@ -139,49 +184,49 @@ class RiskActor(ClusterActor):
         for offset in offsets:
             (kind, side, _, _, _, _, reason, op, _, _, symbol_b, account_b, account2_b, order_id, order_id2, price,
              qty, _, _) = _unpack_report(payload, offset)
+            if kind == EventKind.FILL:
+                symbol = _text(symbol_b)
+                self.marks[symbol] = price
+                for oid, acct_b, is_taker in ((order_id, account_b, False), (order_id2, account2_b, True)):
+                    name = _text(acct_b)
+                    if self.config.risk_shard(name) != self.name:
+                        continue
+                    buys = (side == Side.BUY) == is_taker
+                    self.account(name).on_fill(oid, symbol, buys, qty)
+                    if oid in orders and oid not in self.account(name).orders:
+                        del orders[oid]
+                continue
+            order = orders.get(order_id)
             if kind == EventKind.ACCEPTED:
                 self.pending_source.pop(order_id, None)
-                order = orders.get(order_id)
                 if order is not None:
-                    order.accepted = True
+                    self.account(order.account).on_accepted(order_id)
             elif kind == EventKind.REJECTED:
                 self.pending_source.pop(order_id, None)
-                if op == Op.NEW:
-                    orders.pop(order_id, None)
+                if order is not None:
+                    self.account(order.account).on_rejected(order_id, _OP_NAMES.get(op, "new"))
+                    if op == Op.NEW:
+                        del orders[order_id]
             elif kind == EventKind.CANCELLED:
-                orders.pop(order_id, None)
+                if REASONS_BY_CODE.get(reason) == "user":
+                    self.pending_source.pop(order_id, None)
+                if order is not None:
+                    self.account(order.account).on_cancelled(order_id)
+                    del orders[order_id]
             elif kind == EventKind.MODIFIED:
                 self.pending_source.pop(order_id, None)
-                order = orders.get(order_id)
                 if order is not None:
-                    order.leaves = qty
-                    order.price = price
-            elif kind == EventKind.FILL:
-                symbol = symbol_b.decode("ascii", "replace").rstrip(" ")
-                taker_side = side
-                for oid, acct_b, is_taker in ((order_id, account_b, False), (order_id2, account2_b, True)):
-                    account = acct_b.decode("ascii", "replace").rstrip(" ")
-                    if self.config.risk_shard(account) != self.name:
-                        continue
-                    buys = (taker_side == Side.BUY) == is_taker
-                    key = (account, symbol)
-                    self.positions[key] = self.positions.get(key, 0) + (qty if buys else -qty)
-                    order = orders.get(oid)
-                    if order is not None:
-                        order.leaves -= qty
-                        if order.leaves <= 0:
-                            del orders[oid]
+                    self.account(order.account).on_modified(order_id, price, qty)
 
     # -- nodes coming and going ----------------------------------------------------------
 
     def on_peer_down(self, node: str) -> None:
         super().on_peer_down(node)
-        if node in self.down_nodes or node not in self.book_node.values():
-            self.down_nodes.add(node)
-            return
+        already = node in self.down_nodes
         self.down_nodes.add(node)
-        lost = [order for order in self.orders.values() if self.book_node[order.symbol] == node]
-        for order in lost:
+        if already or node not in self.book_node.values():
+            return
+        for order in [o for o in self.orders.values() if self.book_node[o.symbol] == node]:
             source = self.pending_source.get(order.order_id)
             if not order.accepted:
                 self._reject(source if source is not None else self.gateway_indices[0], order.symbol,
@@ -189,6 +234,7 @@ class RiskActor(ClusterActor):
                 continue
             # The book that held it is gone (and with it the order): tell the owner, once.
             del self.orders[order.order_id]
+            self.account(order.account).on_cancelled(order.order_id)
             self.count("cancelled_instrument_unavailable")
             event = tuple.__new__(Cancelled, (None, order.symbol, order.order_id, order.account, order.leaves,
                                               ClusterReason.INSTRUMENT_UNAVAILABLE))
@@ -204,17 +250,51 @@ class RiskActor(ClusterActor):
         super().on_peer_up(node)
         self.down_nodes.discard(node)
 
+    # -- operators -----------------------------------------------------------------------
+
+    def on_control(self, request: dict) -> dict:
+        command = request.get("command")
+        name = request.get("account")
+        if command in ("kill", "release", "limits", "positions", "status") and not isinstance(name, str):
+            return {"error": "this command needs an account"}
+        if name is not None and self.config.risk_shard(name) != self.name:
+            return {"error": f"account {name} is on {self.config.risk_shard(name)}, not {self.name}"}
+        if command == "kill":
+            account = self.account(name)
+            account.killed = True
+            cancels = 0
+            for order in list(account.orders.values()):
+                record = _pack_order(Op.CANCEL, 0, 0, 0, 0, FLAG_ADMIN, 0, 0, order.symbol.encode().ljust(8),
+                                     order.account.encode().ljust(8), order.order_id, 0, 0, 0)
+                self.outbox.add(self.book_index[order.symbol], MessageKind.ORDERS, record)  # type: ignore[union-attr]
+                cancels += 1
+            self.flush()
+            log.warning("%s: kill switch ON for %s: %d open orders being cancelled", self.name, name, cancels)
+            return {"account": name, "killed": True, "cancels_sent": cancels}
+        if command == "release":
+            self.account(name).killed = False
+            log.warning("%s: kill switch released for %s", self.name, name)
+            return {"account": name, "killed": False}
+        if command == "limits":
+            return {"account": name, "limits": self.account(name).limits.to_dict()}
+        if command in ("positions", "status"):
+            return self.account(name).snapshot(self.marks)
+        if command == "exposure_check":
+            # For tests: reserved exposure against a recomputation from the open orders.
+            result = {}
+            for account in self.accounts.values():
+                recomputed = sum(o.price * o.leaves for o in account.orders.values())
+                result[account.account] = {"reserved": account.reserved, "recomputed": recomputed,
+                                           "pending_modifies": sum(o.pending is not None
+                                                                   for o in account.orders.values()),
+                                           "positions": dict(account.positions)}
+            return result
+        return super().on_control(request)
+
     def stats(self) -> dict:
         out = super().stats()
         out["open_orders"] = len(self.orders)
         out["in_flight"] = len(self.pending_source)
         out["down_nodes"] = sorted(self.down_nodes)
+        out["killed"] = sorted(a.account for a in self.accounts.values() if a.killed)
         return out
-
-    def on_other(self, message: object) -> object:
-        if message == "open_orders":
-            return {oid: (o.account, o.symbol, o.leaves) for oid, o in self.orders.items()}
-        if message == "positions":
-            return dict(self.positions)
-        return None
-

@@ -186,7 +186,7 @@ class SoupServer:
                  store: SequencedStore | None = None, session: str | None = None,
                  heartbeat_interval: float = 1.0, heartbeat_timeout: float = 15.0, login_timeout: float = 15.0,
                  stall_timeout: float = 10.0, output_watermark: int = 1 << 16, max_packet_length: int = 4096,
-                 max_connections: int = 1024, login_rate: float = 2.0, login_burst: float = 5.0,
+                 max_connections: int = 1024, login_rate: float = 10.0, login_burst: float = 20.0,
                  max_pending_logins: int = 32, auth_workers: int = 2, backlog: int = 128) -> None:
         self.app = app
         self.store: SequencedStore = store if store is not None else MemorySequencedStore()

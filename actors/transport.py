@@ -16,10 +16,10 @@ and go through pykka directly.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pykka
@@ -58,6 +58,13 @@ class PeerDown:
     """A peer node stopped answering; the actor decides what that means for its work."""
 
     node: str
+
+
+@dataclass(slots=True)
+class ControlRequest:
+    """An operator's request (JSON object) for one actor; answered with a JSON-able dict."""
+
+    request: dict
 
 
 @dataclass(slots=True)
@@ -264,18 +271,18 @@ class Inbound(threading.Thread):
     socket's queue fills and senders see "busy": bounded queues end to end.
     """
 
-    def __init__(self, context: zmq.Context, config: ClusterConfig, node_name: str, local: LocalDirectory,
-                 on_control: Callable[[bytes, bytes], None] | None = None) -> None:
+    def __init__(self, context: zmq.Context, config: ClusterConfig, node_name: str, local: LocalDirectory) -> None:
         super().__init__(name=f"inbound-{node_name}", daemon=True)
         self.context = context
         self.config = config
         self.node = config.node(node_name)
         self.local = local
-        self.on_control = on_control
         self.stopping = threading.Event()
         self.ready = threading.Event()
         self.error: BaseException | None = None
-        self.stats = {"messages": 0, "records": 0, "pings": 0, "malformed": 0, "misaddressed": 0, "paused_ms": 0}
+        self.stats = {"messages": 0, "records": 0, "pings": 0, "malformed": 0, "misaddressed": 0, "paused_ms": 0,
+                      "control": 0}
+        self.pending_control: list[tuple[bytes, object, float]] = []
 
     def run(self) -> None:
         socket = self.context.socket(zmq.ROUTER)
@@ -299,11 +306,13 @@ class Inbound(threading.Thread):
         limit = self.config.max_backlog
         try:
             while not self.stopping.is_set():
+                if self.pending_control:
+                    self._answer_control(socket)
                 if self.local.max_backlog() > limit:
                     time.sleep(0.001)
                     self.stats["paused_ms"] += 1
                     continue
-                if not poller.poll(50):
+                if not poller.poll(5 if self.pending_control else 50):
                     continue
                 for _ in range(256):  # drain a burst, then re-check the backlog
                     try:
@@ -331,8 +340,7 @@ class Inbound(threading.Thread):
             self.stats["pings"] += 1
             return
         if kind is MessageKind.CONTROL:
-            if self.on_control is not None:
-                self.on_control(sender, payload_frame)
+            self._control(sender, payload_frame)
             return
         payload = payload_frame
         count = header["count"]
@@ -342,6 +350,42 @@ class Inbound(threading.Thread):
             return
         self.stats["messages"] += 1
         self.stats["records"] += count
+
+
+    def _control(self, sender: bytes, payload: bytes) -> None:
+        """An operator's JSON request for a local actor: ask it, answer when it answers."""
+        self.stats["control"] += 1
+        try:
+            request = json.loads(payload)
+            index = self.config.actor_index[request["actor"]]
+            ref = self.local.refs[index]
+        except (ValueError, KeyError, TypeError) as exc:
+            self.pending_control.append((sender, {"error": f"bad control request: {exc!r}"}, 0.0))
+            return
+        future = ref.ask(ControlRequest(request), block=False)
+        self.pending_control.append((sender, future, time.monotonic() + 10))
+
+    def _answer_control(self, socket: zmq.Socket) -> None:
+        waiting = []
+        for sender, future, deadline in self.pending_control:
+            if isinstance(future, dict):
+                answer = future
+            else:
+                try:
+                    answer = future.get(timeout=0)  # type: ignore[union-attr]
+                except pykka.Timeout:
+                    if time.monotonic() < deadline:
+                        waiting.append((sender, future, deadline))
+                        continue
+                    answer = {"error": "the actor did not answer in time"}
+                except Exception as exc:  # the actor died answering
+                    answer = {"error": repr(exc)}
+            header = pack_header(MessageKind.CONTROL, 1, 0, 0, 0)
+            try:
+                socket.send_multipart([sender, header, json.dumps(answer).encode()], flags=NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the operator went away
+        self.pending_control = waiting
 
 
 HEADER_SIZE = HEADER.size

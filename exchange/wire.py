@@ -40,6 +40,7 @@ from exchange.orders import (
     Side,
     TimeInForce,
 )
+from exchange.risk import RISK_REASON_TEXT, RiskReason
 
 WIRE_VERSION = 1
 
@@ -95,6 +96,9 @@ _REASONS = [
     RejectReason.PRICE_OUTSIDE_BAND, RejectReason.PRICE_OUTSIDE_WINDOW, RejectReason.INVALID_DISPLAY_QTY,
     RejectReason.INVALID_POST_ONLY, RejectReason.NO_CHANGE, RejectReason.UNSUPPORTED, RejectReason.BOOK_NOT_EMPTY,
     RejectReason.INVALID_COMMAND, ClusterReason.BUSY, ClusterReason.INSTRUMENT_UNAVAILABLE,
+    RiskReason.MAX_ORDER_QTY, RiskReason.MAX_ORDER_NOTIONAL, RiskReason.PRICE_COLLAR, RiskReason.MAX_OPEN_ORDERS,
+    RiskReason.CREDIT_LIMIT, RiskReason.MAX_POSITION, RiskReason.RATE_LIMIT, RiskReason.KILL_SWITCH,
+    RiskReason.NO_REFERENCE_PRICE,
 ]
 REASON_CODES: dict[str, int] = {reason: code for code, reason in enumerate(_REASONS)}
 REASONS_BY_CODE: dict[int, str] = dict(enumerate(_REASONS))
@@ -110,6 +114,7 @@ REASON_TEXT: dict[str, str] = {
     CancelReason.ADMIN: "cancelled by an operator",
     ClusterReason.BUSY: "busy: downstream queue full, order not taken",
     ClusterReason.INSTRUMENT_UNAVAILABLE: "instrument unavailable: its book node is down",
+    **RISK_REASON_TEXT,
 }
 
 
@@ -181,7 +186,8 @@ REPORT = Layout("report", [
     uint("match_number", 64),
 ])
 
-FLAG_POST_ONLY = 1
+FLAG_POST_ONLY = 1  # order records, new orders
+FLAG_ADMIN = 2  # order records, cancels: an operator's (or the kill switch's) cancel
 FLAG_KEPT_PRIORITY = 1
 FLAG_NULL_PRICE = 2
 
@@ -239,7 +245,9 @@ def command_to_record(command: Command, trace_ns: int = 0) -> bytes:
     order_id = _int(getattr(command, "order_id", 0)) & 0xFFFF_FFFF_FFFF_FFFF
     price = _clamp_price(getattr(command, "price", None))
     qty = _clamp_qty(getattr(command, "qty", None))
-    return _pack_order(op, 0, 0, 0, 0, 0, 0, trace_ns, _ascii8(command.symbol), b"        ", order_id, price, qty, 0)
+    flags = FLAG_ADMIN if kind is CancelOrder and command.reason == CancelReason.ADMIN else 0  # type: ignore[attr-defined]
+    return _pack_order(op, 0, 0, 0, 0, flags, 0, trace_ns, _ascii8(command.symbol), b"        ", order_id, price,
+                       qty, 0)
 
 
 def _clamp_price(price: object) -> int:
@@ -275,7 +283,8 @@ def record_to_command(buffer: bytes | memoryview, offset: int = 0) -> tuple[Comm
                         _TYPES.get(order_type, order_type), _TIFS.get(tif, tif),  # type: ignore[arg-type]
                         bool(flags & FLAG_POST_ONLY), display, _STPS.get(stp, stp)), trace_ns  # type: ignore[arg-type]
     if op == Op.CANCEL:
-        return CancelOrder(symbol_text, order_id), trace_ns
+        reason = CancelReason.ADMIN if flags & FLAG_ADMIN else CancelReason.USER
+        return CancelOrder(symbol_text, order_id, reason), trace_ns
     if op == Op.MODIFY:
         return ModifyOrder(symbol_text, order_id, qty=qty or None, price=price or None), trace_ns
     if op == Op.END_OF_DAY:

@@ -178,7 +178,8 @@ def test_nodes_die_with_a_killed_launcher(tmp_path):
 
 def test_overload_gives_busy_rejects_and_loses_nothing(tmp_path):
     # Tiny queues: the cluster must push back rather than buffer without bound.
-    path = write_config(tmp_path, send_hwm=1, max_backlog=1, socket_buffer=4096)
+    path = write_config(tmp_path, send_hwm=1, max_backlog=1, socket_buffer=4096,
+                        extra="[risk.defaults]\nmax_open_orders = 1000000\n")
     cluster = start_cluster(path, tmp_path / "logs")
     try:
         with ClusterClient(cluster.config.client_endpoint(), name="blaster", send_hwm=100_000) as client:
