@@ -38,7 +38,8 @@ burst = 3
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("risk")
-    path = write_config(tmp, extra=RISK + "".join(f'[[account]]\nname = "{a}"\n' for a in ("A5", "A6", "K", "C", "F1", "F2", "F3")))
+    extra_accounts = ("A5", "A6", "K", "C", "F1", "F2", "F3")
+    path = write_config(tmp, extra=RISK + "".join(f'[[account]]\nname = "{a}"\n' for a in extra_accounts))
     # Instruments in the helper have no reference price; give AAPL one for the collar.
     text = path.read_text().replace('symbol = "AAPL"\ntick_size = 100', 'symbol = "AAPL"\ntick_size = 100\n'
                                     'reference_price = 1000000')
