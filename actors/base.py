@@ -104,7 +104,10 @@ class ClusterActor(pykka.ThreadingActor):
                 self.flush()
             return answer
         else:
-            return self.on_other(message)
+            answer = self.on_other(message)
+            if self.actor_inbox.empty() or self.flush_due():
+                self.flush()
+            return answer
         # Flush when idle (so batches grow with load), but never hold output back for long.
         if self.actor_inbox.empty() or self.flush_due():
             self.flush()

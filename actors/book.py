@@ -16,6 +16,7 @@ from exchange.wire import (
 )
 
 _REPORTS = MessageKind.REPORTS
+MATCH_SHIFT = 40  # cluster match number = (instrument number + 1) << 40 | the book's match number
 _CLIENT_EVENTS = (Accepted, Rejected, Cancelled, Modified, Fill)
 
 
@@ -34,6 +35,9 @@ class BookActor(ClusterActor):
         # Every risk shard sees every fill: it marks positions and collars to the last trade.
         self.risk_indices = [config.actor_index[r] for r in config.risk_shards]
         self._risk_cache: dict[str, int] = {}
+        # Match numbers on the wire are unique across the cluster for the day (OUCH and ITCH need
+        # that): the instrument's number in the configuration above the engine's own counter.
+        self.match_prefix = (list(config.instruments).index(self.symbol) + 1) << MATCH_SHIFT
 
     def _risk_of(self, account: str) -> int:
         index = self._risk_cache.get(account)
@@ -70,6 +74,8 @@ class BookActor(ClusterActor):
                 self.count("misrouted_records")
                 continue
             for event in process(command):
+                if type(event) is Fill:
+                    event = tuple.__new__(Fill, event[:9] + (self.match_prefix | event[9],))
                 record = event_to_record(event, trace_ns)
                 for index in md:
                     add(index, _REPORTS, record)

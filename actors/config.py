@@ -46,6 +46,7 @@ class ClusterConfig:
     control_host: str
     control_port: int
     client_port: int
+    ouch_port: int
     send_hwm: int
     max_backlog: int
     socket_buffer: int
@@ -98,6 +99,12 @@ class ClusterConfig:
         node = self.actor_node[gateway]
         host = "*" if bind and node.host not in ("127.0.0.1", "localhost") else node.host
         return f"tcp://{host}:{self.client_port + self.gateways.index(gateway)}"
+
+    def ouch_address(self, gateway: str = "gateway/0", bind: bool = False) -> tuple[str, int]:
+        """(host, port) of a gateway's OUCH 5.0 over SoupBinTCP 4.0 listener."""
+        node = self.actor_node[gateway]
+        host = "0.0.0.0" if bind and node.host not in ("127.0.0.1", "localhost") else node.host
+        return host, self.ouch_port + self.gateways.index(gateway)
 
     def risk_shard(self, account: str) -> str:
         """The risk actor of an account: a stable hash, so every node agrees."""
@@ -173,6 +180,7 @@ def parse_config(data: dict, source: str) -> ClusterConfig:
         ipc_dir=cluster.get("ipc_dir", "/tmp/matchwire"), control_host=cluster.get("control_host", host),
         control_port=cluster.get("control_port", base_port + 90),
         client_port=cluster.get("client_port", base_port + 91),
+        ouch_port=cluster.get("ouch_port", base_port + 95),
         send_hwm=cluster.get("send_hwm", 1000), max_backlog=cluster.get("max_backlog", 64),
         socket_buffer=cluster.get("socket_buffer", 262_144),
         nodes=nodes, instruments=instruments, accounts=accounts, demo=data.get("demo", {}), raw=data, source=source)

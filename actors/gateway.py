@@ -14,14 +14,18 @@ import collections
 import itertools
 import threading
 import time
+from dataclasses import dataclass
 
 import zmq
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import cluster_order_id
+from actors.soup_server import SoupApplication, SoupServer
 from actors.transport import Batch, LocalDirectory
+from exchange.accounts import Users, load_users
 from exchange.layout import LayoutError
-from exchange.orders import CancelReason, Rejected, RejectReason
+from exchange.orders import CancelReason, NewOrder, Rejected, RejectReason
+from exchange.ouch import OuchTranslator
 from exchange.risk import RiskReason, TokenBucket
 from exchange.wire import (
     ORDER,
@@ -33,9 +37,11 @@ from exchange.wire import (
     EventKind,
     MessageKind,
     Op,
+    command_to_record,
     event_to_record,
     iter_records,
     pack_header,
+    record_to_event,
     unpack_header,
 )
 
@@ -179,6 +185,31 @@ class ClientPort(threading.Thread):
                 del self.queued[client]
 
 
+OUCH_SESSION = b"\x00ouch"  # the session marker of orders entered over OUCH (never a ZeroMQ routing id)
+
+
+@dataclass(slots=True)
+class OuchInbound:
+    """An OUCH message from a logged-in user, handed from the SoupBinTCP thread to the gateway actor."""
+
+    username: str
+    payload: bytes
+
+
+class GatewaySoupApplication(SoupApplication):
+    """The SoupBinTCP server's view of the gateway: authentication here, everything else by tell."""
+
+    def __init__(self, users: Users, gateway: object) -> None:
+        self.users = users
+        self.gateway = gateway
+
+    def authenticate(self, username: str, password: str) -> bool:
+        return self.users.authenticate(username, password)
+
+    def on_message(self, username: str, payload: bytes) -> None:
+        self.gateway.tell(OuchInbound(username, payload))  # type: ignore[attr-defined]
+
+
 class GatewayOrder:
     """A live order as the gateway knows it."""
 
@@ -210,6 +241,9 @@ class GatewayActor(ClusterActor):
         self.to_clients: dict[bytes, list[bytes]] = {}
         self.clients_oldest_ns = 0
         self.buckets: dict[tuple[bytes, str], TokenBucket] = {}
+        self.users: Users | None = load_users(config.raw) if config.raw.get("user") else None
+        self.translator: OuchTranslator | None = None
+        self.soup: SoupServer | None = None
         self.push: zmq.Socket | None = None
         self._risk_cache: dict[str, int] = {}
 
@@ -223,9 +257,19 @@ class GatewayActor(ClusterActor):
         self.push.setsockopt(zmq.LINGER, 0)
         self.push.setsockopt(zmq.SNDHWM, 100_000)
         self.push.connect(self.outbound_endpoint)
+        if self.users is not None:
+            self.translator = OuchTranslator(self.users.accounts, next_order_id=self._mint_order_id)
+            host, port = self.config.ouch_address(self.name)
+            self.soup = SoupServer(GatewaySoupApplication(self.users, self.actor_ref), host, port,
+                                   session=f"{self.config.name[:6]}{self.number:04d}"[:10]).start()
+
+    def _mint_order_id(self) -> int:
+        return cluster_order_id(self.number, next(self.next_id))
 
     def on_stop(self) -> None:
         super().on_stop()
+        if self.soup is not None:
+            self.soup.stop()
         self._flush_clients()
         if self.push is not None:
             self.push.close(linger=0)
@@ -245,6 +289,54 @@ class GatewayActor(ClusterActor):
             self._reports(batch)
         else:
             self.count("unexpected_batches")
+
+    def on_other(self, message: object) -> object:
+        if type(message) is OuchInbound:
+            self._ouch(message.username, message.payload)  # type: ignore[attr-defined]
+            self.count("ouch_messages")
+        return None
+
+    # -- OUCH over SoupBinTCP ---------------------------------------------------------------
+
+    def _ouch(self, username: str, payload: bytes) -> None:
+        assert self.translator is not None and self.soup is not None
+        result = self.translator.on_message(username, payload)
+        if result.error is not None:
+            # A malformed OUCH message inside valid SoupBinTCP framing: end that session alone.
+            self.count("ouch_protocol_errors")
+            self.soup.disconnect(username)
+            return
+        for reply in result.replies:
+            self.soup.send_sequenced(username, reply)
+        now = time.perf_counter_ns()
+        for command in result.commands:
+            order_id = command.order_id  # type: ignore[attr-defined]
+            if type(command) is NewOrder:
+                account = command.account
+                if not self._rate_ok(OUCH_SESSION + username.encode(), account):
+                    self._ouch_reject(command.symbol, order_id, "new", RiskReason.RATE_LIMIT, account)
+                    continue
+                self.orders[order_id] = GatewayOrder(OUCH_SESSION, order_id, account, command.symbol, command.qty)
+            else:
+                order = self.orders.get(order_id)
+                if order is None or order.done:
+                    self._ouch_reject(command.symbol, order_id, command.op, RejectReason.UNKNOWN_ORDER, "")
+                    continue
+                order.pending += 1
+                account = order.account
+            self.outbox.add(self._risk_of(account), MessageKind.ORDERS,  # type: ignore[union-attr]
+                            command_to_record(command, now))
+
+    def _ouch_reject(self, symbol: str, order_id: int, op: str, reason: str, account: str) -> None:
+        self.count(f"rejected_{reason}")
+        event = tuple.__new__(Rejected, (None, symbol, order_id, op, reason, ""))
+        self._ouch_event(event)
+
+    def _ouch_event(self, event: object) -> None:
+        if self.translator is None or self.soup is None:
+            return
+        for username, payload in self.translator.on_event(event):  # type: ignore[arg-type]
+            self.soup.send_sequenced(username, payload)
 
     # -- client -> cluster -----------------------------------------------------------------
 
@@ -328,7 +420,10 @@ class GatewayActor(ClusterActor):
                 if op == Op.NEW:
                     order.done = True
                 order.pending -= 1
-                self._reject_to(order.session, order.symbol, order.client_id, op, reason, trace_ns)
+                if order.session == OUCH_SESSION:
+                    self._ouch_reject(order.symbol, order_id, _OP_NAMES.get(op, "new"), reason, order.account)
+                else:
+                    self._reject_to(order.session, order.symbol, order.client_id, op, reason, trace_ns)
                 self._maybe_forget(order_id, order)
         self._flush_clients()
 
@@ -350,8 +445,17 @@ class GatewayActor(ClusterActor):
                 maker = orders.get(fields[13])
                 taker = orders.get(fields[14])
                 qty = fields[16]
+                if (maker is not None and maker.session == OUCH_SESSION) or \
+                        (taker is not None and taker.session == OUCH_SESSION):
+                    self._ouch_event(record_to_event(payload, offset)[0])
                 for order, own, other in ((maker, 13, 14), (taker, 14, 13)):
                     if order is None:
+                        continue
+                    if order.session == OUCH_SESSION:
+                        order.leaves -= qty
+                        if order.leaves <= 0:
+                            order.done = True
+                            self._maybe_forget(fields[own], order)
                         continue
                     copy = list(fields)
                     copy[own] = order.client_id
@@ -369,8 +473,11 @@ class GatewayActor(ClusterActor):
                 # Rejects the gateway itself answered earlier, or reports for orders already done.
                 self.count("reports_for_unknown_orders")
                 continue
-            fields[13] = order.client_id
-            self._to_client(order.session, _pack_report(*fields))
+            if order.session == OUCH_SESSION:
+                self._ouch_event(record_to_event(payload, offset)[0])
+            else:
+                fields[13] = order.client_id
+                self._to_client(order.session, _pack_report(*fields))
             if kind == EventKind.ACCEPTED:
                 order.pending -= 1
             elif kind == EventKind.REJECTED:
@@ -424,4 +531,6 @@ class GatewayActor(ClusterActor):
         out = super().stats()
         out.update({f"port_{k}": v for k, v in self.port.stats.items()})
         out["live_orders"] = len(self.orders)
+        if self.soup is not None:
+            out.update({f"soup_{k}": v for k, v in self.soup.counters().items()})
         return out

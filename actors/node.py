@@ -24,6 +24,7 @@ from actors.backends import BackendOptions, BackendUnavailable, book_factory
 from actors.base import ActorFailed, ClusterActor, NodeContext, StatsReport
 from actors.book import BookActor
 from actors.config import ClusterConfig, ConfigError, load_config
+from actors.feed import FeedHandlerActor
 from actors.gateway import GatewayActor
 from actors.marketdata import MarketDataActor
 from actors.risk import RiskActor
@@ -116,7 +117,8 @@ def start_actor(context: NodeContext, name: str, backend: str, link: str | None)
     if kind == "book":
         factory = book_factory(backend, BackendOptions(link=link))
         return BookActor.start(context, name, factory(context.config.instruments[key]))
-    classes: dict[str, type[ClusterActor]] = {"risk": RiskActor, "gateway": GatewayActor, "md": MarketDataActor}
+    classes: dict[str, type[ClusterActor]] = {"risk": RiskActor, "gateway": GatewayActor, "md": MarketDataActor,
+                                              "feed": FeedHandlerActor}
     cls = classes.get(kind)
     if cls is None:
         raise ConfigError(f"actor {name!r}: no actor of kind {kind!r} can run yet")
