@@ -221,8 +221,9 @@ def run_cluster(config: ClusterConfig, config_path: str | None, duration: float 
               f"{config.client_endpoint()}", file=out, flush=True)
         if demo:
             traders = _start_demo(config, stop)
-            print(f"matchwire: {len(traders)} demo traders at {config.demo.get('orders_per_second', 2000)} "
-                  "orders/s in all", file=out, flush=True)
+            host, port = config.ouch_address()
+            print(f"matchwire: {len(traders)} demo traders over OUCH 5.0 / SoupBinTCP 4.0 at {host}:{port}, "
+                  f"{config.demo.get('orders_per_second', 2000)} orders/s in all", file=out, flush=True)
         t0 = time.monotonic()
         last_view = t0
         last_counts = {"orders": 0, "trades": 0, "reports": 0}
@@ -266,19 +267,23 @@ def run_cluster(config: ClusterConfig, config_path: str | None, duration: float 
 
 def _start_demo(config: ClusterConfig, stop: threading.Event) -> list[DemoTrader]:
     demo = config.demo
-    makers = demo.get("market_makers", [])
-    takers = demo.get("takers", [])
+    entries = demo.get("trader", [])
     total = float(demo.get("orders_per_second", 2000))
     instruments = list(config.instruments.values())
+    users = {u.get("name"): u for u in config.raw.get("user", [])}
+    makers = [e for e in entries if e.get("role") == "maker"]
+    takers = [e for e in entries if e.get("role") != "maker"]
     traders: list[DemoTrader] = []
-    count = max(1, len(makers) + len(takers))
-    for i, account in enumerate(makers):
-        traders.append(MarketMaker(f"mm-{account}", config.client_endpoint(), account, instruments,
-                                   total * 0.6 / max(1, len(makers)), seed=i + 1, stop=stop))
-    for i, account in enumerate(takers):
-        traders.append(Taker(f"taker-{account}", config.client_endpoint(), account, instruments,
-                             total * 0.4 / max(1, len(takers)), seed=100 + i, stop=stop))
-    del count
+    address = config.ouch_address()
+    for i, entry in enumerate(entries):
+        role_share = 0.6 / max(1, len(makers)) if entry in makers else 0.4 / max(1, len(takers))
+        if not makers or not takers:
+            role_share = 1.0 / len(entries)
+        cls = MarketMaker if entry in makers else Taker
+        accounts = list(users.get(entry.get("user"), {}).get("accounts", []))
+        traders.append(cls(f"{entry.get('role', 'taker')}-{entry.get('user')}", address, entry.get("user", ""),
+                           entry.get("password", ""), accounts, instruments, total * role_share, seed=i + 1,
+                           stop=stop))
     for trader in traders:
         trader.start()
     return traders
@@ -303,24 +308,26 @@ def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], ela
         total.merge(trader.stats)
     print("\nmatchwire summary", file=out)
     print(f"  ran {elapsed:.1f} s; nodes exited: " + ", ".join(f"{k}={v}" for k, v in exit_codes.items()), file=out)
+    for trader in traders:
+        if trader.error:
+            print(f"  trader error: {trader.error}", file=out)
     if traders:
-        acks = total.reports.get("accepted", 0) + total.reports.get("modified", 0)
-        print(f"  orders sent {total.sent} ({total.sent / max(elapsed, 1e-9):.0f}/s); acknowledged {acks}; "
-              f"rejected {sum(total.rejects.values())}; refused locally (gateway full) {total.busy_local}", file=out)
-        print(f"  trades {counts['trades']} ({counts['trades'] / max(elapsed, 1e-9):.0f}/s); fills reported to "
-              f"traders {total.fills}", file=out)
+        print(f"  messages sent over OUCH {total.sent} ({total.sent / max(elapsed, 1e-9):.0f}/s); answers: "
+              f"accepted {total.messages.get('A', 0)}, replaced {total.messages.get('U', 0)}, "
+              f"rejected {total.messages.get('J', 0)}, canceled {total.messages.get('C', 0)}, "
+              f"executed {total.messages.get('E', 0)}", file=out)
+        print(f"  trades {counts['trades']} ({counts['trades'] / max(elapsed, 1e-9):.0f}/s); executions reported "
+              f"to traders {total.executions}", file=out)
         if total.rejects:
             print("  rejects by reason: " + ", ".join(f"{k} {v}" for k, v in total.rejects.most_common()), file=out)
         if total.cancels:
             print("  cancels by reason: " + ", ".join(f"{k} {v}" for k, v in total.cancels.most_common()), file=out)
         pct = _percentiles(total.latencies_ns)
         if pct:
-            print("  ack latency (send -> accepted/rejected/modified, us): "
+            print("  latency, send -> first answer over OUCH (us): "
                   + "  ".join(f"{k} {v:.0f}" for k, v in pct.items()), file=out)
     else:
         print(f"  book commands {counts['orders']}, trades {counts['trades']}", file=out)
     for event in cluster.events:
         print(f"  event: {event}", file=out)
     out.flush()
-
-

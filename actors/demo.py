@@ -1,5 +1,10 @@
-"""Demo traders for ``matchwire run``: market makers quoting around a drifting fair price and
-takers crossing the spread, each a thread with its own client session."""
+"""Demo traders for ``matchwire run``: real OUCH 5.0 sessions over SoupBinTCP 4.0.
+
+Market makers keep a bid and an ask per instrument around a drifting fair price and reprice them
+with Replace Order; takers cross the spread with IOC limit and market orders. Each trader is a
+thread with its own login (one live session per user), and measures the time from each
+message's send to the first answer for it (Accepted, Replaced, Canceled or Rejected).
+"""
 
 from __future__ import annotations
 
@@ -8,65 +13,58 @@ import threading
 import time
 from collections import Counter
 
-from actors.client import ClusterClient
+from actors.ouch_client import OuchClient
 from exchange.instruments import Instrument
-from exchange.orders import (
-    Accepted,
-    Cancelled,
-    Fill,
-    Modified,
-    ModifyOrder,
-    NewOrder,
-    OrderType,
-    Rejected,
-    Side,
-    TimeInForce,
-)
+from exchange.ouch import MARKET_PRICE, REJECT_REASON_NAMES
 
 
 class TraderStats:
-    """What one trader saw: orders sent, reports by kind, rejects by reason, ack latencies."""
+    """What one trader saw: orders sent, answers by type, rejects by reason, answer latencies."""
 
     def __init__(self) -> None:
         self.sent = 0
-        self.busy_local = 0
-        self.reports: Counter[str] = Counter()
+        self.messages: Counter[str] = Counter()
         self.rejects: Counter[str] = Counter()
         self.cancels: Counter[str] = Counter()
-        self.fills = 0
+        self.executions = 0
         self.latencies_ns: list[int] = []
-        self.acked: set[int] = set()
 
     def merge(self, other: TraderStats) -> None:
         self.sent += other.sent
-        self.busy_local += other.busy_local
-        self.reports.update(other.reports)
+        self.messages.update(other.messages)
         self.rejects.update(other.rejects)
         self.cancels.update(other.cancels)
-        self.fills += other.fills
+        self.executions += other.executions
         self.latencies_ns.extend(other.latencies_ns)
 
 
 class DemoTrader(threading.Thread):
-    """A paced trader: ``step()`` decides what to send; reports are read between steps."""
+    """A paced OUCH trader: :meth:`step` decides what to send; answers are read between steps."""
 
-    def __init__(self, name: str, endpoint: str, account: str, instruments: list[Instrument], rate: float,
-                 seed: int, stop: threading.Event) -> None:
+    def __init__(self, name: str, address: tuple[str, int], user: str, password: str, accounts: list[str],
+                 instruments: list[Instrument], rate: float, seed: int, stop: threading.Event) -> None:
         super().__init__(name=name, daemon=True)
-        self.endpoint = endpoint
-        self.account = account
+        self.address = address
+        self.user = user
+        self.password = password
+        # OUCH's Firm field is 4 characters: an account that does not fit can only be a user's default.
+        self.accounts = [a for i, a in enumerate(accounts) if i == 0 or len(a) <= 4] or [""]
         self.instruments = instruments
         self.rate = max(rate, 1.0)
         self.rng = random.Random(seed)
         self.stop_event = stop
         self.stats = TraderStats()
-        self.next_id = 1
-        self.client: ClusterClient | None = None
+        self.client: OuchClient | None = None
+        self.sent_at: dict[int, int] = {}
         self.fair = {i.symbol: i.reference_price or 1_000_000 for i in instruments}
-        self.tick = {i.symbol: i.tick_size for i in instruments}
+        self.error: str | None = None
 
     def run(self) -> None:
-        self.client = ClusterClient(self.endpoint, name=f"demo-{self.name}")
+        try:
+            self.client = OuchClient(self.address[0], self.address[1], self.user, self.password)
+        except (OSError, RuntimeError) as exc:
+            self.error = f"{self.user}: cannot log in: {exc}"
+            return
         try:
             interval = 1.0 / self.rate
             next_send = time.perf_counter()
@@ -74,120 +72,124 @@ class DemoTrader(threading.Thread):
                 now = time.perf_counter()
                 if now >= next_send:
                     self.step()
-                    self.client.flush()
                     next_send += interval
                     if now - next_send > 1.0:  # fell far behind: do not burst to catch up
                         next_send = now
                 self._read(max(0.0, min(next_send - time.perf_counter(), 0.05)))
             self._read(0.3)
+        except Exception as exc:  # noqa: BLE001  # reported in the summary; the cluster keeps running
+            self.error = f"{self.user}: {type(exc).__name__}: {exc}"
         finally:
-            self.stats.busy_local = self.client.busy
+            try:
+                self.client.logout()
+            except (OSError, RuntimeError):
+                pass
             self.client.close()
 
     def _read(self, timeout: float) -> None:
         assert self.client is not None
-        now = time.perf_counter_ns()
         stats = self.stats
-        for event, trace_ns in self.client.poll(timeout):
-            kind = type(event)
-            stats.reports[event.kind] += 1
-            if kind is Accepted or kind is Rejected or kind is Modified:
-                if kind is Rejected:
-                    stats.rejects[event.reason] += 1  # type: ignore[attr-defined]
-                    self.on_reject(event)  # type: ignore[arg-type]
-                if trace_ns and kind is not Modified and event[2] not in stats.acked:
-                    stats.acked.add(event[2])
-                    stats.latencies_ns.append(now - trace_ns)
-                elif trace_ns and kind is Modified:
-                    stats.latencies_ns.append(now - trace_ns)
-            elif kind is Fill:
-                stats.fills += 1
-                self.on_fill(event)
-            elif kind is Cancelled:
-                stats.cancels[event.reason] += 1  # type: ignore[attr-defined]
-                self.on_done(event[2])
+        for message in self.client.messages(timeout):
+            kind = message["type"]
+            stats.messages[kind] += 1
+            ref = message.get("user_ref_num")
+            sent = self.sent_at.pop(ref, None) if kind in "AUCJ" else None
+            if sent is not None:
+                stats.latencies_ns.append(time.perf_counter_ns() - sent)
+            if kind == "J":
+                stats.rejects[REJECT_REASON_NAMES.get(message["reason"], str(message["reason"]))] += 1
+                self.on_done(ref)
+            elif kind == "E":
+                stats.executions += 1
+                self.on_execution(ref, message["quantity"])
+            elif kind == "C":
+                stats.cancels[message.get("reason", "?")] += 1
+                self.on_done(ref)
+            elif kind == "U":
+                self.on_replaced(message.get("orig_user_ref_num"), ref, message.get("quantity", 0))
+            timeout = 0.0
 
-    def on_fill(self, event: Fill) -> None:
-        pass
-
-    def on_done(self, order_id: int) -> None:
-        pass
-
-    def on_reject(self, event: Rejected) -> None:
-        pass
-
-    def new_id(self) -> int:
-        self.next_id += 1
-        return self.next_id
-
-    def send(self, command: object) -> None:
-        assert self.client is not None
-        self.client.queue(command)  # type: ignore[arg-type]
+    def _sent(self, ref: int) -> int:
+        self.sent_at[ref] = time.perf_counter_ns()
         self.stats.sent += 1
+        return ref
+
+    def _firm(self, account: str) -> dict | None:
+        return None if account == self.accounts[0] else {"firm": account}
+
+    def on_execution(self, ref: int, qty: int) -> None:
+        pass
+
+    def on_done(self, ref: int | None) -> None:
+        pass
+
+    def on_replaced(self, previous: int | None, ref: int, qty: int) -> None:
+        pass
 
     def step(self) -> None:
         raise NotImplementedError
 
 
 class MarketMaker(DemoTrader):
-    """Keeps one bid and one ask per instrument around a random-walk fair price, repricing them."""
+    """One bid and one ask per instrument and account, repriced with Replace Order."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.quotes: dict[tuple[str, Side], int] = {}
+        self.quotes: dict[tuple[str, str, str], int] = {}  # (symbol, side, account) -> current UserRefNum
         self.leaves: dict[int, int] = {}
+        self.key_of: dict[int, tuple[str, str, str]] = {}
 
     def step(self) -> None:
+        assert self.client is not None
         inst = self.rng.choice(self.instruments)
         symbol, tick = inst.symbol, inst.tick_size
         self.fair[symbol] += self.rng.choice((-1, 0, 1)) * tick
-        side = self.rng.choice((Side.BUY, Side.SELL))
+        side = self.rng.choice(("B", "S"))
+        account = self.rng.choice(self.accounts)
         offset = self.rng.randint(1, 5) * tick
-        price = max(self.fair[symbol] - offset if side is Side.BUY else self.fair[symbol] + offset, tick)
-        key = (symbol, side)
+        price = max(self.fair[symbol] - offset if side == "B" else self.fair[symbol] + offset, tick)
         qty = self.rng.randint(1, 10) * 100
-        order_id = self.quotes.get(key)
-        if order_id is None:
-            order_id = self.new_id()
-            self.quotes[key] = order_id
-            self.leaves[order_id] = qty
-            self.send(NewOrder(symbol, order_id, self.account, side, price, qty))
+        key = (symbol, side, account)
+        ref = self.quotes.get(key)
+        if ref is not None and ref in self.sent_at:
+            return  # OUCH: a replace names the order's current token, so wait for the last answer
+        if ref is None:
+            ref = self._sent(self.client.enter_order(symbol, side, qty, price, options=self._firm(account)))
         else:
-            self.leaves[order_id] = qty
-            self.send(ModifyOrder(symbol, order_id, qty=qty, price=price))
+            del self.key_of[ref]
+            self.leaves.pop(ref, None)
+            ref = self._sent(self.client.replace_order(ref, qty, price))
+        self.quotes[key] = ref
+        self.key_of[ref] = key
+        self.leaves[ref] = qty
 
-    def on_fill(self, event: Fill) -> None:
-        for order_id in (event.maker_order_id, event.taker_order_id):
-            if order_id in self.leaves:
-                self.leaves[order_id] -= event.qty
-                if self.leaves[order_id] <= 0:
-                    self.on_done(order_id)
+    def on_execution(self, ref: int, qty: int) -> None:
+        if ref in self.leaves:
+            self.leaves[ref] -= qty
+            if self.leaves[ref] <= 0:
+                self.on_done(ref)
 
-    def on_reject(self, event: Rejected) -> None:
-        if event.op in ("new", "modify"):
-            self.on_done(event.order_id)
-
-    def on_done(self, order_id: int) -> None:
-        self.leaves.pop(order_id, None)
-        for key, value in list(self.quotes.items()):
-            if value == order_id:
-                del self.quotes[key]
+    def on_done(self, ref: int | None) -> None:
+        key = self.key_of.pop(ref, None)  # type: ignore[arg-type]
+        self.leaves.pop(ref, None)  # type: ignore[arg-type]
+        if key is not None and self.quotes.get(key) == ref:
+            del self.quotes[key]
 
 
 class Taker(DemoTrader):
-    """Crosses the spread with IOC limit and market orders."""
+    """Crosses the spread with IOC limit orders, and now and then a market order."""
 
     def step(self) -> None:
+        assert self.client is not None
         inst = self.rng.choice(self.instruments)
         symbol, tick = inst.symbol, inst.tick_size
         self.fair[symbol] += self.rng.choice((-1, 0, 1)) * tick
-        side = self.rng.choice((Side.BUY, Side.SELL))
+        side = self.rng.choice(("B", "S"))
         qty = self.rng.randint(1, 5) * 100
+        account = self.rng.choice(self.accounts)
         if self.rng.random() < 0.2:
-            self.send(NewOrder(symbol, self.new_id(), self.account, side, None, qty, OrderType.MARKET,
-                               TimeInForce.IOC))
+            price = MARKET_PRICE
         else:
             reach = self.rng.randint(0, 4) * tick
-            price = self.fair[symbol] + reach if side is Side.BUY else self.fair[symbol] - reach
-            self.send(NewOrder(symbol, self.new_id(), self.account, side, max(price, tick), qty,
-                               tif=TimeInForce.IOC))
+            price = max(self.fair[symbol] + reach if side == "B" else self.fair[symbol] - reach, tick)
+        self._sent(self.client.enter_order(symbol, side, qty, price, time_in_force="3", options=self._firm(account)))

@@ -12,7 +12,8 @@ implements in gateware). This actor gives it sockets and time:
 * after every batch of datagrams, and on every tick, the handler says which gap to re-request; a request
   unanswered for ``retransmit_timeout`` seconds is repeated, ``max_retries`` times at most, and then the gap
   is given up and delivery resumes after it;
-* with ``file`` set, the actor reads that ITCH file instead (gzip or plain) when it starts.
+* with ``file`` set, the actor reads that ITCH file instead (gzip or plain) when it starts; it also reads
+  one when asked, ``ref.ask(("read_file", path))`` (after subscribers are in place, for instance).
 
 Subscribers: ``ref.tell(("subscribe", target))`` where ``target`` is a pykka ``ActorRef`` (told each
 :class:`~exchange.feed_decoder.BookUpdate`) or a callable (called with it, in the actor's thread: keep it
@@ -263,6 +264,9 @@ class FeedHandlerActor(ClusterActor):
             if message[1] in self.subscribers:
                 self.subscribers.remove(message[1])
             return True
+        if op == "read_file" and len(message) == 2:
+            self._read_file(str(message[1]))
+            return self.handler.stats["messages"]
         if op == "bbo" and len(message) == 2:
             return book.bbo(message[1])
         if op == "depth" and len(message) in (2, 3):
