@@ -1,0 +1,122 @@
+"""OUCH 5.0 over SoupBinTCP 4.0 through a real multi-process cluster: nasdaq-protocols' client
+unchanged, our client, auth, ownership, reconnect with replay, and the execution reports."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from nasdaq_protocols import soup as nsoup
+
+from actors.ouch_client import LoginRejected, OuchClient
+from exchange import ouch
+from exchange.accounts import hash_password
+from tests.actors.cluster_helpers import start_cluster, write_config
+
+PASSWORDS = {"ALICE": "alice-pw", "BOB": "bob-pw"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ouch")
+    users = "".join(f'[[user]]\nname = "{name}"\npassword_hash = "{hash_password(pw, n=1 << 10)}"\n'
+                    f'accounts = ["A{i + 1}"]\n' for i, (name, pw) in enumerate(PASSWORDS.items()))
+    path = write_config(tmp, extra=users)
+    running = start_cluster(path, tmp / "logs")
+    yield running
+    running.stop()
+
+
+def login(cluster, user: str, **kwargs) -> OuchClient:
+    """A session starting with the next message (sequence 0: no replay of earlier tests' messages)."""
+    host, port = cluster.config.ouch_address()
+    kwargs.setdefault("next_seq", 0)
+    client = OuchClient(host, port, user, PASSWORDS[user], **kwargs)
+    client.sync_user_ref_num()  # UserRefNums rise for the whole day: ask where this user is
+    return client
+
+
+def wait_messages(client: OuchClient, predicate, timeout: float = 5.0) -> list[dict]:
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while not predicate(got) and time.monotonic() < deadline:
+        # Account Query answers (from sync_user_ref_num) are session housekeeping, not order reports.
+        got.extend(m for m in client.messages(0.05) if m["type"] != "Q")
+    return got
+
+
+def test_nasdaq_protocols_client_trades_through_the_cluster(cluster):
+    host, port = cluster.config.ouch_address()
+
+    async def scenario() -> None:
+        session = await nsoup.connect_async((host, port), "ALICE", PASSWORDS["ALICE"], "", 1,
+                                            client_heartbeat_interval=1)
+        session.send_unseq_data(ouch.encode_inbound(
+            "O", user_ref_num=1, side="S", quantity=300, symbol="AAPL", price=1_000_000, time_in_force="0",
+            display="Y", capacity="A", inter_market_sweep_eligibility="N", cross_type="N", cl_ord_id="N1",
+            options={}))
+        accepted = ouch.decode_outbound((await asyncio.wait_for(session.receive_msg(), 5)).data)
+        assert (accepted["type"], accepted["user_ref_num"], accepted["quantity"]) == ("A", 1, 300)
+        assert accepted["order_state"] == "L"
+        session.logout()
+        await asyncio.sleep(0.1)
+
+    asyncio.run(scenario())
+    bob = login(cluster, "BOB")
+    try:
+        bob.enter_order("AAPL", "B", 100, 1_000_000, time_in_force="3")
+        messages = wait_messages(bob, lambda got: len(got) >= 2)
+        messages += [m for m in bob.messages(0.3) if m["type"] != "Q"]
+        # Fully filled on entry: accepted, executed, and nothing to cancel.
+        assert [m["type"] for m in messages] == ["A", "E"]
+        executed = messages[1]
+        assert (executed["quantity"], executed["price"], executed["liquidity_flag"]) == (100, 1_000_000, "R")
+    finally:
+        bob.close()
+
+
+def test_wrong_password_is_refused(cluster):
+    host, port = cluster.config.ouch_address()
+    with pytest.raises(LoginRejected):
+        OuchClient(host, port, "ALICE", "wrong-pw")
+
+
+def test_nobody_cancels_another_users_order(cluster):
+    alice, bob = login(cluster, "ALICE"), login(cluster, "BOB")
+    try:
+        ref = alice.enter_order("MSFT", "B", 100, 900_000)
+        assert wait_messages(alice, lambda got: any(m["type"] == "A" for m in got))
+        # Bob names Alice's token: for Bob it is no order of his, so the cancel is rejected.
+        bob.cancel_order(ref)
+        answer = wait_messages(bob, lambda got: bool(got))
+        assert answer and answer[0]["type"] == "I"
+        alice.cancel_order(ref)
+        canceled = wait_messages(alice, lambda got: any(m["type"] == "C" for m in got))
+        assert any(m["type"] == "C" and m["quantity"] == 100 for m in canceled)
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_reconnect_receives_exactly_what_was_missed(cluster):
+    alice = login(cluster, "ALICE")
+    refs = [alice.enter_order("GOOG", "B", 10 + i, 800_000 + i * 100) for i in range(5)]
+    assert len(wait_messages(alice, lambda got: len(got) >= 5)) == 5
+    expected_next = alice.next_seq
+    alice.close()  # the TCP connection drops; more happens while Alice is away
+    bob = login(cluster, "BOB")
+    try:
+        bob.enter_order("GOOG", "S", 1000, 800_000, time_in_force="3")  # executes against Alice's bids
+        assert wait_messages(bob, lambda got: any(m["type"] == "C" for m in got))
+    finally:
+        bob.close()
+    time.sleep(0.3)
+    again = login(cluster, "ALICE", next_seq=expected_next)
+    try:
+        missed = wait_messages(again, lambda got: len(got) >= 5, timeout=5)
+        assert [m["type"] for m in missed] == ["E"] * 5
+        assert sorted(m["user_ref_num"] for m in missed) == sorted(refs)
+        assert not [m for m in again.messages(0.3) if m["type"] != "Q"], "a message arrived twice"
+    finally:
+        again.close()
