@@ -25,6 +25,9 @@ from exchange.orders import CancelOrder, NewOrder, Side, TimeInForce
 SYMBOLS = ("AAPL", "MSFT", "GOOG", "TSLA")
 
 
+BENCH_PASSWORD = "bench"
+
+
 def _config_text(base: int, book_nodes: int, extra_cluster: str = "") -> str:
     if book_nodes == 1:
         books = '[[node]]\nname = "book1"\nactors = ["book/AAPL", "book/MSFT", "book/GOOG", "book/TSLA"]\n'
@@ -33,6 +36,11 @@ def _config_text(base: int, book_nodes: int, extra_cluster: str = "") -> str:
                  '[[node]]\nname = "book2"\nactors = ["book/GOOG", "book/TSLA"]\n')
     instruments = "".join(f'[[instrument]]\nsymbol = "{s}"\ntick_size = 1\n\n' for s in SYMBOLS)
     accounts = "".join(f'[[account]]\nname = "B{i}"\n\n' for i in range(8))
+    from exchange.accounts import hash_password
+
+    accounts += (f'[[user]]\nname = "BENCH"\npassword_hash = "{hash_password(BENCH_PASSWORD, n=1 << 10)}"\n'
+                 f'accounts = [{", ".join(repr(f"B{i}").replace(chr(39), chr(34)) for i in range(8))}]\n\n'
+                 '[risk.defaults]\nmax_open_orders = 10000000\norders_per_second = 10000000\nburst = 10000000\n\n')
     return f"""[cluster]
 name = "bench"
 base_port = {base}
@@ -124,6 +132,92 @@ def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7) -> dict:
             "max_us": latencies[-1] / 1000 if latencies else float("nan"), "client_busy": busy}
 
 
+def run_load_ouch(address: tuple[str, int], rate: float, seconds: float, seed: int = 7) -> dict:
+    """The same open-loop schedule as :func:`run_load`, through OUCH 5.0 over SoupBinTCP 4.0."""
+    from actors.ouch_client import OuchClient
+    from exchange import ouch
+
+    rng = random.Random(seed)
+    client = OuchClient(address[0], address[1], "BENCH", BENCH_PASSWORD, next_seq=0)
+    client.sync_user_ref_num()
+    live: list[int] = []
+    scheduled_of: dict[tuple[str, int], int] = {}
+    latencies: list[int] = []
+    total = int(rate * seconds)
+    interval_ns = int(1e9 / rate)
+    start = time.perf_counter_ns() + 20_000_000
+    sent = answered = 0
+    last_answer = start
+    encode = ouch.encode_inbound
+
+    def read(timeout: float) -> None:
+        nonlocal answered, last_answer
+        for message in client.messages(timeout):
+            kind = message["type"]
+            key = ("X", message["user_ref_num"]) if kind in "CI" else ("O", message.get("user_ref_num"))
+            scheduled = scheduled_of.pop(key, None)
+            if scheduled is not None:
+                now = time.perf_counter_ns()
+                latencies.append(now - scheduled)
+                answered += 1
+                last_answer = now
+            timeout = 0.0
+
+    try:
+        while sent < total:
+            now = time.perf_counter_ns()
+            due = min(total, (now - start) // interval_ns + 1) if now >= start else 0
+            payloads = []
+            while sent < due:
+                scheduled = start + sent * interval_ns
+                roll = rng.random()
+                if roll < 0.45 or roll >= 0.9 or not live:
+                    ref = client.allocate_user_ref_num()
+                    ioc = roll >= 0.9
+                    side = "B" if rng.random() < 0.5 else "S"
+                    if ioc:
+                        price = 10_060 if side == "B" else 9_940
+                    else:
+                        price = 10_000 - rng.randint(1, 50) if side == "B" else 10_000 + rng.randint(1, 50)
+                    payloads.append(encode("O", user_ref_num=ref, side=side, quantity=100,
+                                           symbol=rng.choice(SYMBOLS), price=price, time_in_force="3" if ioc else "0",
+                                           display="Y", capacity="A", inter_market_sweep_eligibility="N",
+                                           cross_type="N", cl_ord_id="", options={"firm": f"B{ref % 8}"}))
+                    scheduled_of[("O", ref)] = scheduled
+                    if not ioc:
+                        live.append(ref)
+                else:
+                    ref = live.pop(rng.randrange(len(live)))
+                    payloads.append(encode("X", user_ref_num=ref, quantity=0))
+                    scheduled_of[("X", ref)] = scheduled
+                sent += 1
+            if payloads:
+                client.send_many(payloads)
+            wait = (start + sent * interval_ns - time.perf_counter_ns()) / 1e9
+            read(min(max(wait, 0.0), 0.002))
+        deadline = time.monotonic() + 10
+        while scheduled_of and time.monotonic() < deadline:
+            read(0.05)
+    finally:
+        client.close()
+    elapsed = (last_answer - start) / 1e9
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1000 if latencies else float("nan")
+
+    return {"offered": rate, "sent": sent, "answered": answered, "achieved": answered / max(elapsed, 1e-9),
+            "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99), "p999_us": pct(0.999),
+            "max_us": latencies[-1] / 1000 if latencies else float("nan")}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_base(count: int = 100) -> int:
     import socket
 
@@ -150,11 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="5000,10000,25000,50000,100000", help="offered commands/s, comma list")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per rate")
     parser.add_argument("--book-nodes", default="1,2", help="topologies to run")
+    parser.add_argument("--client", default="ouch,zmq", help="load through OUCH/SoupBinTCP, the ZeroMQ client API, "
+                                                                "or both (the difference is the gateway's added cost)")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     print(f"# bench-cluster: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
           f"python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}")
-    best: dict[int, float] = {}
+    best: dict[tuple[int, str], float] = {}
     for book_nodes in [int(n) for n in args.book_nodes.split(",")]:
         work = Path(tempfile.mkdtemp(prefix="matchwire-bench-"))
         path = work / "cluster.toml"
@@ -163,21 +259,32 @@ def main(argv: list[str] | None = None) -> int:
         cluster = Cluster(config, str(path), log_dir=work / "logs")
         try:
             cluster.start()
-            for rate in rates:
-                result = run_load(config.client_endpoint(), rate, args.seconds)
-                cluster.pump(0)
-                print(f"book_nodes={book_nodes} offered={rate:.0f} achieved={result['achieved']:.0f} "
-                      f"answered={result['answered']}/{result['sent']} p50_us={result['p50_us']:.0f} "
-                      f"p90_us={result['p90_us']:.0f} p99_us={result['p99_us']:.0f} "
-                      f"p999_us={result['p999_us']:.0f} max_us={result['max_us']:.0f}", flush=True)
-                if result["answered"] == result["sent"] and result["achieved"] >= 0.95 * rate:
-                    best[book_nodes] = max(best.get(book_nodes, 0.0), result["achieved"])
+            for client in args.client.split(","):
+                for rate in rates:
+                    before = {n: _cpu_seconds(p.process.pid) for n, p in cluster.nodes.items()}
+                    if client == "ouch":
+                        result = run_load_ouch(config.ouch_address(), rate, args.seconds)
+                    else:
+                        result = run_load(config.client_endpoint(), rate, args.seconds)
+                    cpu = {n: (_cpu_seconds(p.process.pid) - before[n]) * 1e6 / max(result["sent"], 1)
+                           for n, p in cluster.nodes.items()}
+                    cluster.pump(0)
+                    print(f"book_nodes={book_nodes} client={client} offered={rate:.0f} "
+                          f"achieved={result['achieved']:.0f} answered={result['answered']}/{result['sent']} "
+                          f"p50_us={result['p50_us']:.0f} p90_us={result['p90_us']:.0f} "
+                          f"p99_us={result['p99_us']:.0f} p999_us={result['p999_us']:.0f} "
+                          f"max_us={result['max_us']:.0f} cpu_us_per_order="
+                          + ",".join(f"{n}:{v:.0f}" for n, v in cpu.items()), flush=True)
+                    if result["answered"] == result["sent"] and result["achieved"] >= 0.95 * rate:
+                        key = (book_nodes, client)
+                        best[key] = max(best.get(key, 0.0), result["achieved"])
         finally:
             cluster.stop()
-    for nodes, rate in sorted(best.items()):
-        print(f"book_nodes={nodes} max_sustained_per_s={rate:.0f}")
-    if 1 in best and 2 in best:
-        print(f"scaling_1_to_2_book_nodes={best[2] / best[1]:.2f}")
+    for (nodes, client), rate in sorted(best.items()):
+        print(f"book_nodes={nodes} client={client} max_sustained_per_s={rate:.0f}")
+    for client in args.client.split(","):
+        if (1, client) in best and (2, client) in best:
+            print(f"client={client} scaling_1_to_2_book_nodes={best[(2, client)] / best[(1, client)]:.2f}")
     return 0
 
 

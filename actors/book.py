@@ -1,23 +1,46 @@
-"""BookActor: one per instrument, the engine (or a card) behind the book interface."""
+"""BookActor: one per instrument, the engine (or a card) behind the book interface.
+
+With durability on, every command is journaled (``exchange.journal``) before any of its reports
+leave, snapshots bound recovery time, and a restarted book rebuilds itself from its snapshot
+and journal, re-sends the events since the snapshot (receivers drop what they saw already, by
+sequence number) and then tells everyone it is back (a RECOVERED report).
+"""
 
 from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import gateway_number_of
 from exchange.engine import Book
+from exchange.journal import JournalWriter, recover
 from exchange.layout import LayoutError
-from exchange.orders import Accepted, Cancelled, Fill, Modified, Rejected
+from exchange.orders import Accepted, Cancelled, Event, Fill, Modified, Rejected
 from exchange.wire import (
     ORDER_SIZE,
+    REPORT,
+    EventKind,
     MessageKind,
     event_to_record,
     iter_records,
     record_to_command,
 )
 
+log = logging.getLogger("matchwire.book")
+
 _REPORTS = MessageKind.REPORTS
 MATCH_SHIFT = 40  # cluster match number = (instrument number + 1) << 40 | the book's match number
 _CLIENT_EVENTS = (Accepted, Rejected, Cancelled, Modified, Fill)
+
+
+def recovered_record(symbol: str, seq: int) -> bytes:
+    """The report that says: this book is back, and its events up to ``seq`` have been (re)sent."""
+    return REPORT.pack(kind=EventKind.RECOVERED, side=0, order_type=0, tif=0, stp=0, flags=0, reason=0,
+                       op=1, seq=seq, trace_ns=0, symbol=symbol, account="", account2="", order_id=0,
+                       order_id2=0, price=0, qty=0, extra=0, match_number=0)
 
 
 class BookActor(ClusterActor):
@@ -38,6 +61,58 @@ class BookActor(ClusterActor):
         # Match numbers on the wire are unique across the cluster for the day (OUCH and ITCH need
         # that): the instrument's number in the configuration above the engine's own counter.
         self.match_prefix = (list(config.instruments).index(self.symbol) + 1) << MATCH_SHIFT
+        self.durability = config.durability
+        self.journal: JournalWriter | None = None
+        self.since_snapshot = 0
+        self.last_snapshot = time.monotonic()
+        self.recovery: str | None = None
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        super().on_start()
+        if not self.durability.enabled:
+            return
+        directory = Path(self.durability.directory(self.ctx.node)) / self.name.replace("/", "-")
+        directory.mkdir(parents=True, exist_ok=True)
+        instrument = self.config.instruments[self.symbol]
+        # Replaying a journal needs the grid its commands were checked against.
+        (directory / "instrument.json").write_text(json.dumps(
+            {"symbol": instrument.symbol, "tick_size": instrument.tick_size, "lot_size": instrument.lot_size,
+             "band": list(instrument.band) if instrument.band else None}))
+        state, records, report = recover(directory)
+        if state is not None:
+            self.book.restore(state)  # type: ignore[attr-defined]
+        replayed: list[Event] = []
+        for record in records:
+            try:
+                command, _ = record_to_command(record)
+            except LayoutError:
+                continue  # cannot happen for a journal this actor wrote; CRC passed
+            replayed.extend(self.book.process(command))
+        self.recovery = str(report)
+        if report.truncated:
+            log.error("%s: journal damaged, recovered to the last good record: %s", self.name, report)
+        elif state is not None or records:
+            log.warning("%s: recovered: %s", self.name, report)
+        self.journal = JournalWriter(directory, self.durability.fsync, self.durability.batch_ms,
+                                     next_index=report.snapshot_index + len(records))
+        self.since_snapshot = len(records)
+        if state is not None or records:
+            # Re-send what the book did since its snapshot (receivers drop events they saw), then say so.
+            for event in replayed:
+                self._route(event, 0, None)
+            marker = recovered_record(self.symbol, getattr(self.book, "seq", 0))
+            for index in {*self.risk_indices, *self.gateway_indices, *self.md_indices}:
+                self.outbox.add(index, _REPORTS, marker)  # type: ignore[union-attr]
+            self.flush()
+
+    def on_stop(self) -> None:
+        super().on_stop()
+        if self.journal is not None:
+            self.journal.close()
+
+    # -- orders --------------------------------------------------------------------------
 
     def _risk_of(self, account: str) -> int:
         index = self._risk_cache.get(account)
@@ -58,11 +133,9 @@ class BookActor(ClusterActor):
         except LayoutError:
             self.count("malformed_batches")
             return
-        outbox = self.outbox
-        add = outbox.add  # type: ignore[union-attr]
         process = self.book.process
         payload = batch.payload
-        md = self.md_indices
+        journal = self.journal
         self.count("orders", batch.count)
         for offset in offsets:
             try:
@@ -73,45 +146,77 @@ class BookActor(ClusterActor):
             if command.symbol != self.symbol:
                 self.count("misrouted_records")
                 continue
+            if journal is not None:
+                journal.append(bytes(payload[offset:offset + ORDER_SIZE]))
             for event in process(command):
-                if type(event) is Fill:
-                    event = tuple.__new__(Fill, event[:9] + (self.match_prefix | event[9],))
-                record = event_to_record(event, trace_ns)
-                for index in md:
+                self._route(event, trace_ns, batch.source)
+        if journal is not None:
+            journal.commit()
+            self.since_snapshot += batch.count
+
+    def _route(self, event: Event, trace_ns: int, source: int | None) -> None:
+        add = self.outbox.add  # type: ignore[union-attr]
+        kind = type(event)
+        if kind is Fill:
+            event = tuple.__new__(Fill, event[:9] + (self.match_prefix | event[9],))
+        record = event_to_record(event, trace_ns)
+        for index in self.md_indices:
+            add(index, _REPORTS, record)
+        if kind not in _CLIENT_EVENTS:
+            return
+        if kind is Fill:
+            self.count("fills")
+            for index in {self._gateway_of(event[4]), self._gateway_of(event[5])}:
+                if index is not None:
                     add(index, _REPORTS, record)
-                kind = type(event)
-                if kind not in _CLIENT_EVENTS:
-                    continue
-                if kind is Fill:
-                    self.count("fills")
-                    maker_gw = self._gateway_of(event[4])
-                    taker_gw = self._gateway_of(event[5])
-                    for index in {maker_gw, taker_gw}:
-                        if index is not None:
-                            add(index, _REPORTS, record)
-                    for index in self.risk_indices:
-                        add(index, _REPORTS, record)
-                    continue
-                gateway = self._gateway_of(event[2])
-                if gateway is not None:
-                    add(gateway, _REPORTS, record)
-                if kind is Rejected:
-                    # A reject names no account: it goes back to the risk shard that sent the command.
-                    self.count("rejects")
-                    add(batch.source, _REPORTS, record)
-                else:
-                    add(self._risk_of(event[3]), _REPORTS, record)
+            for index in self.risk_indices:
+                add(index, _REPORTS, record)
+            return
+        gateway = self._gateway_of(event[2])
+        if gateway is not None:
+            add(gateway, _REPORTS, record)
+        if kind is Rejected:
+            # A reject names no account: it goes back to the risk shard that sent the command
+            # (after a recovery, to every shard; they drop what they saw by sequence number).
+            self.count("rejects")
+            for index in (self.risk_indices if source is None else (source,)):
+                add(index, _REPORTS, record)
+        else:
+            add(self._risk_of(event[3]), _REPORTS, record)
+
+    def flush(self) -> None:
+        journal = self.journal
+        if journal is not None and not journal.durable():
+            # Group commit: no report leaves before the commands it answers are durable. Waiting
+            # here (at most batch_ms) lets more commands queue up for the next, shared, fsync.
+            wait = journal.sync_due_ns()
+            if wait:
+                time.sleep(wait / 1e9)
+            journal.sync()
+        super().flush()
+        if journal is not None and self.outbox is not None and not self.outbox.buffered and (
+                self.since_snapshot >= self.durability.snapshot_every
+                or (self.since_snapshot and time.monotonic() - self.last_snapshot >= self.durability.snapshot_seconds)):
+            journal.snapshot(self.book.snapshot())  # type: ignore[attr-defined]
+            self.since_snapshot = 0
+            self.last_snapshot = time.monotonic()
 
     def stats(self) -> dict:
         out = super().stats()
         bid, bid_qty, ask, ask_qty = self.book.bbo()
         out.update({"symbol": self.symbol, "seq": getattr(self.book, "seq", None), "bid": bid, "bid_qty": bid_qty,
                     "ask": ask, "ask_qty": ask_qty})
+        if self.journal is not None:
+            out.update({f"journal_{k}": v for k, v in self.journal.stats.items()})
+            out["journal_policy"] = self.journal.policy
+        if self.recovery:
+            out["recovery"] = self.recovery
         return out
 
-    def on_other(self, message: object) -> object:
-        if message == "depth":
-            return self.book.depth()
-        if message == "seq":
-            return getattr(self.book, "seq", None)
-        return None
+    def on_control(self, request: dict) -> dict:
+        command = request.get("command")
+        if command == "depth":
+            return {"symbol": self.symbol, "depth": self.book.depth()}
+        if command == "snapshot":
+            return {"symbol": self.symbol, "state": self.book.snapshot()}  # type: ignore[attr-defined]
+        return super().on_control(request)

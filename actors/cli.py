@@ -123,7 +123,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     """Run one node process."""
     from actors.node import main as node_main
 
-    return node_main(args.config, args.name, args.control, args.parent)
+    return node_main(args.config, args.name, args.control, args.parent, args.state_dir)
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
@@ -146,6 +146,15 @@ def cmd_admin(args: argparse.Namespace) -> int:
     if "error" in answer:
         return 1
     return 0 if answer.get("effective", True) else 1
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    """Inspect or replay a book's journal directory."""
+    from actors import journal_cli
+
+    if args.action == "inspect":
+        return journal_cli.inspect(args.path)
+    return journal_cli.replay(args.path, depth=args.depth)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for answers")
     admin.set_defaults(func=cmd_admin)
 
+    journal = verbs.add_parser("journal", help="look into a book's journal directory")
+    journal_verbs = journal.add_subparsers(dest="action", required=True, metavar="ACTION")
+    inspect_verb = journal_verbs.add_parser("inspect", help="records, sequence range, last snapshot, damage")
+    inspect_verb.add_argument("path", help="journal directory (state_dir/NODE/book-SYMBOL)")
+    inspect_verb.set_defaults(func=cmd_journal)
+    replay_verb = journal_verbs.add_parser("replay", help="rebuild the book and print it")
+    replay_verb.add_argument("path", help="journal directory (state_dir/NODE/book-SYMBOL)")
+    replay_verb.add_argument("--depth", type=int, default=10, help="price levels per side")
+    replay_verb.set_defaults(func=cmd_journal)
+
     demo = verbs.add_parser("demo", help="replay the bundled demo scenario and show trades and books")
     demo.set_defaults(func=cmd_demo)
 
@@ -200,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--name", required=True, help="which [[node]] of the configuration to run")
     node.add_argument("--control", metavar="ENDPOINT", help="launcher's control endpoint (set by matchwire run)")
     node.add_argument("--parent", type=int, metavar="PID", help="exit when this process (the launcher) exits")
+    node.add_argument("--state-dir", metavar="DIR", help="journal directory when the configuration sets none")
     node.set_defaults(func=cmd_node)
     return parser
 

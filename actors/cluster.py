@@ -57,22 +57,45 @@ class Cluster:
         self.control.bind(config.control_endpoint(bind=True))
         self.events: list[str] = []
         self._lock = threading.Lock()
+        # Journals: the configured directory, or a fresh one inside this run's directory.
+        self.state_dir = config.durability.state_dir or str(self.log_dir / "state")
 
     # -- processes ------------------------------------------------------------------------
+
+    def _spawn(self, name: str) -> NodeProcess:
+        log_path = self.log_dir / f"{name}.log"
+        argv = [sys.executable, "-m", "actors.cli", "node", "--name", name, "--control",
+                self.config.control_endpoint(), "--parent", str(os.getpid()), "--state-dir", self.state_dir]
+        if self.config_path:
+            argv += ["--config", self.config_path]
+        log_file = open(log_path, "ab")  # noqa: SIM115  # handed to the child; a restart appends
+        process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log_file.close()
+        node = NodeProcess(name, process, log_path)
+        self.nodes[name] = node
+        return node
+
+    def restart_node(self, name: str, timeout: float = 30.0) -> None:
+        """Start a node again (after it died) and wait until it reports ready."""
+        old = self.nodes[name]
+        if old.process.poll() is None:
+            raise RuntimeError(f"node {name} is still running")
+        node = self._spawn(name)
+        deadline = time.monotonic() + timeout
+        while not node.ready:
+            self.pump(0.05)
+            if node.process.poll() is not None:
+                raise RuntimeError(f"node {name} exited with code {node.process.returncode} while restarting:\n"
+                                   f"{self.log_tail(name)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {name} not ready {timeout:.0f} s after restart")
+        self.say(f"node {name} restarted")
 
     def start(self, timeout: float = 30.0) -> None:
         """Spawn every node and wait until all report ready; raises RuntimeError naming the culprit."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for node in self.config.nodes:
-            log_path = self.log_dir / f"{node.name}.log"
-            argv = [sys.executable, "-m", "actors.cli", "node", "--name", node.name, "--control",
-                    self.config.control_endpoint(), "--parent", str(os.getpid())]
-            if self.config_path:
-                argv += ["--config", self.config_path]
-            log_file = open(log_path, "wb")  # noqa: SIM115  # handed to the child
-            process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            log_file.close()
-            self.nodes[node.name] = NodeProcess(node.name, process, log_path)
+            self._spawn(node.name)
         deadline = time.monotonic() + timeout
         while not all(n.ready for n in self.nodes.values()):
             self.pump(0.05)

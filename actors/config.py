@@ -36,6 +36,23 @@ class NodeConfig:
     link: str | None = None
 
 
+@dataclass(frozen=True)
+class Durability:
+    """Journals and snapshots (see exchange/journal.py for what each fsync policy promises)."""
+
+    enabled: bool = False
+    state_dir: str = ""  # where journals live; empty: a fresh directory per `matchwire run`
+    fsync: str = "batch"
+    batch_ms: float = 2.0
+    snapshot_every: int = 100_000
+    snapshot_seconds: float = 60.0
+
+    def directory(self, node: str) -> str:
+        if not self.state_dir:
+            raise ConfigError("durability is on but no state_dir is set (matchwire run sets one)")
+        return str(Path(self.state_dir) / node)
+
+
 @dataclass
 class ClusterConfig:
     """The whole cluster, validated."""
@@ -58,6 +75,7 @@ class ClusterConfig:
     source: str = "<embedded default>"
     risk_defaults: RiskLimits = field(default_factory=RiskLimits)
     risk_accounts: dict[str, RiskLimits] = field(default_factory=dict)
+    durability: Durability = field(default_factory=Durability)
 
     def limits_for(self, account: str) -> RiskLimits:
         """An account's risk limits: its own table over the defaults."""
@@ -174,7 +192,15 @@ def parse_config(data: dict, source: str) -> ClusterConfig:
                        for name, table in risk.get("accounts", {}).items()}
     except (ValueError, AttributeError) as exc:
         raise ConfigError(f"{source}: {exc}") from exc
+    table = data.get("durability", {})
+    _require(isinstance(table, dict), source, "[durability] must be a table")
+    unknown = set(table) - {"enabled", "state_dir", "fsync", "batch_ms", "snapshot_every", "snapshot_seconds"}
+    _require(not unknown, source, f"[durability]: unknown keys {sorted(unknown)}")
+    durability = Durability(**table)
+    _require(durability.fsync in ("always", "batch", "none"), source,
+             f"durability.fsync must be always, batch or none, not {durability.fsync!r}")
     return ClusterConfig(
+        durability=durability,
         risk_defaults=defaults, risk_accounts=per_account,
         name=cluster.get("name", "local"), transport=transport,
         ipc_dir=cluster.get("ipc_dir", "/tmp/matchwire"), control_host=cluster.get("control_host", host),

@@ -241,6 +241,7 @@ class GatewayActor(ClusterActor):
         self.to_clients: dict[bytes, list[bytes]] = {}
         self.clients_oldest_ns = 0
         self.buckets: dict[tuple[bytes, str], TokenBucket] = {}
+        self.last_seq: dict[bytes, int] = {}  # per book (raw symbol): the last event sequence number seen
         self.users: Users | None = load_users(config.raw) if config.raw.get("user") else None
         self.translator: OuchTranslator | None = None
         self.soup: SoupServer | None = None
@@ -437,9 +438,20 @@ class GatewayActor(ClusterActor):
             return
         payload = batch.payload
         orders = self.orders
+        last_seq = self.last_seq
         for offset in offsets:
             fields = list(_unpack_report(payload, offset))
             kind = fields[0]
+            seq = fields[8]
+            if seq:
+                # A recovered book re-sends its events since its snapshot: drop the ones seen already.
+                if seq <= last_seq.get(fields[10], 0):
+                    self.count("duplicate_reports_dropped")
+                    continue
+                last_seq[fields[10]] = seq
+            if kind == EventKind.RECOVERED:
+                self.count("books_recovered")
+                continue
             if kind == EventKind.FILL:
                 self.count("fills")
                 maker = orders.get(fields[13])

@@ -9,6 +9,7 @@ book is not silently restarted empty, it is reported and its instruments become 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -213,7 +214,8 @@ class Node:
         self.zmq_context.term()
 
 
-def main(config_path: str | None, name: str, control_endpoint: str | None, parent_pid: int | None = None) -> int:
+def main(config_path: str | None, name: str, control_endpoint: str | None, parent_pid: int | None = None,
+         state_dir: str | None = None) -> int:
     """Entry point of ``matchwire node``."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s",
                         stream=sys.stderr)
@@ -224,6 +226,8 @@ def main(config_path: str | None, name: str, control_endpoint: str | None, paren
         return 1
     try:
         config = load_config(config_path)
+        if state_dir and not config.durability.state_dir:
+            config.durability = dataclasses.replace(config.durability, state_dir=state_dir)
         node = Node(config, name, control_endpoint, parent_pid)
     except (ConfigError, BackendUnavailable) as exc:
         print(f"matchwire node: {exc}", file=sys.stderr)

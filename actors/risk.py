@@ -65,6 +65,8 @@ class RiskActor(ClusterActor):
         self.orders: dict[int, RiskOrder] = {}  # every open order of this shard's accounts
         self.down_nodes: set[str] = set()
         self.pending_source: dict[int, int] = {}  # order id -> the gateway awaiting an answer
+        self.last_seq: dict[bytes, int] = {}  # per book (raw symbol): the last event sequence number seen
+        self.durable_books = config.durability.enabled
         self._reject_log_window = 0.0
         self._rejects_logged = 0
 
@@ -181,9 +183,19 @@ class RiskActor(ClusterActor):
             return
         payload = batch.payload
         orders = self.orders
+        last_seq = self.last_seq
         for offset in offsets:
-            (kind, side, _, _, _, _, reason, op, _, _, symbol_b, account_b, account2_b, order_id, order_id2, price,
+            (kind, side, _, _, _, _, reason, op, seq, _, symbol_b, account_b, account2_b, order_id, order_id2, price,
              qty, _, _) = _unpack_report(payload, offset)
+            if seq:
+                # A recovered book re-sends its events since its snapshot: drop the ones seen already.
+                if seq <= last_seq.get(symbol_b, 0):
+                    self.count("duplicate_reports_dropped")
+                    continue
+                last_seq[symbol_b] = seq
+            if kind == EventKind.RECOVERED:
+                self._book_recovered(_text(symbol_b))
+                continue
             if kind == EventKind.FILL:
                 symbol = _text(symbol_b)
                 self.marks[symbol] = price
@@ -220,11 +232,25 @@ class RiskActor(ClusterActor):
 
     # -- nodes coming and going ----------------------------------------------------------
 
+    def _book_recovered(self, symbol: str) -> None:
+        """A restarted book re-sent its events: commands still unanswered never reached its journal."""
+        self.count("books_recovered")
+        lost = [oid for oid in self.pending_source if (o := self.orders.get(oid)) is not None and o.symbol == symbol]
+        for order_id in lost:
+            order = self.orders[order_id]
+            self._reject(self.pending_source[order_id], symbol, order_id,
+                         Op.NEW if not order.accepted else Op.MODIFY, ClusterReason.INSTRUMENT_UNAVAILABLE, 0,
+                         order.account)
+
     def on_peer_down(self, node: str) -> None:
         super().on_peer_down(node)
         already = node in self.down_nodes
         self.down_nodes.add(node)
         if already or node not in self.book_node.values():
+            return
+        if self.durable_books:
+            # Its books are journaled: their orders outlive the process. New orders are refused
+            # while it is down; commands in flight are answered when it is back (RECOVERED).
             return
         for order in [o for o in self.orders.values() if self.book_node[o.symbol] == node]:
             source = self.pending_source.get(order.order_id)

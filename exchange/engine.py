@@ -657,6 +657,36 @@ class OrderBook:
         return [{"order_id": o.order_id, "account": o.account, "displayed": o.displayed, "leaves": o.leaves}
                 for o in level.orders.values()]
 
+    def snapshot(self) -> dict:
+        """The whole book state as plain data (JSON-able): restoring it gives identical behaviour."""
+        orders = []
+        for side in (self.bids, self.asks):
+            for price in side.prices_best_first():
+                for o in side.levels[price].orders.values():  # priority order within the level
+                    orders.append([o.order_id, o.account, int(o.side), o.price, o.leaves, o.displayed, o.display_qty,
+                                   int(o.tif), int(o.stp), o.post_only])
+        return {"symbol": self.symbol, "seq": self.seq, "match_number": self.match_number,
+                "base_price": self.base_price, "seen_ids": sorted(self.seen_ids), "orders": orders}
+
+    def restore(self, state: dict) -> None:
+        """Load a :meth:`snapshot` into this (empty) book."""
+        if state.get("symbol") != self.symbol:
+            raise ValueError(f"snapshot of {state.get('symbol')!r} cannot restore book {self.symbol}")
+        if self.orders or self.seq:
+            raise ValueError("restore needs an empty, fresh book")
+        self.seq = state["seq"]
+        self.match_number = state["match_number"]
+        self.base_price = state["base_price"]
+        self.seen_ids = set(state["seen_ids"])
+        for order_id, account, side, price, leaves, displayed, display_qty, tif, stp, post_only in state["orders"]:
+            order = RestingOrder(order_id, account, Side(side), price, leaves, displayed, display_qty,
+                                 TimeInForce(tif), SelfTradePrevention(stp), post_only)
+            book_side = self.bids if order.side is BUY else self.asks
+            level = book_side.level_for(price)
+            level.orders[order_id] = order
+            level.displayed += displayed
+            self.orders[order_id] = order
+
     def resting_qty(self) -> int:
         """All remaining quantity in the book, reserves included."""
         return sum(order.leaves for order in self.orders.values())

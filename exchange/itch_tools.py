@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
+from exchange.feed_decoder import bench as feed_bench
 from exchange.itch import (
     MESSAGE_SPECS,
     ItchDecodeError,
@@ -143,11 +144,14 @@ def _load_stream(path: PathLike) -> bytes:
 
 
 def bench(path: PathLike, out: TextIO | None = None, min_seconds: float = 1.0) -> dict[str, float]:
-    """Measure software decode and L3-book throughput on a file held in memory (decompressed once).
+    """Measure software decode, L3-book and feed-handler throughput on a file held in memory (decompressed
+    once).
 
     Each measurement repeats whole passes until at least ``min_seconds`` have elapsed. Prints one line
-    each, ``itch_decode msgs_per_s=... mb_per_s=...`` and ``itch_book msgs_per_s=...``; returns the
-    figures.
+    each, ``itch_decode msgs_per_s=... mb_per_s=...``, ``itch_book msgs_per_s=...`` and
+    ``feed_handler msgs_per_s=... packets_per_s=...`` (the file's messages packed into 1400-byte MoldUDP64
+    packets, then parse, sequencing, decode, L3/L2 books and BBO/depth change detection:
+    ``exchange.feed_decoder.FeedHandler``); returns the figures.
     """
     out = sys.stdout if out is None else out
     data = _load_stream(path)
@@ -177,9 +181,22 @@ def bench(path: PathLike, out: TextIO | None = None, min_seconds: float = 1.0) -
             break
     book_mps = passes * len(messages) / elapsed
 
+    # The raw messages, each without its length prefix, as a publisher hands them to MoldUDP64.
+    raw: list[bytes] = []
+    pos = 0
+    while pos + 2 <= len(data):
+        stop = pos + 2 + ((data[pos] << 8) | data[pos + 1])
+        if stop > len(data):
+            break
+        raw.append(data[pos + 2 : stop])
+        pos = stop
+    feed = feed_bench(raw, min_seconds=min_seconds)
+
     print(f"itch_decode msgs_per_s={decode_mps:.0f} mb_per_s={decode_mbps:.1f}", file=out)
     print(f"itch_book msgs_per_s={book_mps:.0f}", file=out)
-    return {"decode_msgs_per_s": decode_mps, "decode_mb_per_s": decode_mbps, "book_msgs_per_s": book_mps}
+    print(f"feed_handler msgs_per_s={feed['msgs_per_s']:.0f} packets_per_s={feed['packets_per_s']:.0f}", file=out)
+    return {"decode_msgs_per_s": decode_mps, "decode_mb_per_s": decode_mbps, "book_msgs_per_s": book_mps,
+            "feed_msgs_per_s": feed["msgs_per_s"], "feed_packets_per_s": feed["packets_per_s"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
