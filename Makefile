@@ -23,7 +23,7 @@ export ECPPACK ?= yowasp-ecppack
 export ICEPACK ?= yowasp-icepack
 export OPENFPGALOADER ?= true
 
-.PHONY: setup run test lint bench-engine bench-cluster bench-itch clean
+.PHONY: setup run test lint bench-engine bench-cluster bench-itch crash-trials clean
 .DEFAULT_GOAL := run
 
 setup: $(STAMP) $(SYS_STAMP)
@@ -54,6 +54,10 @@ bench-engine: setup
 
 bench-cluster: setup
 	$(PY) -m actors.bench_cluster
+
+CRASH_TRIALS ?= 20
+crash-trials: setup
+	MATCHWIRE_CRASH_TRIALS=$(CRASH_TRIALS) $(PY) -m pytest -q tests/actors/test_durability.py -k crash_trials -s
 
 ITCH_SAMPLE ?= ../shared/data/itch/sample-20101224.ITCH50.gz
 bench-itch: setup
