@@ -344,7 +344,7 @@ class OrderBook:
         oid, qty, price, side, tif, account = cmd.order_id, cmd.qty, cmd.price, cmd.side, cmd.tif, cmd.account
         # A plain valid limit order skips the full validation (which would accept it too).
         if not (self._plain and type(oid) is int and oid > 0 and oid not in self.seen_ids
-                and account in self._good_accounts and (side is BUY or side is SELL)
+                and type(account) is str and account in self._good_accounts and (side is BUY or side is SELL)
                 and cmd.order_type is LIMIT and type(qty) is int and qty > 0 and not qty % self._lot
                 and type(price) is int and price > 0 and not price % self._tick
                 and not cmd.display_qty and not cmd.post_only and (tif is GTC or tif is IOC)
