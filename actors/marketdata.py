@@ -23,9 +23,9 @@ import logging
 import queue
 import select
 import socket
+import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -47,7 +47,9 @@ from exchange.moldudp64 import (
     encode_packet,
     parse_request,
 )
-from exchange.wire import REPORT_SIZE, MessageKind, iter_records, record_to_event
+from exchange.wire import REPORT_SIZE, EventKind, MessageKind, iter_records, record_to_event
+
+_SEQ = struct.Struct("<Q")  # a report record's sequence number, at byte 8
 
 log = logging.getLogger("matchwire.md")
 
@@ -249,13 +251,16 @@ class MarketDataActor(ClusterActor):
         super().__init__(context, name)
         self.view = EventBook()
         self.listeners: list = []  # callables taking (event, trace_ns), called for every event
+        self.last_seq: dict[bytes, int] = {}  # per book (raw symbol): the last event sequence number seen
         try:
             self.settings = MarketDataSettings.from_raw(context.config.raw, name)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{context.config.source}: {exc}") from exc
         self.publisher: ItchPublisher | None = None
         self.packetizer: MoldPacketizer | None = None
-        self.history: deque[bytes] = deque(maxlen=self.settings.history)
+        # The history is a ring indexed by sequence number: answering a re-request is O(messages sent).
+        self.history_size = self.settings.history
+        self.history: list[bytes] = [b""] * self.history_size
         self.next_seq = 1  # sequence number of the next message published
         self.sock: socket.socket | None = None
         self.destinations: list[Address] = []
@@ -271,8 +276,8 @@ class MarketDataActor(ClusterActor):
     def on_start(self) -> None:
         super().on_start()
         s = self.settings
-        # Timestamps: ns since midnight, from one reading of the local clock plus the monotonic-ish
-        # time_ns, so a message costs no localtime() call.
+        # Timestamps: ns since local midnight. Midnight is found once, so a message costs no localtime();
+        # a session running past midnight keeps counting up (> 24 h) rather than wrapping to 0.
         midnight = time.time_ns() - ns_since_midnight()
         self.publisher = ItchPublisher(self.config.instruments, clock=lambda: time.time_ns() - midnight,
                                        attribution=s.attribution,
@@ -280,7 +285,7 @@ class MarketDataActor(ClusterActor):
         self.packetizer = MoldPacketizer(s.session, 1, s.max_payload)
         if s.capture_file:
             # Our own file object, so the capture can be flushed for readers while the feed runs.
-            self._capture_file = open(s.capture_file, "wb")  # noqa: SIM115  # closed in on_stop
+            self._capture_file = open(s.capture_file, "wb")  # closed in on_stop
             self.capture = ItchFileWriter(self._capture_file)
         self.destinations = list(s.targets)
         if self.destinations or s.multicast is not None or s.retransmit is not None:
@@ -345,8 +350,21 @@ class MarketDataActor(ClusterActor):
         listeners = self.listeners
         on_event = self.publisher.on_event if self.publisher is not None else None
         publish = self._publish
+        last_seq = self.last_seq
         self.count("events", batch.count)
         for offset in offsets:
+            # A recovered book re-sends its events since its snapshot: drop the ones seen already,
+            # and take its RECOVERED marker as what it is, not as an event.
+            seq = _SEQ.unpack_from(payload, offset + 8)[0]
+            if seq:
+                symbol = bytes(payload[offset + 24:offset + 32])
+                if seq <= last_seq.get(symbol, 0):
+                    self.count("duplicate_events_dropped")
+                    continue
+                last_seq[symbol] = seq
+            if payload[offset] == EventKind.RECOVERED:
+                self.count("books_recovered")
+                continue
             try:
                 event, trace_ns = record_to_event(payload, offset)
             except LayoutError:
@@ -366,7 +384,13 @@ class MarketDataActor(ClusterActor):
         """Number, keep, capture and packetize messages; full packets leave at once."""
         packetizer = self.packetizer
         assert packetizer is not None
-        self.history.extend(messages)
+        size = self.history_size
+        if size:
+            history = self.history
+            seq = self.next_seq
+            for msg in messages:
+                history[seq % size] = msg
+                seq += 1
         self.next_seq += len(messages)
         self.count("messages", len(messages))
         if self.capture is not None:
@@ -428,7 +452,7 @@ class MarketDataActor(ClusterActor):
             self.count("retransmit_wrong_session")
             return
         sent_end = self.packetizer.next_sequence_number  # messages up to here have been sent
-        first_kept = self.next_seq - len(self.history)
+        first_kept = max(1, self.next_seq - self.history_size)
         start, count = request.sequence_number, request.requested_count
         if count == 0 or start >= sent_end:
             self.count("retransmit_future")
@@ -441,19 +465,18 @@ class MarketDataActor(ClusterActor):
         max_payload = self.settings.max_payload
         packets = 0
         seq = start
-        offset = start - first_kept
+        history, ring = self.history, self.history_size
         while seq < end and packets < self.settings.retransmit_max_packets:
             batch: list[bytes] = []
             size = HEADER_SIZE
             while seq + len(batch) < end:
-                msg = self.history[offset + len(batch)]
+                msg = history[(seq + len(batch)) % ring]
                 if size + 2 + len(msg) > max_payload:
                     break
                 batch.append(msg)
                 size += 2 + len(msg)
             self._send(encode_packet(self.settings.session, seq, batch), [address])
             seq += len(batch)
-            offset += len(batch)
             packets += 1
         self.count("retransmit_packets", packets)
         self.count("retransmit_messages", seq - start)

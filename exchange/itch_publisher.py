@@ -21,6 +21,10 @@ removed`` + ``order_added``                 trading; when it trades on re-entry:
 ``modified`` (priority kept)/...            resting order's cancel is followed by ``order_removed``)
 ==========================================  =============================================================
 
+To make that one ``U``, the ``D`` of a priority-losing modify is held back for one event: the feed equals the
+engine after every command, and within a command everywhere except between those two events. ``end_of_day``
+releases anything still held.
+
 Numbering, all deterministic per book so that the output of a book does not depend on how the books'
 streams interleave (two publishers fed the same books in different interleavings agree message for
 message on every reference and match number):

@@ -186,6 +186,11 @@ def test_crash_trials_lose_nothing(tmp_path):
             assert replayed is not None and not report.truncated
             assert replayed.snapshot() == state, f"{symbol}: live book differs from its journal's replay"
         assert sum("restarted" in line for line in cluster.events) == trials
+        # Market data saw every book's events exactly once and in order, across the crashes.
+        assert wait_for(lambda: (cluster.pump(0.05), "md/0" in cluster.nodes["md"].stats.get("actors", {}))[1])
+        md = admin_request(config, "md/0", {"command": "stats"})["stats"]
+        assert md["gaps"] == 0 and md["anomalies"] == 0, md
+        assert md.get("duplicate_events_dropped", 0) >= 0
         # The trials did what they claim: real load, fills, and a book that was down for a while.
         assert sum(len(t.accepted) for t in traders) > 100
         assert sum(sum(t.fill_keys.values()) for t in traders) > 10
