@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from enum import IntEnum
 
 from exchange.orders import (
     CancelOrder,
@@ -95,12 +96,17 @@ def command_from_dict(obj: object) -> Command:
     return SetBasePrice(symbol, obj.get("price"))
 
 
+def _spelling(value: object) -> object:
+    # A value the parser could not map stays as it was, so the round trip keeps bad input visible.
+    return enum_name(value) if isinstance(value, IntEnum) else value
+
+
 def command_to_dict(command: Command) -> dict:
     """The JSON object for a command (the inverse of :func:`command_from_dict`)."""
     if isinstance(command, NewOrder):
         out = {"op": "new", "symbol": command.symbol, "order_id": command.order_id, "account": command.account,
-               "side": enum_name(command.side), "type": enum_name(command.order_type),
-               "tif": enum_name(command.tif)}
+               "side": _spelling(command.side), "type": _spelling(command.order_type),
+               "tif": _spelling(command.tif)}
         if command.price is not None:
             out["price"] = command.price
         out["qty"] = command.qty
@@ -109,7 +115,7 @@ def command_to_dict(command: Command) -> dict:
         if command.display_qty:
             out["display_qty"] = command.display_qty
         if command.stp:
-            out["stp"] = enum_name(command.stp)
+            out["stp"] = _spelling(command.stp)
         return out
     if isinstance(command, CancelOrder):
         return {"op": "cancel", "symbol": command.symbol, "order_id": command.order_id}
