@@ -259,11 +259,17 @@ def _engine_bench(script: Path, min_seconds: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=200_000, help="commands per workload")
-    parser.add_argument("--min-seconds", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating engine/bare rounds (best kept)")
+    parser.add_argument("--count", type=int, help="commands per workload (default 200,000; --quick 20,000)")
+    parser.add_argument("--min-seconds", type=float, help="seconds per timing (default 2; --quick 0.2)")
+    parser.add_argument("--rounds", type=int, help="alternating engine/bare rounds, best kept (default 3; --quick 1)")
     parser.add_argument("--out", default="build/bench", help="where the generated scripts go")
+    parser.add_argument("--quick", action="store_true", help="a smoke-sized run (see the defaults above)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON (for the report)")
     args = parser.parse_args(argv)
+    # Explicit values win over --quick's.
+    args.count = args.count or (20_000 if args.quick else 200_000)
+    args.min_seconds = args.min_seconds or (0.2 if args.quick else 2.0)
+    args.rounds = args.rounds or (1 if args.quick else 3)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"# bench-engine: {os.cpu_count()} cores, python {sys.version.split()[0]}, {args.count} commands/workload")
@@ -281,10 +287,21 @@ def main(argv: list[str] | None = None) -> int:
         engine = min(engine_runs, key=lambda run: run["ns_per_msg"])
         bare = min(bare_runs)
         ratio = engine["ns_per_msg"] / bare
-        results[name] = (engine, bare, ratio)
         print(f"workload={name} engine_ns_per_msg={engine['ns_per_msg']:.1f} bare_ns_per_msg={bare:.1f} "
               f"ratio={ratio:.2f} engine_msgs_per_s={engine['msgs_per_s']:.0f} "
-              f"events_per_msg={engine['events_per_msg']:.2f}")
+              f"events_per_msg={engine['events_per_msg']:.2f}", flush=True)
+        results[name] = {"workload": name, "commands": len(commands), "engine_ns_per_msg": engine["ns_per_msg"],
+                         "bare_ns_per_msg": bare, "ratio": ratio, "engine_msgs_per_s": engine["msgs_per_s"],
+                         "events_per_msg": engine["events_per_msg"],
+                         "engine_runs_ns_per_msg": [run["ns_per_msg"] for run in engine_runs],
+                         "bare_runs_ns_per_msg": bare_runs}
+    if args.json:
+        import json
+
+        document = {"benchmark": "engine", "count": args.count, "min_seconds": args.min_seconds,
+                    "rounds": args.rounds, "cores": os.cpu_count(), "python": sys.version.split()[0],
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "workloads": list(results.values())}
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
     return 0
 
 

@@ -316,6 +316,10 @@ class OrderBook:
                 reject(out, oid, "new", RejectReason.INVALID_DISPLAY_QTY,
                        "only a resting (gtc or day) limit order can have a display quantity")
                 return False
+        if type(cmd.post_only) is not bool:
+            reject(out, oid, "new", RejectReason.INVALID_POST_ONLY,
+                   f"post_only must be true or false, got {cmd.post_only!r}")
+            return False
         if cmd.post_only and (order_type is OrderType.MARKET or tif is TimeInForce.IOC or tif is TimeInForce.FOK):
             reject(out, oid, "new", RejectReason.INVALID_POST_ONLY,
                    "post_only needs a resting (gtc or day) limit order")

@@ -122,7 +122,7 @@ class NewOrder(Command):
     op = "new"
 
     def __init__(self, symbol: str, order_id: int, account: str, side: Side, price: int | None, qty: int,
-                 order_type: OrderType = OrderType.LIMIT, tif: TimeInForce = TimeInForce.GTC,
+                 order_type: OrderType = OrderType.LIMIT, tif: TimeInForce | None = None,
                  post_only: bool = False, display_qty: int = 0,
                  stp: SelfTradePrevention = SelfTradePrevention.NONE) -> None:
         self.symbol = symbol
@@ -130,7 +130,8 @@ class NewOrder(Command):
         self.account = account
         self.side = side
         self.order_type = order_type
-        self.tif = tif
+        # The default time in force: GTC for a limit order, IOC for a market order.
+        self.tif = tif if tif is not None else (TimeInForce.IOC if order_type is OrderType.MARKET else TimeInForce.GTC)
         self.price = price
         self.qty = qty
         self.post_only = post_only
@@ -194,7 +195,9 @@ class EndOfDay(Command):
 class SetBasePrice(Command):
     """Place the price window of a capacity-limited (hardware-profile) book around ``price``.
 
-    Only an empty book can move its window; unlimited books accept and ignore it.
+    Only an empty book can move its window. Unlimited books accept it too (a ``base_price_set``
+    event with its sequence number) and are otherwise unaffected, so a script behaves the same
+    on every backend.
     """
 
     __slots__ = ("price",)

@@ -83,7 +83,7 @@ def command_from_dict(obj: object) -> Command:
             qty=obj.get("qty"),
             order_type=order_type,
             tif=_enum_or_raw(TimeInForce, obj.get("tif"), default_tif),
-            post_only=obj.get("post_only", False) is True,
+            post_only=obj.get("post_only", False),  # a non-boolean reaches the engine and is rejected
             display_qty=obj.get("display_qty", 0),
             stp=_enum_or_raw(SelfTradePrevention, obj.get("stp"), SelfTradePrevention.NONE),
         )
@@ -144,6 +144,11 @@ class ScriptError:
         return f"line {self.line}: {self.reason}"
 
 
+def _no_constant(name: str) -> object:
+    # Python's JSON reader accepts NaN and Infinity; JSON does not, and neither do we.
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_script(lines: Iterable[str]) -> Iterator[Command | ScriptError]:
     """Commands from script lines, with a :class:`ScriptError` in place of each malformed line.
 
@@ -154,7 +159,7 @@ def parse_script(lines: Iterable[str]) -> Iterator[Command | ScriptError]:
         if not text or text.startswith("#"):
             continue
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, parse_constant=_no_constant)
         except (ValueError, RecursionError) as exc:
             yield ScriptError(number, f"invalid JSON: {exc}")
             continue
