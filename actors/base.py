@@ -10,6 +10,7 @@ import pykka
 import zmq
 
 from actors.config import ClusterConfig
+from actors.metrics import Log2Histogram
 from actors.transport import Batch, ControlRequest, LocalDirectory, Outbox, PeerDown, PeerUp, SendResult, Tick
 
 log = logging.getLogger("matchwire")
@@ -61,6 +62,10 @@ class ClusterActor(pykka.ThreadingActor):
         self.outbox: Outbox | None = None
         self.counters: dict[str, int] = {}
         self._last_stats = 0.0
+        # Per-stage timing for the metrics endpoint (actors/metrics.py): ~100 ns per batch.
+        self.batch_ns = Log2Histogram()
+        self.flush_ns = Log2Histogram()
+        self.batch_records = Log2Histogram(16)
 
     # -- pykka life cycle ----------------------------------------------------------------
 
@@ -84,10 +89,13 @@ class ClusterActor(pykka.ThreadingActor):
     def on_receive(self, message: object) -> object:
         kind = type(message)
         if kind is Batch:
+            started = time.perf_counter_ns()
             try:
                 self.handle_batch(message)  # type: ignore[arg-type]
             finally:
                 self.ctx.local.done(self.index)
+                self.batch_ns.record(time.perf_counter_ns() - started)
+                self.batch_records.record(message.count)  # type: ignore[union-attr]
         elif kind is Tick:
             self._tick(message)  # type: ignore[arg-type]
         elif kind is PeerDown:
@@ -110,7 +118,12 @@ class ClusterActor(pykka.ThreadingActor):
             return answer
         # Flush when idle (so batches grow with load), but never hold output back for long.
         if self.actor_inbox.empty() or self.flush_due():
-            self.flush()
+            if kind is Batch:
+                started = time.perf_counter_ns()
+                self.flush()
+                self.flush_ns.record(time.perf_counter_ns() - started)
+            else:
+                self.flush()
         return None
 
     MAX_BATCH_RECORDS = 512
@@ -156,6 +169,9 @@ class ClusterActor(pykka.ThreadingActor):
             out.update({f"outbox_{k}": v for k, v in self.outbox.stats.items()})
             out["outbox_pending"] = self.outbox.pending()
             out["peers_down"] = sorted(node for node, up in self.outbox.up.items() if not up)
+        out["batch_ns"] = self.batch_ns.snapshot()
+        out["flush_ns"] = self.flush_ns.snapshot()
+        out["batch_records"] = self.batch_records.snapshot()
         return out
 
     # -- helpers ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import argparse
 import os
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -28,7 +29,8 @@ SYMBOLS = ("AAPL", "MSFT", "GOOG", "TSLA")
 BENCH_PASSWORD = "bench"
 
 
-def _config_text(base: int, book_nodes: int, extra_cluster: str = "") -> str:
+def _config_text(base: int, book_nodes: int, extra_cluster: str = "", fsync: str = "off") -> str:
+    """The bench cluster; ``fsync`` "off" runs without journals, else journals with that fsync policy."""
     if book_nodes == 1:
         books = '[[node]]\nname = "book1"\nactors = ["book/AAPL", "book/MSFT", "book/GOOG", "book/TSLA"]\n'
     else:
@@ -41,6 +43,9 @@ def _config_text(base: int, book_nodes: int, extra_cluster: str = "") -> str:
     accounts += (f'[[user]]\nname = "BENCH"\npassword_hash = "{hash_password(BENCH_PASSWORD, n=1 << 10)}"\n'
                  f'accounts = [{", ".join(repr(f"B{i}").replace(chr(39), chr(34)) for i in range(8))}]\n\n'
                  '[risk.defaults]\nmax_open_orders = 10000000\norders_per_second = 10000000\nburst = 10000000\n\n')
+    if fsync != "off":
+        accounts += f'[durability]\nenabled = true\nfsync = "{fsync}"\n\n'
+
     return f"""[cluster]
 name = "bench"
 base_port = {base}
@@ -62,6 +67,22 @@ name = "md"
 actors = ["md/0"]
 
 {instruments}{accounts}"""
+
+
+def latency_histogram(latencies_ns: list[int]) -> dict:
+    """HdrHistogram (1 us .. 1 h, 3 significant digits) of latencies: percentile ladder and the encoded histogram."""
+    from hdrh.histogram import HdrHistogram
+
+    histogram = HdrHistogram(1, 3_600_000_000, 3)
+    for value in latencies_ns:
+        histogram.record_value(max(1, value // 1000))
+    count = histogram.get_total_count()
+    ladder = [0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0]
+    # A percentile finer than one sample in the run is not a measurement: stop the ladder there.
+    ladder = [p for p in ladder if p in (0.0, 100.0) or count * (100 - p) / 100 >= 1 - 1e-9]
+    return {"unit": "us", "count": count,
+            "percentiles": [[p, histogram.get_value_at_percentile(p)] for p in ladder],
+            "hdr": histogram.encode().decode("ascii") if count else ""}
 
 
 def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7) -> dict:
@@ -129,7 +150,8 @@ def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7) -> dict:
 
     return {"offered": rate, "sent": sent, "answered": answered, "achieved": answered / elapsed,
             "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99), "p999_us": pct(0.999),
-            "max_us": latencies[-1] / 1000 if latencies else float("nan"), "client_busy": busy}
+            "max_us": latencies[-1] / 1000 if latencies else float("nan"), "client_busy": busy,
+            "latency": latency_histogram(latencies)}
 
 
 def run_load_ouch(address: tuple[str, int], rate: float, seconds: float, seed: int = 7) -> dict:
@@ -208,7 +230,7 @@ def run_load_ouch(address: tuple[str, int], rate: float, seconds: float, seed: i
 
     return {"offered": rate, "sent": sent, "answered": answered, "achieved": answered / max(elapsed, 1e-9),
             "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99), "p999_us": pct(0.999),
-            "max_us": latencies[-1] / 1000 if latencies else float("nan")}
+            "max_us": latencies[-1] / 1000 if latencies else float("nan"), "latency": latency_histogram(latencies)}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -241,50 +263,97 @@ def _free_base(count: int = 100) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="end-to-end cluster throughput and latency (open loop)")
-    parser.add_argument("--rates", default="5000,10000,25000,50000,100000", help="offered commands/s, comma list")
-    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per rate")
+    parser.add_argument("--rates", help="offered commands/s, comma list (default 5000,10000,25000,50000,100000; "
+                                        "--quick 1000)")
+    parser.add_argument("--seconds", type=float, help="seconds per rate (default 3; --quick 1)")
     parser.add_argument("--book-nodes", default="1,2", help="topologies to run")
-    parser.add_argument("--client", default="ouch,zmq", help="load through OUCH/SoupBinTCP, the ZeroMQ client API, "
-                                                                "or both (the difference is the gateway's added cost)")
+    parser.add_argument("--client", help="load through OUCH/SoupBinTCP, the ZeroMQ client API, or both (the "
+                                         "difference is the gateway's added cost); default ouch,zmq; --quick zmq")
+    parser.add_argument("--fsync", default="off",
+                        help="comma list of book durability settings: off (no journal), or journals with fsync "
+                             "none, batch or always (docs/durability.md)")
+    parser.add_argument("--quick", action="store_true", help="a smoke-sized run (see the defaults above)")
+    parser.add_argument("--json", metavar="FILE", help="also write every run as JSON (with HdrHistogram latencies)")
     args = parser.parse_args(argv)
+    # Explicit values win over --quick's.
+    args.rates = args.rates or ("1000" if args.quick else "5000,10000,25000,50000,100000")
+    args.seconds = args.seconds or (1.0 if args.quick else 3.0)
+    args.client = args.client or ("zmq" if args.quick else "ouch,zmq")
     rates = [float(r) for r in args.rates.split(",")]
+    policies = args.fsync.split(",")
+    for policy in policies:
+        if policy not in ("off", "none", "batch", "always"):
+            parser.error(f"--fsync: {policy!r} is not off, none, batch or always")
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     print(f"# bench-cluster: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-          f"python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}")
-    best: dict[tuple[int, str], float] = {}
-    for book_nodes in [int(n) for n in args.book_nodes.split(",")]:
-        work = Path(tempfile.mkdtemp(prefix="matchwire-bench-"))
-        path = work / "cluster.toml"
-        path.write_text(_config_text(_free_base(), book_nodes))
-        config = load_config(path)
-        cluster = Cluster(config, str(path), log_dir=work / "logs")
-        try:
-            cluster.start()
-            for client in args.client.split(","):
-                for rate in rates:
-                    before = {n: _cpu_seconds(p.process.pid) for n, p in cluster.nodes.items()}
-                    if client == "ouch":
-                        result = run_load_ouch(config.ouch_address(), rate, args.seconds)
-                    else:
-                        result = run_load(config.client_endpoint(), rate, args.seconds)
-                    cpu = {n: (_cpu_seconds(p.process.pid) - before[n]) * 1e6 / max(result["sent"], 1)
-                           for n, p in cluster.nodes.items()}
-                    cluster.pump(0)
-                    print(f"book_nodes={book_nodes} client={client} offered={rate:.0f} "
-                          f"achieved={result['achieved']:.0f} answered={result['answered']}/{result['sent']} "
-                          f"p50_us={result['p50_us']:.0f} p90_us={result['p90_us']:.0f} "
-                          f"p99_us={result['p99_us']:.0f} p999_us={result['p999_us']:.0f} "
-                          f"max_us={result['max_us']:.0f} cpu_us_per_order="
-                          + ",".join(f"{n}:{v:.0f}" for n, v in cpu.items()), flush=True)
-                    if result["answered"] == result["sent"] and result["achieved"] >= 0.95 * rate:
-                        key = (book_nodes, client)
-                        best[key] = max(best.get(key, 0.0), result["achieved"])
-        finally:
-            cluster.stop()
-    for (nodes, client), rate in sorted(best.items()):
-        print(f"book_nodes={nodes} client={client} max_sustained_per_s={rate:.0f}")
-    for client in args.client.split(","):
-        if (1, client) in best and (2, client) in best:
-            print(f"client={client} scaling_1_to_2_book_nodes={best[(2, client)] / best[(1, client)]:.2f}")
+          f"python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    best: dict[tuple[str, int, str], float] = {}
+    runs: list[dict] = []
+    for policy in policies:
+        # The durability setting is only printed when asked for: the default lines stay as they were.
+        tag = f"fsync={policy} " if policy != "off" else ""
+        for book_nodes in [int(n) for n in args.book_nodes.split(",")]:
+            work = Path(tempfile.mkdtemp(prefix="matchwire-bench-"))
+            path = work / "cluster.toml"
+            path.write_text(_config_text(_free_base(), book_nodes, fsync=policy))
+            config = load_config(path)
+            cluster = Cluster(config, str(path), log_dir=work / "logs")
+            try:
+                cluster.start()
+                for client in args.client.split(","):
+                    for rate in rates:
+                        before = {n: _cpu_seconds(p.process.pid) for n, p in cluster.nodes.items()}
+                        if client == "ouch":
+                            result = run_load_ouch(config.ouch_address(), rate, args.seconds)
+                        else:
+                            result = run_load(config.client_endpoint(), rate, args.seconds)
+                        cpu = {n: (_cpu_seconds(p.process.pid) - before[n]) * 1e6 / max(result["sent"], 1)
+                               for n, p in cluster.nodes.items()}
+                        cluster.pump(0)
+                        print(f"{tag}book_nodes={book_nodes} client={client} offered={rate:.0f} "
+                              f"achieved={result['achieved']:.0f} answered={result['answered']}/{result['sent']} "
+                              f"p50_us={result['p50_us']:.0f} p90_us={result['p90_us']:.0f} "
+                              f"p99_us={result['p99_us']:.0f} p999_us={result['p999_us']:.0f} "
+                              f"max_us={result['max_us']:.0f} cpu_us_per_order="
+                              + ",".join(f"{n}:{v:.0f}" for n, v in cpu.items()), flush=True)
+                        sustained = result["answered"] == result["sent"] and result["achieved"] >= 0.95 * rate
+                        runs.append({"fsync": policy, "book_nodes": book_nodes, "client": client, **result,
+                                     "sustained": sustained, "cpu_us_per_order": cpu})
+                        if sustained:
+                            key = (policy, book_nodes, client)
+                            best[key] = max(best.get(key, 0.0), result["achieved"])
+            finally:
+                cluster.stop()
+                # Journals of a finished run are only bulk: the logs stay for a post-mortem.
+                shutil.rmtree(work / "logs" / "state", ignore_errors=True)
+    for (policy, nodes, client), rate in sorted(best.items()):
+        tag = f"fsync={policy} " if policy != "off" else ""
+        print(f"{tag}book_nodes={nodes} client={client} max_sustained_per_s={rate:.0f}")
+    for policy in policies:
+        tag = f"fsync={policy} " if policy != "off" else ""
+        for client in args.client.split(","):
+            if (policy, 1, client) in best and (policy, 2, client) in best:
+                print(f"{tag}client={client} scaling_1_to_2_book_nodes="
+                      f"{best[(policy, 2, client)] / best[(policy, 1, client)]:.2f}")
+    if args.json:
+        import json
+        import math
+
+        def clean(value: object) -> object:
+            # JSON has no NaN: a run with no answers has no percentiles.
+            if isinstance(value, float) and math.isnan(value):
+                return None
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            return value
+
+        document = {"benchmark": "cluster", "date": started, "cores": os.cpu_count(),
+                    "python": sys.version.split()[0], "rates": rates, "seconds": args.seconds,
+                    "book_nodes": [int(n) for n in args.book_nodes.split(",")], "clients": args.client.split(","),
+                    "fsync": policies, "runs": [clean(run) for run in runs],
+                    "max_sustained": [{"fsync": p, "book_nodes": n, "client": c, "per_s": r}
+                                      for (p, n, c), r in sorted(best.items())]}
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
     return 0
 
 

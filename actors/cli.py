@@ -157,6 +157,27 @@ def cmd_journal(args: argparse.Namespace) -> int:
     return journal_cli.replay(args.path, depth=args.depth)
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    """A live terminal view of a running cluster (or one frame with --once)."""
+    from actors.config import ConfigError, load_config
+    from actors.top import run_top
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"matchwire top: {exc}", file=sys.stderr)
+        return 2
+    return run_top(config, args.interval, args.once)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run every benchmark and write the report (JSON, Markdown, plots)."""
+    from actors.report import main as report_main
+
+    argv = ["--out", args.out] + (["--quick"] if args.quick else []) + (["--only", args.only] if args.only else [])
+    return report_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="matchwire", description="An exchange built from actors, "
                                      "with its matching and feed decoding in Python and in FPGA gateware.")
@@ -221,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--parent", type=int, metavar="PID", help="exit when this process (the launcher) exits")
     node.add_argument("--state-dir", metavar="DIR", help="journal directory when the configuration sets none")
     node.set_defaults(func=cmd_node)
+
+    top = verbs.add_parser("top", help="live terminal view of a running cluster: ladders, trades, node health")
+    top.add_argument("--config", metavar="FILE", help="the cluster's configuration (default: embedded)")
+    top.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between frames")
+    top.add_argument("--once", action="store_true",
+                     help="print one frame (two samples one interval apart) and exit; 1 if a node is down")
+    top.set_defaults(func=cmd_top)
+
+    bench = verbs.add_parser("bench", help="run every benchmark; write bench/report.json, report.md and plots")
+    bench.add_argument("--quick", action="store_true", help="small counts, one short rate each (under 2 minutes)")
+    bench.add_argument("--out", metavar="DIR", default="bench", help="where the report goes (default: bench)")
+    bench.add_argument("--only", metavar="SECTIONS", help="comma list of engine, cluster, itch, gateware")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

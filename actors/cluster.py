@@ -299,7 +299,8 @@ def _start_demo(config: ClusterConfig, stop: threading.Event) -> list[DemoTrader
     traders: list[DemoTrader] = []
     address = config.ouch_address()
     for i, entry in enumerate(entries):
-        role_share = 0.6 / max(1, len(makers)) if entry in makers else 0.4 / max(1, len(takers))
+        # Makers send most messages (requotes), so the books stay two-sided while takers trade.
+        role_share = 0.8 / max(1, len(makers)) if entry in makers else 0.2 / max(1, len(takers))
         if not makers or not takers:
             role_share = 1.0 / len(entries)
         cls = MarketMaker if entry in makers else Taker
@@ -320,7 +321,7 @@ def _counts(cluster: Cluster) -> dict[str, int]:
                 orders += stats.get("orders", 0)
                 trades += stats.get("fills", 0)
             if name.startswith("gateway/"):
-                reports += stats.get("reports_out", 0)
+                reports += stats.get("reports_out", 0) + stats.get("soup_sequenced_sent", 0)
     return {"orders": orders, "trades": trades, "reports": reports}
 
 

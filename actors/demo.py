@@ -148,7 +148,7 @@ class MarketMaker(DemoTrader):
         account = self.rng.choice(self.accounts)
         offset = self.rng.randint(1, 5) * tick
         price = max(self.fair[symbol] - offset if side == "B" else self.fair[symbol] + offset, tick)
-        qty = self.rng.randint(1, 10) * 100
+        qty = self.rng.randint(5, 20) * 100
         key = (symbol, side, account)
         ref = self.quotes.get(key)
         if ref is not None and ref in self.sent_at:
@@ -185,7 +185,7 @@ class Taker(DemoTrader):
         symbol, tick = inst.symbol, inst.tick_size
         self.fair[symbol] += self.rng.choice((-1, 0, 1)) * tick
         side = self.rng.choice(("B", "S"))
-        qty = self.rng.randint(1, 5) * 100
+        qty = self.rng.randint(1, 3) * 100
         account = self.rng.choice(self.accounts)
         if self.rng.random() < 0.2:
             price = MARKET_PRICE

@@ -28,6 +28,7 @@ from actors.config import ClusterConfig, ConfigError, load_config
 from actors.feed import FeedHandlerActor
 from actors.gateway import GatewayActor
 from actors.marketdata import MarketDataActor
+from actors.metrics import MetricsServer, start_node_metrics
 from actors.risk import RiskActor
 from actors.transport import Inbound, LocalDirectory, Tick
 
@@ -153,6 +154,8 @@ class Node:
         self.refs: list[pykka.ActorRef] = []
         self.inbound: Inbound | None = None
         self.supervisor: pykka.ActorRef | None = None
+        self.metrics: MetricsServer | None = None
+        self.metrics_started = time.monotonic()
 
     def start(self) -> None:
         if self.config.transport == "ipc":
@@ -172,6 +175,8 @@ class Node:
         if self.inbound.error is not None:
             raise RuntimeError(f"node {self.name}: cannot bind {self.config.endpoint(self.node, bind=True)}: "
                                f"{self.inbound.error}")
+        # Prometheus endpoint ([metrics] in the configuration; see actors/metrics.py).
+        self.metrics = start_node_metrics(self)
 
     def tick(self) -> None:
         tick = Tick()
@@ -198,6 +203,9 @@ class Node:
         return EXIT_ACTOR_FAILED if self.fatal.is_set() else 0
 
     def stop(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         for ref in self.refs:
             try:
                 ref.stop(timeout=5)
