@@ -37,6 +37,7 @@ from exchange.wire import (
     EventKind,
     MessageKind,
     Op,
+    ReplayFilter,
     command_to_record,
     event_to_record,
     iter_records,
@@ -241,7 +242,7 @@ class GatewayActor(ClusterActor):
         self.to_clients: dict[bytes, list[bytes]] = {}
         self.clients_oldest_ns = 0
         self.buckets: dict[tuple[bytes, str], TokenBucket] = {}
-        self.last_seq: dict[bytes, int] = {}  # per book (raw symbol): the last event sequence number seen
+        self.replays = ReplayFilter()
         self.users: Users | None = load_users(config.raw) if config.raw.get("user") else None
         self.translator: OuchTranslator | None = None
         self.soup: SoupServer | None = None
@@ -438,17 +439,12 @@ class GatewayActor(ClusterActor):
             return
         payload = batch.payload
         orders = self.orders
-        last_seq = self.last_seq
+        fresh = self.replays.fresh
         for offset in offsets:
+            if not fresh(payload, offset):
+                continue  # a recovered book re-sent it, and it was seen already
             fields = list(_unpack_report(payload, offset))
             kind = fields[0]
-            seq = fields[8]
-            if seq:
-                # A recovered book re-sends its events since its snapshot: drop the ones seen already.
-                if seq <= last_seq.get(fields[10], 0):
-                    self.count("duplicate_reports_dropped")
-                    continue
-                last_seq[fields[10]] = seq
             if kind == EventKind.RECOVERED:
                 self.count("books_recovered")
                 continue
@@ -543,6 +539,7 @@ class GatewayActor(ClusterActor):
         out = super().stats()
         out.update({f"port_{k}": v for k, v in self.port.stats.items()})
         out["live_orders"] = len(self.orders)
+        out["duplicate_reports_dropped"] = self.replays.dropped
         if self.soup is not None:
             out.update({f"soup_{k}": v for k, v in self.soup.counters().items()})
         return out

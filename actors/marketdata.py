@@ -23,7 +23,6 @@ import logging
 import queue
 import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -47,9 +46,7 @@ from exchange.moldudp64 import (
     encode_packet,
     parse_request,
 )
-from exchange.wire import REPORT_SIZE, EventKind, MessageKind, iter_records, record_to_event
-
-_SEQ = struct.Struct("<Q")  # a report record's sequence number, at byte 8
+from exchange.wire import REPORT_SIZE, EventKind, MessageKind, ReplayFilter, iter_records, record_to_event
 
 log = logging.getLogger("matchwire.md")
 
@@ -251,7 +248,7 @@ class MarketDataActor(ClusterActor):
         super().__init__(context, name)
         self.view = EventBook()
         self.listeners: list = []  # callables taking (event, trace_ns), called for every event
-        self.last_seq: dict[bytes, int] = {}  # per book (raw symbol): the last event sequence number seen
+        self.replays = ReplayFilter()
         try:
             self.settings = MarketDataSettings.from_raw(context.config.raw, name)
         except (TypeError, ValueError) as exc:
@@ -350,18 +347,13 @@ class MarketDataActor(ClusterActor):
         listeners = self.listeners
         on_event = self.publisher.on_event if self.publisher is not None else None
         publish = self._publish
-        last_seq = self.last_seq
+        fresh = self.replays.fresh
         self.count("events", batch.count)
         for offset in offsets:
             # A recovered book re-sends its events since its snapshot: drop the ones seen already,
             # and take its RECOVERED marker as what it is, not as an event.
-            seq = _SEQ.unpack_from(payload, offset + 8)[0]
-            if seq:
-                symbol = bytes(payload[offset + 24:offset + 32])
-                if seq <= last_seq.get(symbol, 0):
-                    self.count("duplicate_events_dropped")
-                    continue
-                last_seq[symbol] = seq
+            if not fresh(payload, offset):
+                continue
             if payload[offset] == EventKind.RECOVERED:
                 self.count("books_recovered")
                 continue
@@ -485,6 +477,7 @@ class MarketDataActor(ClusterActor):
 
     def stats(self) -> dict:
         out = super().stats()
+        out["duplicate_events_dropped"] = self.replays.dropped
         view = self.view
         out["gaps"] = len(view.gaps)
         out["anomalies"] = view.anomalies

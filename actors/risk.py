@@ -31,6 +31,7 @@ from exchange.wire import (
     EventKind,
     MessageKind,
     Op,
+    ReplayFilter,
     event_to_record,
     iter_records,
 )
@@ -65,7 +66,7 @@ class RiskActor(ClusterActor):
         self.orders: dict[int, RiskOrder] = {}  # every open order of this shard's accounts
         self.down_nodes: set[str] = set()
         self.pending_source: dict[int, int] = {}  # order id -> the gateway awaiting an answer
-        self.last_seq: dict[bytes, int] = {}  # per book (raw symbol): the last event sequence number seen
+        self.replays = ReplayFilter()
         self.durable_books = config.durability.enabled
         self._reject_log_window = 0.0
         self._rejects_logged = 0
@@ -183,16 +184,12 @@ class RiskActor(ClusterActor):
             return
         payload = batch.payload
         orders = self.orders
-        last_seq = self.last_seq
+        fresh = self.replays.fresh
         for offset in offsets:
-            (kind, side, _, _, _, _, reason, op, seq, _, symbol_b, account_b, account2_b, order_id, order_id2, price,
+            if not fresh(payload, offset):
+                continue  # a recovered book re-sent it, and it was seen already
+            (kind, side, _, _, _, _, reason, op, _, _, symbol_b, account_b, account2_b, order_id, order_id2, price,
              qty, _, _) = _unpack_report(payload, offset)
-            if seq:
-                # A recovered book re-sends its events since its snapshot: drop the ones seen already.
-                if seq <= last_seq.get(symbol_b, 0):
-                    self.count("duplicate_reports_dropped")
-                    continue
-                last_seq[symbol_b] = seq
             if kind == EventKind.RECOVERED:
                 self._book_recovered(_text(symbol_b))
                 continue
@@ -323,4 +320,5 @@ class RiskActor(ClusterActor):
         out["in_flight"] = len(self.pending_source)
         out["down_nodes"] = sorted(self.down_nodes)
         out["killed"] = sorted(a.account for a in self.accounts.values() if a.killed)
+        out["duplicate_reports_dropped"] = self.replays.dropped
         return out

@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zmq
@@ -40,7 +41,10 @@ from exchange.wire import MessageKind, pack_header, unpack_header
 
 LEVELS = 5
 TAPE = 10
-LADDER_WIDTH = 60  # columns one ladder takes, gaps included
+LADDER_WIDTH = 59  # columns one ladder takes, the gap to the next included
+NODE_COLUMNS = ("node", "health", "actors", "in/s", "out/s", "fills/s", "rejects/s", "p50 us", "p99 us",
+                "pending", "flush p99", "busy/s")
+NODES_WIDE = 118  # terminal columns the whole node table needs (node names up to 7 characters)
 
 
 @dataclass
@@ -179,22 +183,30 @@ _INPUT_KEYS = {"gateway": ("client_orders", "ouch_messages"), "risk": ("orders",
                "md": ("events",), "feed": ("messages",)}
 
 
-def _sum(actors: dict[str, dict], keys_of: object) -> float:
-    total = 0.0
-    for actor, stats in actors.items():
+def _counter(keys_of: object) -> Callable[[str, dict], float]:
+    """A measure (actor, stats) -> number: the sum of some statistics, by key or by a function actor -> keys."""
+
+    def measure(actor: str, stats: dict) -> float:
         keys = keys_of(actor) if callable(keys_of) else keys_of
-        for key in keys:
+        total = 0.0
+        for key in keys:  # type: ignore[union-attr]
             value = stats.get(key, 0)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 total += value
-    return total
+        return total
+
+    return measure
+
+
+def _sum(actors: dict[str, dict], measure: Callable[[str, dict], float]) -> float:
+    return sum(measure(actor, stats) for actor, stats in actors.items())
 
 
 def _input_keys(actor: str) -> tuple[str, ...]:
     return _INPUT_KEYS.get(actor.split("/", 1)[0], ())
 
 
-def _rejects(stats: dict) -> int:
+def _rejects(actor: str, stats: dict) -> int:
     total = stats.get("rejects", 0) if isinstance(stats.get("rejects"), int) else 0
     return total + sum(v for k, v in stats.items() if k.startswith("rejected_") and isinstance(v, int))
 
@@ -280,17 +292,22 @@ class TopView:
             ("matchwire top", "bold"), f"  cluster {self.config.name!r}  ",
             (f"{up}/{len(sample.nodes)} nodes up", "green" if up == len(sample.nodes) else "bold red"),
             f"  {time.strftime('%H:%M:%S', time.localtime(sample.wall))}  every {self.interval:g} s")
-        return Group(header, self._nodes_table(), self._ladders(max(1, width // LADDER_WIDTH)), self._tape_table())
+        return Group(header, self._nodes_table(width), self._ladders(max(1, (width + 2) // LADDER_WIDTH)),
+                     self._tape_table())
 
-    def _nodes_table(self) -> Table:
+    def _nodes_table(self, width: int) -> Table:
         sample, previous = self.current, self.previous
         assert sample is not None
         elapsed = (sample.time - previous.time) if previous is not None else 0.0
         table = Table(title="Nodes", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
                       show_edge=False)
-        for column in ("node", "health", "actors", "in/s", "out/s", "fills/s", "rejects", "p50 us", "p99 us",
-                       "flush p99", "pending", "busy/s"):
-            table.add_column(column, justify="left" if column in ("node", "health") else "right", no_wrap=True)
+        # A narrow terminal drops the last two columns rather than cutting every header short.
+        longest = max(len(n.name) for n in self.config.nodes)
+        wide = width >= NODES_WIDE + max(0, longest - len("gateway"))
+        columns = NODE_COLUMNS if wide else NODE_COLUMNS[:-2]
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("node", "health") else "right", no_wrap=True,
+                             min_width=longest if column == "node" else 11 if column == "health" else None)
         unreachable_peers: dict[str, set[str]] = {}
         for config_node in self.config.nodes:
             node = sample.nodes[config_node.name]
@@ -304,22 +321,21 @@ class TopView:
             if node.errors:
                 health += f" ({len(node.errors)} errors)"
 
-            def rate(keys: object, now: dict = actors, old: dict = before) -> str:
+            def rate(measure: Callable[[str, dict], float], now: dict = actors, old: dict = before) -> str:
                 if not elapsed or not now or not old:
                     return "-"
                 common = {a: s for a, s in now.items() if a in old}
-                return _rate(max(0.0, (_sum(common, keys) - _sum({a: old[a] for a in common}, keys)) / elapsed))
+                return _rate(max(0.0, (_sum(common, measure) - _sum({a: old[a] for a in common}, measure)) / elapsed))
 
-            fills = rate(lambda a: ("fills",) if a.startswith("book/") else ())
+            fills = rate(_counter(lambda a: ("fills",) if a.startswith("book/") else ()))
             batch = _merged(actors, before if elapsed else None, "batch_ns")
             flush = _merged(actors, before if elapsed else None, "flush_ns")
-            table.add_row(
-                config_node.name, Text(health, style=style), f"{len(actors)}/{len(config_node.actors)}",
-                rate(_input_keys), rate(("outbox_records_sent",)), fills,
-                str(sum(_rejects(s) for s in actors.values())) if actors else "-",
-                _us(histogram_quantile(batch, 0.5)), _us(histogram_quantile(batch, 0.99)),
-                _us(histogram_quantile(flush, 0.99)),
-                str(int(_sum(actors, ("outbox_pending",)))) if actors else "-", rate(("outbox_busy",)))
+            cells = [config_node.name, Text(health, style=style), f"{len(actors)}/{len(config_node.actors)}",
+                     rate(_counter(_input_keys)), rate(_counter(("outbox_records_sent",))), fills, rate(_rejects),
+                     _us(histogram_quantile(batch, 0.5)), _us(histogram_quantile(batch, 0.99)),
+                     str(int(_sum(actors, _counter(("outbox_pending",))))) if actors else "-",
+                     _us(histogram_quantile(flush, 0.99)), rate(_counter(("outbox_busy",)))]
+            table.add_row(*cells[:len(columns)])
         if unreachable_peers:
             table.caption = "; ".join(f"{peer} unreachable from {', '.join(sorted(by))}"
                                       for peer, by in sorted(unreachable_peers.items()))
@@ -345,9 +361,9 @@ class TopView:
                               f"trades {md.get('trades', 0)}  vol {md.get('volume', 0)}")
         table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
                       show_edge=False)
-        for column, justify, style, width in (("#", "right", "dim", 4), ("bid qty", "right", "green", 9),
+        for column, justify, style, width in (("#", "right", "dim", 3), ("bid qty", "right", "green", 7),
                                               ("bid", "right", "green", 11), ("ask", "left", "red", 11),
-                                              ("ask qty", "left", "red", 9), ("# ", "left", "dim", 4)):
+                                              ("ask qty", "left", "red", 7), ("# ", "left", "dim", 3)):
             table.add_column(column, justify=justify, style=style, no_wrap=True, width=width)
         if depth is None:
             node = self.config.actor_node.get(f"book/{symbol}")

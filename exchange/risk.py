@@ -125,12 +125,8 @@ class AccountRisk:
         notional = (value_price or 0) * qty
         if limits.max_order_notional is not None and notional > limits.max_order_notional:
             return RiskReason.MAX_ORDER_NOTIONAL
-        if price and reference:
-            distance = abs(price - reference)
-            if limits.price_collar_bps is not None and distance * 10_000 > limits.price_collar_bps * reference:
-                return RiskReason.PRICE_COLLAR
-            if limits.price_collar_ticks is not None and distance > limits.price_collar_ticks * tick:
-                return RiskReason.PRICE_COLLAR
+        if self._outside_collar(price, reference, tick):
+            return RiskReason.PRICE_COLLAR
         if limits.max_open_orders is not None and len(self.orders) >= limits.max_open_orders:
             return RiskReason.MAX_OPEN_ORDERS
         if limits.credit_limit is not None and \
@@ -139,6 +135,15 @@ class AccountRisk:
         if limits.max_position is not None and self._position_breach(symbol, side, qty):
             return RiskReason.MAX_POSITION
         return None
+
+    def _outside_collar(self, price: int | None, reference: int | None, tick: int) -> bool:
+        """A limit price too far from the reference (checked only when both exist)."""
+        if not price or not reference:
+            return False
+        distance = abs(price - reference)
+        limits = self.limits
+        return ((limits.price_collar_bps is not None and distance * 10_000 > limits.price_collar_bps * reference)
+                or (limits.price_collar_ticks is not None and distance > limits.price_collar_ticks * tick))
 
     def _position_breach(self, symbol: str, side: int, qty: int) -> bool:
         position = self.positions.get(symbol, 0)
@@ -160,12 +165,8 @@ class AccountRisk:
         notional = new_price * new_qty
         if limits.max_order_notional is not None and notional > limits.max_order_notional:
             return RiskReason.MAX_ORDER_NOTIONAL
-        if price and reference:
-            distance = abs(price - reference)
-            if limits.price_collar_bps is not None and distance * 10_000 > limits.price_collar_bps * reference:
-                return RiskReason.PRICE_COLLAR
-            if limits.price_collar_ticks is not None and distance > limits.price_collar_ticks * tick:
-                return RiskReason.PRICE_COLLAR
+        if self._outside_collar(price, reference, tick):
+            return RiskReason.PRICE_COLLAR
         growth = notional - order.reserved
         if limits.credit_limit is not None and growth > 0 and \
                 self.reserved + growth + self.position_exposure(marks) > limits.credit_limit:

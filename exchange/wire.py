@@ -13,6 +13,7 @@ contract.
 
 from __future__ import annotations
 
+import struct
 from enum import IntEnum
 
 from exchange.layout import Layout, LayoutError, ascii_field, enum_field, sint, uint
@@ -392,6 +393,34 @@ def record_to_event(buffer: bytes | memoryview, offset: int = 0) -> tuple[Event,
     if kind == EventKind.BASE_PRICE_SET:
         return _new_event(BasePriceSet, (seq_value, sym, price)), trace_ns
     raise LayoutError(f"report record at offset {offset}: unknown kind {kind}")
+
+
+_SEQ_AND_SYMBOL = struct.Struct("<Q8x8s")  # a report record's seq (byte 8) and symbol (byte 24)
+
+
+class ReplayFilter:
+    """Drops report records a receiver has seen already, by each book's sequence number.
+
+    A book that recovers from its journal re-sends its events since its last snapshot; every
+    receiver keeps the last sequence number it saw per book and lets only newer events through.
+    Records without a sequence number (rejects made outside a book) always pass.
+    """
+
+    __slots__ = ("last", "dropped")
+
+    def __init__(self) -> None:
+        self.last: dict[bytes, int] = {}
+        self.dropped = 0
+
+    def fresh(self, buffer: bytes | memoryview, offset: int) -> bool:
+        seq, symbol = _SEQ_AND_SYMBOL.unpack_from(buffer, offset + 8)
+        if not seq:
+            return True
+        if seq <= self.last.get(symbol, 0):
+            self.dropped += 1
+            return False
+        self.last[symbol] = seq
+        return True
 
 
 def report_kind(buffer: bytes | memoryview, offset: int = 0) -> int:
