@@ -70,6 +70,8 @@ class ClusterActor(pykka.ThreadingActor):
     # -- pykka life cycle ----------------------------------------------------------------
 
     def on_start(self) -> None:
+        # Registered before anything can address it (a gateway's client threads start in on_start).
+        self.ctx.local.register(self.index, self.actor_ref)
         self.outbox = Outbox(self.ctx.zmq_context, self.config, self.name, self.ctx.local, self.ctx.node)
 
     def on_stop(self) -> None:

@@ -94,6 +94,7 @@ def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7) -> dict:
     latencies: list[int] = []
     answered = 0
     busy = 0
+    rejected: dict[str, int] = {}
     total = int(rate * seconds)
     interval_ns = int(1e9 / rate)
     start = time.perf_counter_ns() + 20_000_000
@@ -132,6 +133,8 @@ def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7) -> dict:
                 if event.kind in ("accepted", "rejected") or (event.kind == "cancelled" and event.reason == "user"):
                     latencies.append(time.perf_counter_ns() - trace_ns)
                     answered += 1
+                    if event.kind == "rejected":  # an answer, but not a trade: overload shows as "busy"
+                        rejected[event.reason] = rejected.get(event.reason, 0) + 1
             last_answer = time.perf_counter_ns()
         deadline = time.monotonic() + 10
         while answered < sent and time.monotonic() < deadline:
@@ -140,6 +143,8 @@ def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7) -> dict:
                     latencies.append(time.perf_counter_ns() - trace_ns)
                     answered += 1
                     last_answer = time.perf_counter_ns()
+                    if event.kind == "rejected":
+                        rejected[event.reason] = rejected.get(event.reason, 0) + 1
         elapsed = (time.perf_counter_ns() - start) / 1e9 if answered < sent else (last_answer - start) / 1e9
     finally:
         client.close()
@@ -151,7 +156,7 @@ def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7) -> dict:
     return {"offered": rate, "sent": sent, "answered": answered, "achieved": answered / elapsed,
             "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99), "p999_us": pct(0.999),
             "max_us": latencies[-1] / 1000 if latencies else float("nan"), "client_busy": busy,
-            "latency": latency_histogram(latencies)}
+            "rejected": rejected, "latency": latency_histogram(latencies)}
 
 
 def run_load_ouch(address: tuple[str, int], rate: float, seconds: float, seed: int = 7) -> dict:
@@ -170,6 +175,7 @@ def run_load_ouch(address: tuple[str, int], rate: float, seconds: float, seed: i
     start = time.perf_counter_ns() + 20_000_000
     sent = answered = 0
     last_answer = start
+    rejected: dict[str, int] = {}
     encode = ouch.encode_inbound
 
     def read(timeout: float) -> None:
@@ -183,6 +189,10 @@ def run_load_ouch(address: tuple[str, int], rate: float, seconds: float, seed: i
                 latencies.append(now - scheduled)
                 answered += 1
                 last_answer = now
+                if kind == "J":
+                    code = message.get("reason")
+                    reason = ouch.matchwire_reason("J", code) or f"ouch_{code}"
+                    rejected[reason] = rejected.get(reason, 0) + 1
             timeout = 0.0
 
     try:
@@ -230,7 +240,8 @@ def run_load_ouch(address: tuple[str, int], rate: float, seconds: float, seed: i
 
     return {"offered": rate, "sent": sent, "answered": answered, "achieved": answered / max(elapsed, 1e-9),
             "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99), "p999_us": pct(0.999),
-            "max_us": latencies[-1] / 1000 if latencies else float("nan"), "latency": latency_histogram(latencies)}
+            "max_us": latencies[-1] / 1000 if latencies else float("nan"), "rejected": rejected,
+            "latency": latency_histogram(latencies)}
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -198,17 +198,30 @@ class OuchInbound:
 
 
 class GatewaySoupApplication(SoupApplication):
-    """The SoupBinTCP server's view of the gateway: authentication here, everything else by tell."""
+    """The SoupBinTCP server's view of the gateway: authentication here, everything else by tell.
 
-    def __init__(self, users: Users, gateway: object) -> None:
+    The queue to the gateway actor is bounded: while the actor is ``max_backlog`` messages behind,
+    the server thread waits here instead of reading more, so TCP pushes back on the clients.
+    """
+
+    def __init__(self, users: Users, local: LocalDirectory, gateway_index: int, max_backlog: int) -> None:
         self.users = users
-        self.gateway = gateway
+        self.local = local
+        self.gateway_index = gateway_index
+        self.max_backlog = max_backlog
+        self.waits = 0
 
     def authenticate(self, username: str, password: str) -> bool:
         return self.users.authenticate(username, password)
 
     def on_message(self, username: str, payload: bytes) -> None:
-        self.gateway.tell(OuchInbound(username, payload))  # type: ignore[attr-defined]
+        local, index = self.local, self.gateway_index
+        if local.delivered[index] - local.processed[index] > self.max_backlog:
+            self.waits += 1
+            deadline = time.monotonic() + 5.0
+            while local.delivered[index] - local.processed[index] > self.max_backlog and time.monotonic() < deadline:
+                time.sleep(0.0005)
+        local.deliver(index, OuchInbound(username, payload))
 
 
 class GatewayOrder:
@@ -262,7 +275,8 @@ class GatewayActor(ClusterActor):
         if self.users is not None:
             self.translator = OuchTranslator(self.users.accounts, next_order_id=self._mint_order_id)
             host, port = self.config.ouch_address(self.name)
-            self.soup = SoupServer(GatewaySoupApplication(self.users, self.actor_ref), host, port,
+            self.soup_app = GatewaySoupApplication(self.users, self.ctx.local, self.index, 64 * self.config.max_backlog)
+            self.soup = SoupServer(self.soup_app, host, port,
                                    session=f"{self.config.name[:6]}{self.number:04d}"[:10]).start()
 
     def _mint_order_id(self) -> int:
@@ -294,7 +308,10 @@ class GatewayActor(ClusterActor):
 
     def on_other(self, message: object) -> object:
         if type(message) is OuchInbound:
-            self._ouch(message.username, message.payload)  # type: ignore[attr-defined]
+            try:
+                self._ouch(message.username, message.payload)  # type: ignore[attr-defined]
+            finally:
+                self.ctx.local.done(self.index)
             self.count("ouch_messages")
         return None
 
@@ -542,4 +559,5 @@ class GatewayActor(ClusterActor):
         out["duplicate_reports_dropped"] = self.replays.dropped
         if self.soup is not None:
             out.update({f"soup_{k}": v for k, v in self.soup.counters().items()})
+            out["soup_backpressure_waits"] = self.soup_app.waits
         return out

@@ -486,15 +486,20 @@ def gateware_section(ctx: Context) -> dict[str, Any]:
 # -- plots ---------------------------------------------------------------------------------------
 
 
-def _footer(fig: Any, command: str, machine: dict, date: str) -> None:
-    text = "\n".join(textwrap.wrap(f"command: {command}", 150)) + f"\nmachine: {machine_line(machine)}   date: {date}"
-    fig.text(0.01, 0.005, text, fontsize=6.5, family="monospace", va="bottom", ha="left", color="#444444")
+def _footer_lines(command: str, machine: dict, date: str) -> list[str]:
+    lines = []
+    for number, line in enumerate(command.splitlines()):
+        lines += textwrap.wrap(line, 150, initial_indent="command: " if number == 0 else "   then: ",
+                               subsequent_indent="         ")
+    return [*lines, f"machine: {machine_line(machine)}   date: {date}"]
 
 
 def _save(ctx: Context, fig: Any, name: str, title: str, section: str, command: str, date: str) -> None:
-    lines = command.count("\n") + 1 + len(command) // 150
-    fig.subplots_adjust(bottom=0.13 + 0.025 * lines)
-    _footer(fig, command, ctx.machine, date)
+    lines = _footer_lines(command, ctx.machine, date)
+    height = fig.get_size_inches()[1]
+    fig.subplots_adjust(bottom=0.12 + 0.13 * len(lines) / height)
+    fig.text(0.01, 0.005, "\n".join(lines), fontsize=6.5, family="monospace", va="bottom", ha="left",
+             color="#444444")
     fig.savefig(ctx.out / name, dpi=110)
     import matplotlib.pyplot as plt
 
@@ -589,6 +594,16 @@ def _style(client: str, policy: str, nodes: int) -> dict:
     return style
 
 
+def _rate_axis(ax: Any, runs: list[dict]) -> None:
+    """Offered rates on a log axis, labelled 2k, 5k, ... (plain numbers run into each other)."""
+    rates = sorted({r["offered"] for r in runs})
+    ax.set_xscale("log")
+    ax.set_xticks(rates, [f"{r / 1000:g}k" if r >= 1000 else f"{r:g}" for r in rates])
+    ax.minorticks_off()
+    if len(rates) == 1:
+        ax.set_xlim(rates[0] / 1.5, rates[0] * 1.5)
+
+
 def _plot_cluster(ctx: Context, plt: Any, cluster: dict) -> None:
     runs = cluster["results"]["runs"]
     series = _series(runs)
@@ -600,8 +615,10 @@ def _plot_cluster(ctx: Context, plt: Any, cluster: dict) -> None:
     ax.plot([0, top], [0, top], color="#bbbbbb", linewidth=1, label="achieved = offered")
     for key, values in sorted(series.items()):
         ax.plot([r["offered"] for r in values], [r["achieved"] for r in values], label=_label(*key), **_style(*key))
+    rates = sorted({r["offered"] for r in runs})
+    ax.set_xticks(rates, [f"{r / 1000:g}k" if r >= 1000 else f"{r:g}" for r in rates])
     ax.set_xlabel("offered commands/s (open loop)")
-    ax.set_ylabel("achieved commands/s (answered)")
+    ax.set_ylabel("achieved commands/s (answered, rejects included)")
     ax.set_title("Cluster throughput")
     ax.legend(fontsize=7)
     _save(ctx, fig, "cluster_throughput.png", "Cluster throughput, 1 and 2 book nodes, each fsync policy", "cluster",
@@ -614,6 +631,7 @@ def _plot_cluster(ctx: Context, plt: Any, cluster: dict) -> None:
             if points:
                 ax.plot(*zip(*points, strict=True), label=_label(*key), **_style(*key))
         ax.set_yscale("log")
+        _rate_axis(ax, runs)
         ax.set_xlabel("offered commands/s")
         ax.set_title(f"latency, {title}")
         ax.grid(True, which="both", alpha=0.3)
@@ -680,9 +698,11 @@ def write_markdown(report: dict, path: Path) -> None:
              f"| load average at end | {_loads(machine['load_average_end'])} |",
              f"| commit | {machine['git_commit'] or '—'}{' (with local changes)' if machine['git_dirty'] else ''} |",
              ""]
-    if machine["load_average_start"][0] > machine["cores"]:
-        lines += [f"> The machine was loaded by other work (load {machine['load_average_start'][0]:.1f} on "
-                  f"{machine['cores']} cores): figures are below what an idle machine gives.", ""]
+    peak = max(machine["load_average_start"][0], (machine["load_average_end"] or [0.0])[0])
+    if peak > machine["cores"]:
+        lines += [f"> The machine was loaded by other work (1-minute load average up to {peak:.1f} on "
+                  f"{machine['cores']} cores, this report's own work included): figures are below what an idle "
+                  "machine gives, and vary from run to run.", ""]
     figures = {}
     for figure in report["figures"]:
         figures.setdefault(figure["section"], []).append(figure)
@@ -706,15 +726,18 @@ def write_markdown(report: dict, path: Path) -> None:
                              f" | {w['ratio']:.2f} | {_fmt(w['engine_msgs_per_s'])} | {w['events_per_msg']:.2f} |")
             lines.append("")
         if name == "cluster" and results:
-            lines += ["| client | durability | book nodes | offered/s | achieved/s | answered | p50 us | p99 us |"
-                      " p99.9 us | max us |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            lines += ["| client | durability | book nodes | offered/s | achieved/s | answered | rejected | p50 us |"
+                      " p99 us | p99.9 us | max us |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for r in sorted(results["runs"], key=lambda r: (r["client"], FSYNC_POLICIES.index(r["fsync"])
                                                              if r["fsync"] in FSYNC_POLICIES else 9,
                                                              r["book_nodes"], r["offered"])):
                 durability = "no journal" if r["fsync"] == "off" else f"fsync {r['fsync']}"
+                rejected = r.get("rejected") or {}
+                rejects = ", ".join(f"{n:,} {reason}" for reason, n in sorted(rejected.items(), key=lambda x: -x[1]))
                 lines.append(f"| {r['client']} | {durability} | {r['book_nodes']} | {_fmt(r['offered'])} | "
-                             f"{_fmt(r['achieved'])} | {r['answered']}/{r['sent']} | {_fmt(r['p50_us'])} | "
-                             f"{_fmt(r['p99_us'])} | {_fmt(r['p999_us'])} | {_fmt(r['max_us'])} |")
+                             f"{_fmt(r['achieved'])} | {r['answered']}/{r['sent']} | {rejects or 0} | "
+                             f"{_fmt(r['p50_us'])} | {_fmt(r['p99_us'])} | {_fmt(r['p999_us'])} | "
+                             f"{_fmt(r['max_us'])} |")
             lines.append("")
         if name == "itch" and results:
             lines += ["| stage | msgs/s |", "|---|---:|",

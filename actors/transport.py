@@ -87,9 +87,9 @@ class LocalDirectory:
         self.processed: dict[int, int] = {}
 
     def register(self, index: int, ref: pykka.ActorRef) -> None:
-        self.refs[index] = ref
         self.delivered.setdefault(index, 0)
         self.processed.setdefault(index, 0)
+        self.refs[index] = ref
 
     def deliver(self, index: int, message: object) -> bool:
         ref = self.refs.get(index)
@@ -145,8 +145,11 @@ class Outbox:
         # Without IMMEDIATE a connecting socket keeps its pipe to a dead peer and queues into it,
         # silently; with it, a dead peer is unroutable at once and the sender knows.
         self.socket.setsockopt(zmq.IMMEDIATE, 1)
-        self.socket.setsockopt(zmq.HEARTBEAT_IVL, 200)
-        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
+        # Heartbeats find a peer that vanished without closing its connection. The timeout is
+        # generous: a peer merely starved of CPU must not be taken for dead (kill -9 closes the
+        # connection and is seen at once anyway).
+        self.socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
         self.socket.setsockopt(zmq.RECONNECT_IVL, 50)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         self.peer_ids: dict[str, bytes] = {}
@@ -292,8 +295,8 @@ class Inbound(threading.Thread):
             socket.setsockopt(zmq.RCVHWM, self.config.send_hwm)
             socket.setsockopt(zmq.RCVBUF, self.config.socket_buffer)
             socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.HEARTBEAT_IVL, 200)
-            socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
+            socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
             socket.bind(self.config.endpoint(self.node, bind=True))
         except zmq.ZMQError as exc:
             self.error = exc
