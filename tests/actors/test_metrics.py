@@ -129,7 +129,9 @@ def test_every_node_of_a_running_cluster_serves_its_metrics(tmp_path):
             # Actors report to their supervisor every 0.25 s: wait until the books' counts are in.
             book_orders = sum(_total(_scrape(urls[n]), "matchwire_orders_total", kind="book")
                               for n in ("book1", "book2"))
-            return book_orders == 12 + 4 + 1
+            gateway_orders = _total(_scrape(urls["gateway"]), "matchwire_orders_total", kind="gateway")
+            risk_orders = _total(_scrape(urls["risk"]), "matchwire_orders_total", kind="risk")
+            return (book_orders, gateway_orders, risk_orders) == (12 + 4 + 1, 12 + 4 + 3, 12 + 4 + 2)
 
         assert wait_for(settled, timeout=10)
         scraped = {name: _scrape(url) for name, url in urls.items()}
