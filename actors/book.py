@@ -38,9 +38,11 @@ _CLIENT_EVENTS = (Accepted, Rejected, Cancelled, Modified, Fill)
 
 def recovered_record(symbol: str, seq: int) -> bytes:
     """The report that says: this book is back, and its events up to ``seq`` have been (re)sent."""
+    # Its own seq stays 0 (the last event's number rides in ``extra``): receivers drop records whose
+    # seq they have seen, and this one must always get through.
     return REPORT.pack(kind=EventKind.RECOVERED, side=0, order_type=0, tif=0, stp=0, flags=0, reason=0,
-                       op=1, seq=seq, trace_ns=0, symbol=symbol, account="", account2="", order_id=0,
-                       order_id2=0, price=0, qty=0, extra=0, match_number=0)
+                       op=1, seq=0, trace_ns=0, symbol=symbol, account="", account2="", order_id=0,
+                       order_id2=0, price=0, qty=0, extra=seq, match_number=0)
 
 
 class BookActor(ClusterActor):
@@ -80,7 +82,7 @@ class BookActor(ClusterActor):
         (directory / "instrument.json").write_text(json.dumps(
             {"symbol": instrument.symbol, "tick_size": instrument.tick_size, "lot_size": instrument.lot_size,
              "band": list(instrument.band) if instrument.band else None}))
-        state, records, report = recover(directory)
+        state, records, report = recover(directory, oldest=True)
         if state is not None:
             self.book.restore(state)  # type: ignore[attr-defined]
         replayed: list[Event] = []
@@ -99,7 +101,8 @@ class BookActor(ClusterActor):
                                      next_index=report.snapshot_index + len(records))
         self.since_snapshot = len(records)
         if state is not None or records:
-            # Re-send what the book did since its snapshot (receivers drop events they saw), then say so.
+            # Re-send what the book did since its older snapshot (receivers drop events they saw: what
+            # it sent just before the crash may have died in its socket queues), then say so.
             for event in replayed:
                 self._route(event, 0, None)
             marker = recovered_record(self.symbol, getattr(self.book, "seq", 0))

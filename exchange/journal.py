@@ -112,26 +112,32 @@ def scan_segment(path: Path) -> tuple[list[bytes], int, str | None]:
     return records, offset, None
 
 
-def load_snapshot(directory: Path) -> tuple[int, dict | None, str | None]:
-    """The newest readable snapshot: (index, state, file name); (0, None, None) when there is none."""
-    for path in reversed(snapshots(directory)):
+def load_snapshot(directory: Path, oldest: bool = False) -> tuple[int, dict | None, str | None]:
+    """The newest (or the oldest kept) readable snapshot: (index, state, file name); (0, None, None) when
+    there is none."""
+    candidates = snapshots(directory)
+    for path in (candidates if oldest else reversed(candidates)):
         try:
             return _index_of(path.name), json.loads(path.read_text()), path.name
         except (OSError, ValueError):
-            continue  # a damaged snapshot: fall back to an older one (and more journal)
+            continue  # a damaged snapshot: fall back to another one (and more journal)
     return 0, None, None
 
 
-def recover(directory: str | Path, truncate: bool = True) -> tuple[dict | None, list[bytes], RecoveryReport]:
+def recover(directory: str | Path, truncate: bool = True,
+            oldest: bool = False) -> tuple[dict | None, list[bytes], RecoveryReport]:
     """(snapshot state, records after it, report). With ``truncate``, a bad tail is cut off the file.
 
-    Records after a damaged point are never used: a journal is a prefix, or it is nothing.
+    ``oldest`` starts from the oldest snapshot kept instead of the newest: a recovering book
+    re-sends everything since then, because what it sent just before a crash may have died in
+    its socket queues with it. Records after a damaged point are never used: a journal is a
+    prefix, or it is nothing.
     """
     directory = Path(directory)
     report = RecoveryReport(str(directory))
     if not directory.exists():
         return None, [], report
-    index, state, name = load_snapshot(directory)
+    index, state, name = load_snapshot(directory, oldest=oldest)
     report.snapshot_index, report.snapshot_file = index, name
     records: list[bytes] = []
     position = 0
@@ -143,7 +149,7 @@ def recover(directory: str | Path, truncate: bool = True) -> tuple[dict | None, 
             if truncate:
                 path.unlink()
             continue
-        if start != position and position and start > position:
+        if report.segments and start > position:
             raise JournalError(f"{path}: starts at record {start}, but the journal before it ends at {position}")
         good, end, reason = scan_segment(path)
         if reason is not None:
@@ -255,12 +261,15 @@ class JournalWriter:
         self.file.close()
         self.path = self.directory / _segment_name(self.index)
         self.file = open(self.path, "ab")  # noqa: SIM115
+        # Keep the newest two snapshots and every segment from the older of them on: recovery may
+        # start there (see recover(oldest=True)).
+        for old in snapshots(self.directory)[:-2]:
+            old.unlink()
+        keep_from = _index_of(snapshots(self.directory)[0].name)
         for old in segments(self.directory):
-            if old != self.path and _index_of(old.name) < self.index:
+            if old != self.path and _index_of(old.name) < keep_from:
                 old.unlink()
                 self.stats["pruned"] += 1
-        for old in snapshots(self.directory)[:-2]:  # keep the newest two
-            old.unlink()
         return self.directory / name
 
     def close(self) -> None:

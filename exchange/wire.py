@@ -77,7 +77,7 @@ class EventKind(IntEnum):
     ORDER_REDUCED = 7
     ORDER_REMOVED = 8
     BASE_PRICE_SET = 9
-    RECOVERED = 10  # not an engine event: a restarted book says it has re-sent its events up to ``seq``
+    RECOVERED = 10  # not an engine event: a restarted book has re-sent its events up to ``extra`` (seq is 0)
 
 
 class ClusterReason:

@@ -62,14 +62,17 @@ def test_snapshot_plus_tail_equals_replay_from_scratch(tmp_path):
         if i in (150, 300):
             writer.snapshot(live.snapshot())
     writer.close()
-    state, tail, report = recover(tmp_path)
-    assert report.snapshot_index == 301 and len(tail) == 99
-    assert len(list(tmp_path.glob("journal-*.log"))) == 1, "segments before the snapshot were pruned"
-    restored = OrderBook(Instrument("X"))
-    restored.restore(state)
-    for record in tail:
-        restored.process(record_to_command(record)[0])
-    assert restored.snapshot() == live.snapshot()
+    # Segments before the older of the two kept snapshots are pruned.
+    assert sorted(p.name for p in tmp_path.glob("journal-*.log")) == [
+        "journal-00000000000000000151.log", "journal-00000000000000000301.log"]
+    for oldest, index in ((False, 301), (True, 151)):
+        state, tail, report = recover(tmp_path, oldest=oldest)
+        assert report.snapshot_index == index and len(tail) == 400 - index
+        restored = OrderBook(Instrument("X"))
+        restored.restore(state)
+        for record in tail:
+            restored.process(record_to_command(record)[0])
+        assert restored.snapshot() == live.snapshot()
 
 
 def test_unknown_policy_is_refused(tmp_path):
@@ -134,8 +137,20 @@ def test_crash_trials_lose_nothing(tmp_path):
     path = write_config(tmp_path, extra='[durability]\nenabled = true\nfsync = "batch"\nbatch_ms = 2.0\n'
                         'snapshot_every = 300\n')
     cluster = start_cluster(path, tmp_path / "logs")
+    traders: list[Trader] = []
+    try:
+        _run_crash_trials(cluster, traders, trials)
+    finally:
+        for trader in traders:
+            trader.client.close()
+        cluster.stop()
+
+
+def _run_crash_trials(cluster, traders: list, trials: int) -> None:  # noqa: ANN001
+    """The trials and their checks; the caller closes the clients and stops the cluster, whatever happens."""
     rng = random.Random(42)
-    traders = [Trader(cluster.config.client_endpoint(), account, seed) for seed, account in enumerate(("A1", "A2"))]
+    endpoint = cluster.config.client_endpoint()
+    traders.extend(Trader(endpoint, account, seed) for seed, account in enumerate(("A1", "A2")))
     stop = threading.Event()
     lock = threading.Lock()
 
@@ -156,7 +171,7 @@ def test_crash_trials_lose_nothing(tmp_path):
             cluster.kill_node(victim)
             assert wait_for(lambda v=victim: (cluster.pump(0.02), not cluster.alive()[v])[1], timeout=5)
             time.sleep(0.3)
-            cluster.restart_node(victim)
+            cluster.restart_node(victim, timeout=60)
         time.sleep(0.8)
     finally:
         stop.set()
@@ -168,34 +183,29 @@ def test_crash_trials_lose_nothing(tmp_path):
     time.sleep(0.5)
     for trader in traders:
         trader.read(0.2)
-    try:
+    for trader in traders:
+        assert max(trader.fill_keys.values(), default=1) == 1, "a fill was reported twice"
+    config = cluster.config
+    for symbol in ("AAPL", "GOOG", "TSLA"):
+        actor = f"book/{symbol}"
+        state = admin_request(config, actor, {"command": "snapshot"})["state"]
+        # Every order a client saw accepted and not yet finished is in the book, as the client knows it.
         for trader in traders:
-            assert max(trader.fill_keys.values(), default=1) == 1, "a fill was reported twice"
-        config = cluster.config
-        for symbol in ("AAPL", "GOOG", "TSLA"):
-            actor = f"book/{symbol}"
-            state = admin_request(config, actor, {"command": "snapshot"})["state"]
-            # Every order a client saw accepted and not yet finished is in the book, as the client knows it.
-            for trader in traders:
-                in_book = sorted((o[2], o[3], o[4]) for o in state["orders"] if o[1] == trader.account)
-                told = sorted((int(s), p, q) for sym, s, p, q in trader.live.values() if sym == symbol)
-                assert in_book == told, f"{symbol} {trader.account}: book {in_book} vs client {told}"
-            # The book equals a replay of its journal from scratch.
-            node = config.actor_node[actor].name
-            replayed, report = rebuild(str(Path(cluster.state_dir) / node / f"book-{symbol}"))
-            assert replayed is not None and not report.truncated
-            assert replayed.snapshot() == state, f"{symbol}: live book differs from its journal's replay"
-        assert sum("restarted" in line for line in cluster.events) == trials
-        # Market data saw every book's events exactly once and in order, across the crashes.
-        assert wait_for(lambda: (cluster.pump(0.05), "md/0" in cluster.nodes["md"].stats.get("actors", {}))[1])
-        md = admin_request(config, "md/0", {"command": "stats"})["stats"]
-        assert md["gaps"] == 0 and md["anomalies"] == 0, md
-        assert md.get("duplicate_events_dropped", 0) >= 0
-        # The trials did what they claim: real load, fills, and a book that was down for a while.
-        assert sum(len(t.accepted) for t in traders) > 100
-        assert sum(sum(t.fill_keys.values()) for t in traders) > 10
-        assert sum(t.rejects["instrument_unavailable"] for t in traders) > 0
-    finally:
-        for trader in traders:
-            trader.client.close()
-        cluster.stop()
+            in_book = sorted((o[2], o[3], o[4]) for o in state["orders"] if o[1] == trader.account)
+            told = sorted((int(s), p, q) for sym, s, p, q in trader.live.values() if sym == symbol)
+            assert in_book == told, f"{symbol} {trader.account}: book {in_book} vs client {told}"
+        # The book equals a replay of its journal from scratch.
+        node = config.actor_node[actor].name
+        replayed, report = rebuild(str(Path(cluster.state_dir) / node / f"book-{symbol}"))
+        assert replayed is not None and not report.truncated
+        assert replayed.snapshot() == state, f"{symbol}: live book differs from its journal's replay"
+    assert sum("restarted" in line for line in cluster.events) == trials
+    # Market data saw every book's events exactly once and in order, across the crashes.
+    assert wait_for(lambda: (cluster.pump(0.05), "md/0" in cluster.nodes["md"].stats.get("actors", {}))[1])
+    md = admin_request(config, "md/0", {"command": "stats"})["stats"]
+    assert md["gaps"] == 0 and md["anomalies"] == 0, md
+    assert md.get("duplicate_events_dropped", 0) >= 0
+    # The trials did what they claim: real load, fills, and a book that was down for a while.
+    assert sum(len(t.accepted) for t in traders) > 100
+    assert sum(sum(t.fill_keys.values()) for t in traders) > 10
+    assert sum(t.rejects["instrument_unavailable"] for t in traders) > 0
