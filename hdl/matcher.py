@@ -1,0 +1,893 @@
+"""The matching engine in gateware: one instrument's limit order book (issue #4).
+
+Commands come in on ``i`` and event records go out on ``o``, both ``lib.stream`` ports whose
+payloads are the record layouts of :mod:`exchange.matcher_format` (via :mod:`hdl.formats`).
+The events, once the host (``host.matcher_driver``) has expanded them, are exactly those of the
+reference engine (``exchange.engine.OrderBook``) with the hardware profile.
+
+Storage (block RAM unless noted), for ``N = max_orders`` handles and ``2W`` price positions:
+
+* ``orders``: per handle: remaining qty, price position, side, post-only, valid.
+* ``next``/``prev``: per handle, its neighbours in its price level (a doubly linked list, so a
+  cancel anywhere in a level is O(1)). List ends are recognised by the level's head and tail,
+  so no null pointer is ever written.
+* ``levels``: per price position: head and tail handle.
+* occupancy bitmap (distributed RAM + summary register) and the level walker, which lists the
+  occupied positions beyond a start position, best first, one per cycle.
+* free-handle stack (``HandleAllocator``).
+
+Pipeline, one command per cycle when commands are simple:
+
+* A (accept): the reads a command needs are issued straight from the input payload: its order
+  entry, the level it names, its new level (modify), the best opposite level, and its price
+  position's occupancy bit.
+* F (fetch): the read data are registered.
+* X (execute): decisions from registers only (block RAM outputs are slow on ECP5), writes.
+
+Read data wait in up to two hold slots while a long command executes; every slot *snoops* the
+write ports and takes any write to an address it holds, so held data never go stale. Read
+ports are also transparent, so a read issued in the cycle of a write sees it.
+
+A crossing order sweeps: a fetcher chases the makers' linked list through its own read ports
+(one maker per cycle, the successor's address coming straight from the read data), with the
+next levels prefetched by the walker through a small queue; the maker data are registered and
+consumed one per cycle, one fill record each. The output is a small FIFO; when it has no room
+the whole core holds (``go``, a register), which absorbs a stalling event sink without loss.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from exchange.matcher_format import (
+    EVENT_LAST,
+    FLAG_HAS_PRICE,
+    FLAG_HAS_QTY,
+    FLAG_MARKET,
+    FLAG_POST_ONLY,
+    SIDE_BUY,
+    SIDE_SELL,
+    TIF_DAY,
+    TIF_FOK,
+    TIF_GTC,
+    TIF_IOC,
+    MatcherConfig,
+    MatcherOp,
+    MatcherReason,
+    RecordKind,
+)
+from hdl.formats import struct_layout
+from hdl.matcher_alloc import HandleAllocator
+from hdl.matcher_levels import LevelBitmap, LevelQueue, LevelWalker
+
+__all__ = ["Matcher", "default_matcher", "small_matcher"]
+
+
+class State(enum.Enum, shape=4):
+    """Control states of the execute stage."""
+
+    IDLE = 0  # no command to execute
+    EXEC = 1  # execute the command in slot C
+    FIXUP = 2  # a best level emptied: the walker finds the next best
+    RE_ENTER = 3  # a modify that lost priority comes back as an incoming order
+    SW_LOAD = 4  # read the best opposite level before a sweep
+    SW_INIT = 5  # start the fetcher at the best opposite level
+    SWEEP = 6  # one maker per cycle
+    SW_END = 7  # the taker finished a level exactly: find the new best level
+    REMAINDER = 8  # what is left of the taker rests or is cancelled
+
+
+class Matcher(wiring.Component):
+    """One instrument's order book and matching engine.
+
+    Parameters (or pass a :class:`~exchange.matcher_format.MatcherConfig`): ``max_orders``
+    resting orders, ``window_ticks`` price positions on each side of the base, ``qty_width``
+    bits of quantity, ``id_width`` bits of the handle field in the records. Bad values raise
+    ValueError.
+
+    Ports: ``i`` (command records), ``o`` (event records; ``flags & LAST`` ends a command's
+    burst). Every command yields at least one record.
+    """
+
+    def __init__(self, config: MatcherConfig | None = None, *, out_depth: int = 8, queue_depth: int = 4,
+                 **params: int) -> None:
+        if config is None:
+            config = MatcherConfig(**params)
+        elif params:
+            raise ValueError("give either a MatcherConfig or size parameters, not both")
+        if out_depth < 4 or out_depth & (out_depth - 1):
+            raise ValueError(f"out_depth must be a power of two >= 4, got {out_depth}")
+        self.config = config
+        self.out_depth = out_depth
+        self.queue_depth = queue_depth
+        self.command_shape = struct_layout(config.command_layout)
+        self.event_shape = struct_layout(config.event_layout)
+        super().__init__({
+            "i": In(stream.Signature(self.command_shape)),
+            "o": Out(stream.Signature(self.event_shape)),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        cfg = self.config
+        n_orders = cfg.max_orders
+        window = cfg.window_ticks
+        lb = cfg.level_bits
+        hb = cfg.handle_bits
+        qw = cfg.qty_width
+        assert (FLAG_MARKET, FLAG_POST_ONLY, FLAG_HAS_QTY, FLAG_HAS_PRICE) == (1, 2, 4, 8)
+
+        # -- storage --------------------------------------------------------------------------
+        order_shape = data.StructLayout({"qty": qw, "level": lb, "sell": 1, "post_only": 1, "valid": 1})
+        level_shape = data.StructLayout({"head": hb, "tail": hb})
+        m.submodules.orders = orders = Memory(shape=order_shape, depth=n_orders, init=[])
+        m.submodules.nexts = nexts = Memory(shape=hb, depth=n_orders, init=[])
+        m.submodules.prevs = prevs = Memory(shape=hb, depth=n_orders, init=[])
+        m.submodules.levels = levels = Memory(shape=level_shape, depth=cfg.levels, init=[])
+        ord_w, nxt_w, prv_w, lvl_w = orders.write_port(), nexts.write_port(), prevs.write_port(), levels.write_port()
+        # Accept-stage reads (transparent: they see a write of the same cycle).
+        ord_r = orders.read_port(transparent_for=(ord_w,))
+        nxt_r = nexts.read_port(transparent_for=(nxt_w,))
+        prv_r = prevs.read_port(transparent_for=(prv_w,))
+        lvl1_r = levels.read_port(transparent_for=(lvl_w,))  # the level the command names
+        lvl2_r = levels.read_port(transparent_for=(lvl_w,))  # the best opposite level
+        lvl3_r = levels.read_port(transparent_for=(lvl_w,))  # the command's new level (modify)
+        # Sweep reads: the fetcher's maker chase, and the walker's levels.
+        ordf_r = orders.read_port(transparent_for=(ord_w,))
+        nxtf_r = nexts.read_port(transparent_for=(nxt_w,))
+        lvlw_r = levels.read_port(transparent_for=(lvl_w,))
+
+        m.submodules.bitmap = bitmap = LevelBitmap(cfg.levels, cfg.group_width)
+        m.submodules.walker = walker = LevelWalker(cfg.levels, cfg.group_width)
+        m.submodules.alloc = alloc = HandleAllocator(n_orders)
+        entry_shape = data.StructLayout({"level": lb, "head": hb, "tail": hb})
+        m.submodules.queue = queue = LevelQueue(entry_shape.size, self.queue_depth)
+        m.submodules.out = out = SyncFIFO(width=self.event_shape.size, depth=self.out_depth)
+        m.d.comb += [
+            walker.summary.eq(bitmap.summary),
+            bitmap.rd_group.eq(walker.word_group),
+            walker.word.eq(bitmap.rd_word),
+            bitmap.start_group.eq(walker.start_group),
+            walker.start_word.eq(bitmap.start_word),
+            self.o.payload.eq(out.r_data),
+            self.o.valid.eq(out.r_rdy),
+            out.r_en.eq(self.o.ready),
+        ]
+
+        # The core advances only while the output FIFO surely has room: ``go`` is a register
+        # (the FIFO had three free entries last cycle; at most one record is emitted a cycle and
+        # written a cycle later), so it never depends on the sink's ready and fans out from a
+        # flip-flop.
+        go = Signal()
+        m.d.sync += go.eq(out.level < self.out_depth - 3)
+
+        # -- command slots ----------------------------------------------------------------------
+        slot_shape = data.StructLayout({
+            "valid": 1,
+            "cmd": self.command_shape,
+            "level": lb,  # position of cmd.price
+            "in_window": 1,
+            "ref_level": lb,  # position of cmd.ref (the order's current price)
+            "ref_in_window": 1,
+            "handle_ok": 1,
+            "bad": 1,  # a record the host never sends (checked at accept, off the execute path)
+            "rd2_level": lb,  # the opposite best position lvl2 was read at
+            "ord": order_shape,
+            "nxt": hb,
+            "prv": hb,
+            "lvl1": level_shape,
+            "lvl2": level_shape,
+            "lvl3": level_shape,
+            "occ": 1,  # occupancy of cmd.price's position
+        })
+
+        def level_of(price):
+            return (price + window)[:lb]
+
+        def in_window(price):
+            return (price >= -window) & (price < window)
+
+        # Writes of this cycle, as the slots see them (the enables include ``go``).
+        def snoop(name, src):
+            """``src`` slot with every data field replaced by this cycle's write to its address."""
+            new = Signal(slot_shape, name=name)
+            m.d.comb += new.eq(src)
+            h = src.cmd.handle[:hb]
+            l1 = Mux(src.cmd.op == MatcherOp.NEW, src.level, src.ref_level)
+            with m.If(ord_w.en & (ord_w.addr == h)):
+                m.d.comb += new.ord.eq(ord_w.data)
+            with m.If(nxt_w.en & (nxt_w.addr == h)):
+                m.d.comb += new.nxt.eq(nxt_w.data)
+            with m.If(prv_w.en & (prv_w.addr == h)):
+                m.d.comb += new.prv.eq(prv_w.data)
+            for field_, addr in (("lvl1", l1), ("lvl2", src.rd2_level), ("lvl3", src.level)):
+                with m.If(lvl_w.en & (lvl_w.addr == addr)):
+                    m.d.comb += getattr(new, field_).eq(lvl_w.data)
+            with m.If(bitmap.upd_en & (bitmap.upd_level == src.level)):
+                m.d.comb += new.occ.eq(bitmap.upd_set)
+            return new
+
+        slot_c = Signal(slot_shape)  # executing
+        slot_h0 = Signal(slot_shape)  # waiting, oldest first
+        slot_h1 = Signal(slot_shape)
+        slot_f = Signal(slot_shape)  # accepted last cycle: fields here, data on the read ports
+        fetched = Signal(slot_shape)
+        m.d.comb += [
+            fetched.eq(slot_f),
+            fetched.ord.eq(ord_r.data), fetched.nxt.eq(nxt_r.data), fetched.prv.eq(prv_r.data),
+            fetched.lvl1.eq(lvl1_r.data), fetched.lvl2.eq(lvl2_r.data), fetched.lvl3.eq(lvl3_r.data),
+            bitmap.q_level.eq(slot_f.level), fetched.occ.eq(bitmap.q_bit),
+        ]
+        c_next = snoop("c_now", slot_c)
+        h0 = snoop("h0_now", slot_h0)
+        h1 = snoop("h1_now", slot_h1)
+        f = snoop("f_now", fetched)
+
+        # -- book registers -------------------------------------------------------------------
+        bid, ask = Signal(lb), Signal(lb)
+        bid_ok, ask_ok = Signal(), Signal()
+        base_ok = Signal()
+
+        def opp_best(sell):
+            return Mux(sell, bid, ask)
+
+        def opp_ok(sell):
+            return Mux(sell, bid_ok, ask_ok)
+
+        def crosses(sell, limit, market):
+            """The order would trade now: the opposite side is not empty and prices cross."""
+            return opp_ok(sell) & (market | Mux(sell, limit <= bid, limit >= ask))
+
+        def record_bad(rec):
+            """A command record the host never sends: bad side, tif, quantity or flag mix."""
+            qty_bad = (rec.qty == 0) | (rec.qty[qw:].any() if len(rec.qty) > qw else 0)
+            rests = (rec.tif == TIF_GTC) | (rec.tif == TIF_DAY)
+            market, post = rec.flags[0], rec.flags[1]
+            new_bad = (((rec.side != SIDE_BUY) & (rec.side != SIDE_SELL)) | qty_bad
+                       | ~(rests | (rec.tif == TIF_IOC) | (rec.tif == TIF_FOK))
+                       | (market & rests) | (post & ~rests) | (post & market))
+            return Mux(rec.op == MatcherOp.NEW, new_bad, (rec.op == MatcherOp.MODIFY) & rec.flags[2] & qty_bad)
+
+        # -- accept ---------------------------------------------------------------------------------
+        p = self.i.payload
+        p_sell = p.side == SIDE_SELL
+        waiting = Signal(range(4))
+        m.d.comb += waiting.eq(slot_f.valid + slot_h0.valid + slot_h1.valid)
+        accept = Signal()
+        m.d.comb += [self.i.ready.eq(go & (waiting <= 1)), accept.eq(self.i.valid & self.i.ready)]
+        m.d.comb += [
+            ord_r.addr.eq(p.handle), nxt_r.addr.eq(p.handle), prv_r.addr.eq(p.handle),
+            lvl1_r.addr.eq(Mux(p.op == MatcherOp.NEW, level_of(p.price), level_of(p.ref))),
+            lvl2_r.addr.eq(opp_best(p_sell)),
+            lvl3_r.addr.eq(level_of(p.price)),
+        ]
+        m.d.comb += [port.en.eq(accept) for port in (ord_r, nxt_r, prv_r, lvl1_r, lvl2_r, lvl3_r)]
+        with m.If(go):
+            m.d.sync += slot_f.valid.eq(accept)
+            with m.If(accept):
+                m.d.sync += [
+                    slot_f.cmd.eq(p),
+                    slot_f.level.eq(level_of(p.price)),
+                    slot_f.in_window.eq(in_window(p.price)),
+                    slot_f.ref_level.eq(level_of(p.ref)),
+                    slot_f.ref_in_window.eq(in_window(p.ref)),
+                    slot_f.handle_ok.eq(p.handle < n_orders),
+                    slot_f.bad.eq(record_bad(p)),
+                    slot_f.rd2_level.eq(opp_best(p_sell)),
+                ]
+
+        # -- execute-stage registers ------------------------------------------------------------
+        state = Signal(State)
+        finishing = Signal()  # a continuation (not EXEC) is done this cycle
+        continuing = Signal()  # EXEC: the command goes on in a continuation state
+
+        # The incoming (taker) order: a new order, or a modify that lost priority.
+        tk_sell = Signal()
+        tk_limit = Signal(lb)
+        tk_price = Signal(signed(32))
+        tk_market = Signal()
+        tk_qty = Signal(qw)  # its quantity when it comes in
+        sweep_rem = Signal(qw)  # what the taker still needs in this sweep (a dry run counts down too)
+        tk_ioc = Signal()
+        tk_post = Signal()
+        tk_modify = Signal()
+        tk_handle = Signal(hb)
+        dry = Signal()  # the sweep only counts what it could fill (FOK)
+
+        # What a continuing command still needs of its slot (the slot moves on after EXEC).
+        tk_rd2_level = Signal(lb)
+        tk_lvl2 = Signal(level_shape)  # best opposite level, read at accept
+        tk_lvl3 = Signal(level_shape)  # the modify's new level
+        tk_occ = Signal()  # its occupancy
+
+        fix_sell = Signal()  # which side's best FIXUP repairs
+        fix_return = Signal()  # FIXUP goes on to RE_ENTER (else the command is done)
+
+        # Best-price updates of this cycle (applied at its end).
+        bid_n, ask_n = Signal(lb), Signal(lb)
+        bid_ok_n, ask_ok_n = Signal(), Signal()
+        m.d.comb += [bid_n.eq(bid), bid_ok_n.eq(bid_ok), ask_n.eq(ask), ask_ok_n.eq(ask_ok)]
+        with m.If(go):
+            m.d.sync += [bid.eq(bid_n), bid_ok.eq(bid_ok_n), ask.eq(ask_n), ask_ok.eq(ask_ok_n)]
+
+        def set_best(sell, level, ok=1):
+            with m.If(sell):
+                m.d.comb += [ask_n.eq(level), ask_ok_n.eq(ok)]
+            with m.Else():
+                m.d.comb += [bid_n.eq(level), bid_ok_n.eq(ok)]
+
+        # -- records ------------------------------------------------------------------------------
+        ev = Signal(self.event_shape)
+        emit = Signal()
+        # Records are registered before the FIFO: the record mux is deep, the FIFO's RAM is not.
+        ev_q = Signal(self.event_shape)
+        emit_q = Signal()
+        m.d.sync += [ev_q.eq(ev), emit_q.eq(emit & go)]
+        m.d.comb += [out.w_data.eq(ev_q), out.w_en.eq(emit_q)]
+
+        def record(kind, *, reason=MatcherReason.NONE, sell=0, handle=0, level=None, price=None, qty=0, leaves=0,
+                   last=True):
+            m.d.comb += [
+                emit.eq(1),
+                ev.kind.eq(kind),
+                ev.reason.eq(reason),
+                ev.side.eq(Mux(sell, SIDE_SELL, SIDE_BUY)),
+                ev.flags.eq(EVENT_LAST if last is True else 0 if last is False else Mux(last, EVENT_LAST, 0)),
+                ev.handle.eq(handle),
+                ev.qty.eq(qty),
+                ev.leaves.eq(leaves),
+            ]
+            if level is not None:
+                m.d.comb += ev.price.eq(level - window)
+            elif price is not None:
+                m.d.comb += ev.price.eq(price)
+
+        # -- write ports (enables gated by go) ---------------------------------------------------
+        rest_lvl = Signal(level_shape)  # head/tail of the level a rest appends to
+        ord_we, nxt_we, prv_we, lvl_we = Signal(), Signal(), Signal(), Signal()
+        upd_en, alloc_take, free_en, walk_start, clear = Signal(), Signal(), Signal(), Signal(), Signal()
+        m.d.comb += [
+            ord_w.en.eq(ord_we & go), nxt_w.en.eq(nxt_we & go), prv_w.en.eq(prv_we & go), lvl_w.en.eq(lvl_we & go),
+            bitmap.upd_en.eq(upd_en & go),
+            alloc.alloc.eq(alloc_take & go), alloc.free.eq(free_en & go),
+            walker.start.eq(walk_start & go),
+            bitmap.clear.eq(clear & go), alloc.clear.eq(clear & go),
+        ]
+
+        # Write addresses, free handles and the bitmap position are chosen by the state and the
+        # command kind alone (see "port addressing" below), so the deep decisions only drive
+        # enables and data.
+        def write_order(entry, **fields):
+            m.d.comb += [ord_w.data.eq(entry), ord_we.eq(1)]
+            m.d.comb += [getattr(ord_w.data, name).eq(value) for name, value in fields.items()]
+
+        def free_order(entry):
+            m.d.comb += free_en.eq(1)
+            write_order(entry, valid=0)
+
+        def write_level(head, tail):
+            m.d.comb += [lvl_w.data.head.eq(head), lvl_w.data.tail.eq(tail), lvl_we.eq(1)]
+
+        def rest(handle, level, qty, sell, post_only, occupied):
+            """Rest a new order (``handle``) at the back of ``level``; the level's head/tail come
+            from the addressing block's ``rest_lvl`` (used when ``occupied``)."""
+            with m.If(occupied):
+                m.d.comb += [nxt_we.eq(1), prv_we.eq(1)]
+                write_level(rest_lvl.head, handle)
+            with m.Else():
+                write_level(handle, handle)
+                m.d.comb += upd_en.eq(1)
+            write_order(0, qty=qty, level=level, sell=sell, post_only=post_only, valid=1)
+            m.d.comb += alloc_take.eq(1)
+            # The level becomes its side's best when it beats the current best.
+            with m.If(sell):
+                with m.If(~ask_ok | (level < ask)):
+                    set_best(1, level)
+            with m.Else():
+                with m.If(~bid_ok | (level > bid)):
+                    set_best(0, level)
+            record(RecordKind.ADDED, sell=sell, handle=handle, level=level, qty=qty, leaves=qty)
+
+        def unlink(handle, level, sell, slot, fixup, *, then_re_enter):
+            """Take ``handle`` out of its level's list (``slot`` holds its entries and the
+            level's head/tail); drives ``fixup`` and starts the walker when its side's best
+            level emptied."""
+            lvl = slot.lvl1
+            is_head = lvl.head == handle
+            is_tail = lvl.tail == handle
+            with m.If(~is_head):
+                m.d.comb += nxt_we.eq(1)
+            with m.If(~is_tail):
+                m.d.comb += prv_we.eq(1)
+            with m.If(is_head & is_tail):
+                m.d.comb += upd_en.eq(1)
+                with m.If(level == Mux(sell, ask, bid)):
+                    # The best level emptied: walk away from it for the next best.
+                    m.d.comb += [fixup.eq(1), walk_start.eq(1)]
+                    m.d.sync += [fix_sell.eq(sell), fix_return.eq(then_re_enter)]
+            with m.Elif(is_head):
+                write_level(slot.nxt, lvl.tail)
+            with m.Elif(is_tail):
+                write_level(lvl.head, slot.prv)
+
+        # -- sweep: walker -> level reads -> queue; fetcher; maker register ----------------------
+        walk_feed = Signal()  # the walker's levels flow into the queue
+        inflight = Signal()  # a walker level is being read on lvlw_r: queue it next cycle
+        inflight_level = Signal(lb)
+        walk_read = Signal()
+        m.d.comb += [
+            walker.ready.eq(walk_feed & go & (queue.count + inflight < self.queue_depth)),
+            walk_read.eq(walker.valid & walker.ready),
+        ]
+        sw_load = Signal()  # SW_LOAD uses lvlw_r
+        with m.If(sw_load):
+            m.d.comb += [lvlw_r.addr.eq(opp_best(tk_sell)), lvlw_r.en.eq(go)]
+        with m.Else():
+            m.d.comb += [lvlw_r.addr.eq(walker.level), lvlw_r.en.eq(walk_read)]
+        queue_flush, bypass_take, queue_pop = Signal(), Signal(), Signal()
+        with m.If(go):
+            m.d.sync += [inflight.eq(walk_read & ~queue_flush), inflight_level.eq(walker.level)]
+            with m.If(queue_flush):
+                m.d.sync += inflight.eq(0)
+        inflight_entry = Signal(entry_shape)
+        queue_head = Signal(entry_shape)
+        m.d.comb += [
+            inflight_entry.level.eq(inflight_level),
+            inflight_entry.head.eq(lvlw_r.data.head),
+            inflight_entry.tail.eq(lvlw_r.data.tail),
+            queue.data.eq(inflight_entry),
+            queue.push.eq(inflight & go & ~queue_flush & ~bypass_take),
+            queue.pop.eq(queue_pop & go),
+            queue.flush.eq(queue_flush & go),
+            queue_head.eq(queue.head),
+        ]
+        # The next opposite level in walk order with its head and tail: queued, else in flight.
+        next_known = Signal()
+        next_entry = Signal(entry_shape)
+        m.d.comb += [
+            next_known.eq(queue.nonempty | inflight),
+            next_entry.eq(Mux(queue.nonempty, queue_head, inflight_entry)),
+        ]
+
+        def level_crosses(level):
+            """The taker still trades at this opposite level."""
+            return tk_market | Mux(tk_sell, level >= tk_limit, level <= tk_limit)
+
+        # Fetcher: ``fe_valid`` = the maker ``fe_handle`` is on ordf_r/nxtf_r this cycle.
+        fe_run = Signal()  # fetching is on (sweep states)
+        fe_valid = Signal()
+        fe_handle = Signal(hb)
+        fe_level = Signal(lb)
+        fe_tail = Signal(hb)
+        fe_first = Signal()
+        fe_wait = Signal()  # at a level boundary, waiting for the next level
+        fe_end = Signal()  # no more crossing level: fe_end_level (if fe_end_ok) is the first beyond
+        fe_end_level = Signal(lb)
+        fe_end_ok = Signal()
+        fe_start = Signal()
+        fe_start_level = Signal(lb)
+        fe_start_entry = Signal(level_shape)
+
+        # The maker being consumed (registered fetch data).
+        mk_shape = data.StructLayout({"valid": 1, "handle": hb, "entry": order_shape, "nxt": hb, "level": lb,
+                                      "tail": hb, "is_tail": 1, "first": 1})
+        mk = Signal(mk_shape)
+
+        fe_addr = Signal(hb)
+        fe_issue = Signal()
+        m.d.comb += [ordf_r.addr.eq(fe_addr), nxtf_r.addr.eq(fe_addr),
+                     ordf_r.en.eq(fe_issue & go), nxtf_r.en.eq(fe_issue & go)]
+
+        def fetch(handle, level, tail, first):
+            m.d.comb += [fe_addr.eq(handle), fe_issue.eq(1)]
+            m.d.sync += [fe_valid.eq(1), fe_handle.eq(handle), fe_level.eq(level), fe_tail.eq(tail),
+                         fe_first.eq(first), fe_wait.eq(0)]
+
+        def fetch_next_level():
+            """At a level boundary: fetch the next crossing level's head, stop, or wait."""
+            with m.If(next_known & level_crosses(next_entry.level)):
+                with m.If(queue.nonempty):
+                    m.d.comb += queue_pop.eq(1)
+                with m.Else():
+                    m.d.comb += bypass_take.eq(1)
+                fetch(next_entry.head, next_entry.level, next_entry.tail, 1)
+            with m.Elif(next_known | walker.done | (walker.valid & ~level_crosses(walker.level))):
+                m.d.sync += [fe_valid.eq(0), fe_wait.eq(0), fe_end.eq(1),
+                             fe_end_level.eq(Mux(next_known, next_entry.level, walker.level)),
+                             fe_end_ok.eq(next_known | walker.valid)]
+            with m.Else():
+                m.d.sync += [fe_valid.eq(0), fe_wait.eq(1)]
+
+        with m.If(go):
+            with m.If(fe_start):
+                # The first level's head/tail are given: fetch its head, start the walker beyond it.
+                m.d.comb += [walk_start.eq(1), queue_flush.eq(1)]
+                m.d.sync += [fe_end.eq(0), mk.valid.eq(0)]
+                fetch(fe_start_entry.head, fe_start_level, fe_start_entry.tail, 1)
+            with m.Elif(fe_run):
+                m.d.sync += mk.valid.eq(fe_valid)
+                with m.If(fe_valid):
+                    m.d.sync += [mk.handle.eq(fe_handle), mk.entry.eq(ordf_r.data), mk.nxt.eq(nxtf_r.data),
+                                 mk.level.eq(fe_level), mk.tail.eq(fe_tail), mk.is_tail.eq(fe_handle == fe_tail),
+                                 mk.first.eq(fe_first)]
+                    with m.If(fe_handle != fe_tail):
+                        fetch(nxtf_r.data, fe_level, fe_tail, 0)
+                    with m.Else():
+                        fetch_next_level()
+                with m.Elif(fe_wait):
+                    fetch_next_level()
+            with m.Else():
+                m.d.sync += [fe_valid.eq(0), fe_wait.eq(0), mk.valid.eq(0)]
+
+        # -- execute ------------------------------------------------------------------------------
+        # From the slot's registers (the snooped values only feed the registers: using them here
+        # would loop from the write ports back to the decisions that drive them).
+        c = slot_c
+        cmd = c.cmd
+        o = c.ord
+        c_sell = cmd.side == SIDE_SELL
+        c_market = cmd.flags[0]
+        c_post = cmd.flags[1]
+        c_has_qty = cmd.flags[2]
+        c_ioc = cmd.tif == TIF_IOC
+        c_fok = cmd.tif == TIF_FOK
+        c_handle = cmd.handle[:hb]
+        live = (c.handle_ok & c.ref_in_window & o.valid & (o.level == c.ref_level) & (cmd.handle < alloc.fresh)
+                & (o.sell == c_sell))
+        new_crosses = crosses(c_sell, c.level, c_market)
+
+        def reject(reason):
+            record(RecordKind.REJECTED, reason=reason, sell=c_sell, handle=cmd.handle, price=cmd.price, qty=cmd.qty)
+            m.d.comb += finishing.eq(1)
+
+        def cancelled(reason, qty):
+            record(RecordKind.CANCELLED, reason=reason, sell=c_sell, price=cmd.price, qty=qty)
+
+        def begin_sweep():
+            """Sweep the opposite side from its best level: straight away when slot C's read of
+            that level is still the right one, else after reading it again."""
+            m.d.sync += sweep_rem.eq(tk_qty)  # the whole quantity (again, after a dry run)
+            with m.If(tk_rd2_level == opp_best(tk_sell)):
+                m.d.comb += fe_start.eq(1)
+                m.d.sync += state.eq(State.SWEEP)
+            with m.Else():
+                m.d.sync += state.eq(State.SW_LOAD)
+
+        # Everything below is gated by ``go``: when the output FIFO is full the core holds.
+        with m.If(go):
+            with m.Switch(state):
+                with m.Case(State.IDLE):
+                    m.d.comb += finishing.eq(1)
+
+                with m.Case(State.EXEC):
+                    # A continuing command keeps what it needs of its slot (with this cycle's writes).
+                    m.d.sync += [tk_rd2_level.eq(c.rd2_level), tk_lvl2.eq(c_next.lvl2), tk_lvl3.eq(c_next.lvl3),
+                                 tk_occ.eq(c_next.occ)]
+                    with m.Switch(cmd.op):
+                        with m.Case(MatcherOp.NEW):
+                            with m.If(c.bad):
+                                reject(MatcherReason.INVALID_COMMAND)
+                            with m.Elif(~c_market & ~(c.in_window & base_ok)):
+                                reject(MatcherReason.PRICE_OUTSIDE_WINDOW)
+                            with m.Elif(~new_crosses):
+                                with m.If(c_fok):
+                                    cancelled(MatcherReason.FOK, cmd.qty)
+                                with m.Elif(c_ioc | c_market):
+                                    cancelled(MatcherReason.IOC, cmd.qty)
+                                with m.Elif(alloc.full):
+                                    cancelled(MatcherReason.BOOK_FULL, cmd.qty)
+                                with m.Else():
+                                    rest(alloc.handle, c.level, cmd.qty, c_sell, c_post, c.occ)
+                                m.d.comb += finishing.eq(1)
+                            with m.Elif(c_post):
+                                cancelled(MatcherReason.POST_ONLY, cmd.qty)
+                                m.d.comb += finishing.eq(1)
+                            with m.Else():
+                                with m.If(go):
+                                    m.d.sync += [
+                                        tk_sell.eq(c_sell), tk_limit.eq(c.level), tk_price.eq(cmd.price),
+                                        tk_market.eq(c_market), tk_qty.eq(cmd.qty), sweep_rem.eq(cmd.qty),
+                                        tk_ioc.eq(c_ioc), tk_post.eq(0), tk_modify.eq(0), dry.eq(c_fok),
+                                    ]
+                                with m.If(c.rd2_level == opp_best(c_sell)):
+                                    m.d.comb += fe_start.eq(1)
+                                    m.d.sync += state.eq(State.SWEEP)
+                                    m.d.comb += continuing.eq(1)
+                                with m.Else():
+                                    m.d.sync += state.eq(State.SW_LOAD)
+                                    m.d.comb += continuing.eq(1)
+
+                        with m.Case(MatcherOp.CANCEL):
+                            with m.If(~live):
+                                reject(MatcherReason.UNKNOWN_ORDER)
+                            with m.Else():
+                                fixup = Signal()
+                                unlink(c_handle, c.ref_level, o.sell, c, fixup, then_re_enter=0)
+                                free_order(o)
+                                record(RecordKind.CANCELLED, reason=MatcherReason.REQUESTED, sell=o.sell,
+                                       handle=c_handle, level=o.level, qty=o.qty)
+                                with m.If(fixup):
+                                    m.d.sync += state.eq(State.FIXUP)
+                                    m.d.comb += continuing.eq(1)
+                                with m.Else():
+                                    m.d.comb += finishing.eq(1)
+
+                        with m.Case(MatcherOp.MODIFY):
+                            new_qty = Signal(qw)
+                            new_level = Signal(lb)
+                            # cmd.price is the target price even when unchanged (then it equals ref).
+                            m.d.comb += [new_qty.eq(Mux(c_has_qty, cmd.qty, o.qty)), new_level.eq(c.level)]
+                            same_level = new_level == c.ref_level
+                            with m.If(~live):
+                                reject(MatcherReason.UNKNOWN_ORDER)
+                            with m.Elif(c.bad):
+                                reject(MatcherReason.INVALID_COMMAND)
+                            with m.Elif(~c.in_window):
+                                reject(MatcherReason.PRICE_OUTSIDE_WINDOW)
+                            with m.Elif(same_level & (new_qty == o.qty)):
+                                reject(MatcherReason.NO_CHANGE)
+                            with m.Elif(same_level & (new_qty < o.qty)):
+                                # Quantity down in place keeps time priority.
+                                write_order(o, qty=new_qty)
+                                record(RecordKind.REDUCED, sell=o.sell, handle=c_handle, level=o.level,
+                                       qty=o.qty - new_qty, leaves=new_qty)
+                                m.d.comb += finishing.eq(1)
+                            with m.Else():
+                                # Price change or quantity up: leave the level and come back as an
+                                # incoming order. The handle is freed now and allocated again if the
+                                # order rests, so a fully filled re-entry leaves nothing behind and the
+                                # rest never finds the book full (as in the engine).
+                                fixup = Signal(name="fixup_modify")
+                                unlink(c_handle, c.ref_level, o.sell, c, fixup, then_re_enter=1)
+                                free_order(o)
+                                record(RecordKind.REMOVED, sell=o.sell, handle=c_handle, level=o.level, qty=o.qty,
+                                       leaves=new_qty, last=False)
+                                with m.If(go):
+                                    m.d.sync += [
+                                        tk_sell.eq(o.sell), tk_limit.eq(new_level), tk_price.eq(new_level - window),
+                                        tk_market.eq(0), tk_qty.eq(new_qty), tk_ioc.eq(0), tk_post.eq(o.post_only),
+                                        tk_modify.eq(1), tk_handle.eq(c_handle), dry.eq(0),
+                                    ]
+                                with m.If(fixup):
+                                    m.d.sync += state.eq(State.FIXUP)
+                                    m.d.comb += continuing.eq(1)
+                                with m.Else():
+                                    m.d.sync += state.eq(State.RE_ENTER)
+                                    m.d.comb += continuing.eq(1)
+
+                        with m.Case(MatcherOp.SET_BASE):
+                            with m.If(alloc.empty):
+                                with m.If(go):
+                                    m.d.sync += base_ok.eq(1)
+                                record(RecordKind.BASE_SET, price=cmd.price)
+                                m.d.comb += finishing.eq(1)
+                            with m.Else():
+                                reject(MatcherReason.BOOK_NOT_EMPTY)
+
+                        with m.Case(MatcherOp.RESET):
+                            m.d.comb += [clear.eq(1), bid_ok_n.eq(0), ask_ok_n.eq(0), finishing.eq(1)]
+                            with m.If(go):
+                                m.d.sync += base_ok.eq(0)
+                            record(RecordKind.RESET_DONE)
+
+                        with m.Default():
+                            reject(MatcherReason.INVALID_COMMAND)
+
+                with m.Case(State.FIXUP):
+                    # The walker's first position straight from its current word (a cycle before
+                    # its registered output): one cycle when the next best shares its word.
+                    with m.If(walker.first_valid | walker.first_none):
+                        set_best(fix_sell, walker.first_level, walker.first_valid)
+                        with m.If(fix_return):
+                            m.d.sync += state.eq(State.RE_ENTER)
+                        with m.Else():
+                            m.d.comb += finishing.eq(1)
+
+                with m.Case(State.RE_ENTER):
+                    # The new level's head/tail and occupancy are in slot C (lvl3, occ), kept fresh
+                    # by snooping the writes of the unlink.
+                    with m.If(crosses(tk_sell, tk_limit, 0)):
+                        with m.If(tk_post):
+                            # A post-only order repriced through the spread is cancelled.
+                            record(RecordKind.CANCELLED, reason=MatcherReason.POST_ONLY, sell=tk_sell,
+                                   handle=tk_handle, level=tk_limit, qty=tk_qty)
+                            m.d.comb += finishing.eq(1)
+                        with m.Else():
+                            begin_sweep()
+                    with m.Else():
+                        rest(alloc.handle, tk_limit, tk_qty, tk_sell, tk_post, tk_occ)
+                        m.d.comb += finishing.eq(1)
+
+                with m.Case(State.SW_LOAD):
+                    m.d.comb += sw_load.eq(1)
+                    m.d.sync += state.eq(State.SW_INIT)
+
+                with m.Case(State.SW_INIT):
+                    m.d.comb += fe_start.eq(1)
+                    m.d.sync += state.eq(State.SWEEP)
+
+                with m.Case(State.SWEEP):
+                    m.d.comb += [fe_run.eq(1), walk_feed.eq(1)]
+                    # Both differences at once, in parallel: their signs say who is done, and no
+                    # adder waits for a comparison.
+                    maker_qty = mk.entry.qty
+                    maker_minus = Signal(qw + 1)  # maker qty - taker remaining
+                    taker_minus = Signal(qw + 1)  # taker remaining - maker qty
+                    maker_done = Signal()
+                    taker_done = Signal()
+                    fill = Signal(qw)
+                    left = Signal(qw)
+                    maker_left = Signal(qw)
+                    m.d.comb += [
+                        maker_minus.eq(maker_qty - sweep_rem),
+                        taker_minus.eq(sweep_rem - maker_qty),
+                        maker_done.eq(~taker_minus[qw]),
+                        taker_done.eq(~maker_minus[qw]),
+                        fill.eq(Mux(maker_done, maker_qty, sweep_rem)),
+                        left.eq(Mux(taker_done, 0, taker_minus[:qw])),
+                        maker_left.eq(Mux(maker_done, 0, maker_minus[:qw])),
+                    ]
+                    with m.If(mk.valid):
+                        m.d.sync += sweep_rem.eq(left)
+                        with m.If(~dry):
+                            record(RecordKind.FILL, sell=~tk_sell, handle=mk.handle, level=mk.level, qty=fill,
+                                   leaves=maker_left, last=taker_done)
+                            with m.If(maker_done):
+                                free_order(mk.entry)
+                            with m.Else():
+                                write_order(mk.entry, qty=maker_left)
+                            with m.If(maker_done & mk.is_tail):
+                                m.d.comb += upd_en.eq(1)
+                        with m.If(taker_done):
+                            with m.If(dry):
+                                # The dry run found enough: sweep for real from the best level.
+                                with m.If(go):
+                                    m.d.sync += dry.eq(0)
+                                begin_sweep()
+                            with m.Elif(~maker_done | ~mk.is_tail):
+                                # The level survives; its head moves to the first maker left.
+                                with m.If(maker_done | ~mk.first):
+                                    write_level(Mux(maker_done, mk.nxt, mk.handle), mk.tail)
+                                set_best(~tk_sell, mk.level)
+                                m.d.comb += finishing.eq(1)
+                            with m.Elif(fe_valid):
+                                # The fetcher already reads the next level's head: that level is the best.
+                                set_best(~tk_sell, fe_level)
+                                m.d.comb += finishing.eq(1)
+                            with m.Elif(fe_end):
+                                set_best(~tk_sell, fe_end_level, fe_end_ok)
+                                m.d.comb += finishing.eq(1)
+                            with m.Else():
+                                m.d.sync += state.eq(State.SW_END)
+                    with m.Elif(fe_end & ~fe_valid):
+                        # No more crossing liquidity: the first level not reached (if any) is the new best.
+                        with m.If(dry):
+                            record(RecordKind.CANCELLED, reason=MatcherReason.FOK, sell=tk_sell, price=tk_price,
+                                   qty=tk_qty)
+                            with m.If(go):
+                                m.d.sync += dry.eq(0)
+                            m.d.comb += finishing.eq(1)
+                        with m.Else():
+                            set_best(~tk_sell, fe_end_level, fe_end_ok)
+                            m.d.sync += state.eq(State.REMAINDER)
+
+                with m.Case(State.SW_END):
+                    # The taker used up a level exactly: the level after it (if any) is the new best,
+                    # as soon as the fetcher (waiting at the level boundary) has found it.
+                    m.d.comb += [fe_run.eq(1), walk_feed.eq(1)]
+                    with m.If(fe_valid):
+                        set_best(~tk_sell, fe_level)
+                        m.d.comb += finishing.eq(1)
+                    with m.Elif(fe_end & ~fe_valid):
+                        set_best(~tk_sell, fe_end_level, fe_end_ok)
+                        m.d.comb += finishing.eq(1)
+
+                with m.Case(State.REMAINDER):
+                    with m.If(tk_modify):
+                        rest(alloc.handle, tk_limit, sweep_rem, tk_sell, tk_post, 0)
+                    with m.Elif(tk_market | tk_ioc):
+                        record(RecordKind.CANCELLED, reason=MatcherReason.IOC, sell=tk_sell, price=tk_price,
+                               qty=sweep_rem)
+                    with m.Elif(alloc.full):
+                        record(RecordKind.CANCELLED, reason=MatcherReason.BOOK_FULL, sell=tk_sell, price=tk_price,
+                               qty=sweep_rem)
+                    with m.Else():
+                        rest(alloc.handle, tk_limit, sweep_rem, tk_sell, 0, 0)
+                    m.d.comb += finishing.eq(1)
+
+        # -- port addressing: by state and command kind (registers) only ------------------------
+        is_new = cmd.op == MatcherOp.NEW
+        with m.Switch(state):
+            with m.Case(State.EXEC):
+                m.d.comb += [
+                    rest_lvl.eq(c.lvl1),
+                    ord_w.addr.eq(Mux(is_new, alloc.handle, c_handle)),
+                    nxt_w.addr.eq(Mux(is_new, c.lvl1.tail, c.prv)),
+                    nxt_w.data.eq(Mux(is_new, alloc.handle, c.nxt)),
+                    prv_w.addr.eq(Mux(is_new, alloc.handle, c.nxt)),
+                    prv_w.data.eq(Mux(is_new, c.lvl1.tail, c.prv)),
+                    lvl_w.addr.eq(Mux(is_new, c.level, c.ref_level)),
+                    bitmap.upd_level.eq(Mux(is_new, c.level, c.ref_level)),
+                    bitmap.upd_set.eq(is_new),
+                    alloc.free_handle.eq(c_handle),
+                    # A new order sweeps from the best opposite level; a cancel or modify that
+                    # empties its side's best level walks away from it.
+                    fe_start_level.eq(opp_best(c_sell)),
+                    fe_start_entry.eq(c.lvl2),
+                    walker.start_level.eq(Mux(is_new, opp_best(c_sell), c.ref_level)),
+                    walker.desc.eq(Mux(is_new, c_sell, ~c_sell)),
+                ]
+            with m.Case(State.SWEEP):
+                m.d.comb += [
+                    ord_w.addr.eq(mk.handle),
+                    lvl_w.addr.eq(mk.level),
+                    bitmap.upd_level.eq(mk.level),
+                    bitmap.upd_set.eq(0),
+                    alloc.free_handle.eq(mk.handle),
+                    fe_start_level.eq(opp_best(tk_sell)),  # a fill-or-kill dry run restarts
+                    fe_start_entry.eq(tk_lvl2),
+                    walker.start_level.eq(opp_best(tk_sell)),
+                    walker.desc.eq(tk_sell),
+                ]
+            with m.Default():  # RE_ENTER, REMAINDER rest at tk_limit; SW_INIT/RE_ENTER start sweeps
+                m.d.comb += [
+                    rest_lvl.eq(tk_lvl3),
+                    ord_w.addr.eq(alloc.handle),
+                    nxt_w.addr.eq(tk_lvl3.tail),
+                    nxt_w.data.eq(alloc.handle),
+                    prv_w.addr.eq(alloc.handle),
+                    prv_w.data.eq(tk_lvl3.tail),
+                    lvl_w.addr.eq(tk_limit),
+                    bitmap.upd_level.eq(tk_limit),
+                    bitmap.upd_set.eq(1),
+                    fe_start_level.eq(opp_best(tk_sell)),
+                    fe_start_entry.eq(Mux(state == State.SW_INIT, lvlw_r.data, tk_lvl2)),
+                    walker.start_level.eq(opp_best(tk_sell)),
+                    walker.desc.eq(tk_sell),
+                ]
+
+        # -- slot movement -------------------------------------------------------------------
+        # Slot C is consumed by EXEC whatever the outcome (a continuing command keeps its state in
+        # the tk_* registers), so the slots advance on the state register alone: this keeps the
+        # enables of several hundred flip-flops off the deep decision logic.
+        advance = Signal()
+        m.d.comb += advance.eq((state == State.IDLE) | (state == State.EXEC))
+        next_valid = Signal()
+        m.d.comb += next_valid.eq(slot_h0.valid | slot_f.valid)
+        with m.If(go):
+            with m.If(advance):
+                with m.If(slot_h0.valid):
+                    m.d.sync += [slot_c.eq(h0), slot_h0.eq(Mux(slot_h1.valid, h1, f)), slot_h1.eq(f)]
+                    m.d.sync += slot_h1.valid.eq(slot_h1.valid & slot_f.valid)
+                    m.d.sync += slot_h0.valid.eq(slot_h1.valid | slot_f.valid)
+                with m.Else():
+                    m.d.sync += [slot_c.eq(f), slot_h0.valid.eq(0), slot_h1.valid.eq(0)]
+                    m.d.sync += slot_c.valid.eq(slot_f.valid)
+            with m.Else():
+                m.d.sync += [slot_c.eq(c_next), slot_h0.eq(h0), slot_h1.eq(h1)]
+                with m.If(slot_f.valid):
+                    with m.If(~slot_h0.valid):
+                        m.d.sync += slot_h0.eq(f)
+                    with m.Else():
+                        m.d.sync += slot_h1.eq(f)
+            # EXEC/IDLE go on to the next command unless continuing; a continuation that finishes
+            # goes to EXEC if a command waits in slot C.
+            with m.If(advance & ~continuing):
+                m.d.sync += state.eq(Mux(next_valid, State.EXEC, State.IDLE))
+            with m.Elif(~advance & finishing):
+                m.d.sync += state.eq(Mux(slot_c.valid, State.EXEC, State.IDLE))
+        return m
+
+
+def default_matcher() -> Matcher:
+    """The matcher at its default size: 4096 orders, +-1024 ticks, 32-bit quantities."""
+    return Matcher(MatcherConfig())
+
+
+def small_matcher() -> Matcher:
+    """A small instance (16 orders, +-16 ticks) that fills up and hits window edges quickly."""
+    return Matcher(MatcherConfig(max_orders=16, window_ticks=16, group_width=8))
