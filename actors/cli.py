@@ -47,12 +47,38 @@ def cmd_match(args: argparse.Namespace) -> int:
         print(f"backend={args.backend} messages={result['messages']} rounds={result['rounds']} "
               f"events_per_msg={result['events_per_msg']:.3f} ns_per_msg={result['ns_per_msg']:.1f} "
               f"msgs_per_s={result['msgs_per_s']:.1f}")
+        if args.backend == "sim":
+            # Simulated clock cycles of the gateware matcher (the wall time above is the simulator's).
+            from sim.matcher_backend import bench_report
+
+            print(bench_report(factory))
         return 0
     out = sys.stdout
-    replay_to_jsonl(commands, make_exchange(), out)
+    try:
+        replay_to_jsonl(commands, make_exchange(), out)
+    except BackendUnavailable as exc:  # e.g. a card that does not answer, or a second symbol on one card
+        print(f"matchwire match: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # a card that failed a command (host.card.CardError) stops the replay
+        if args.backend == "software":
+            raise
+        print(f"matchwire match: {exc}", file=sys.stderr)
+        return 1
     out.flush()
     return 0
 
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    """The card: ``sim`` serves a simulated card on a TCP port until interrupted."""
+    from sim.card_sim import serve
+
+    try:
+        return serve(port=args.port, host=args.host, simulator=args.simulator, preset=args.matcher,
+                     announce=lambda line: print(line, flush=True))
+    except (ValueError, RuntimeError, AssertionError) as exc:
+        print(f"matchwire card sim: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -96,8 +122,21 @@ def cmd_itch(args: argparse.Namespace) -> int:
     """ITCH 5.0 file tools: decode to JSON lines, rebuild the book, count messages."""
     from exchange import itch_tools
 
+    if args.backend == "sim":
+        # The gateware decoder (hdl.itch) simulated on Icarus or Verilator; see docs/itch-hdl.md.
+        if args.action != "decode":
+            print("matchwire itch: --backend sim supports 'decode' only", file=sys.stderr)
+            return 2
+        from sim.itch_backend import cmd_decode as sim_decode
+        from sim.runner import simulator_available
+
+        if not simulator_available(args.simulator):
+            print(f"matchwire itch: simulator {args.simulator!r} is not available", file=sys.stderr)
+            return 2
+        return sim_decode(args.file, sys.stdout, sys.stderr, simulator=args.simulator)
     if args.backend != "software":
-        print(f"matchwire itch: backend {args.backend!r} is not available; use 'software'", file=sys.stderr)
+        print(f"matchwire itch: backend {args.backend!r} is not available; use 'software' or 'sim'",
+              file=sys.stderr)
         return 2
     if args.action == "decode":
         return itch_tools.cmd_decode(args.file, sys.stdout, sys.stderr)
@@ -186,13 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     match = verbs.add_parser("match", help="replay a JSONL command script and print the events")
     match.add_argument("script", help="JSON-lines command script ('-' for standard input)")
     match.add_argument("--instruments", metavar="FILE", help="TOML file of [[instrument]] tables")
-    match.add_argument("--backend", default="software", help="matcher behind each book (default: software)")
+    match.add_argument("--backend", default="software",
+                       help="matcher behind each book: software, card (with --link), ... (default: software)")
     match.add_argument("--simulator", default="icarus", choices=["icarus", "verilator"],
                        help="HDL simulator for --backend sim")
     match.add_argument("--link", metavar="URL", help="card link for --backend card (pyserial URL)")
     match.add_argument("--bench", action="store_true", help="time the engine alone over the script")
     match.add_argument("--min-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
     match.set_defaults(func=cmd_match)
+
+    card = verbs.add_parser("card", help="the FPGA card: serve a simulated one (see docs/card.md)")
+    card_verbs = card.add_subparsers(dest="action", required=True, metavar="ACTION")
+    card_sim = card_verbs.add_parser("sim", help="run the card top under cocotb and serve its link on a TCP port")
+    card_sim.add_argument("--port", type=int, default=0, help="TCP port (default: any free one; the URL is printed)")
+    card_sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    card_sim.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"],
+                          help="HDL simulator (default verilator)")
+    card_sim.add_argument("--matcher", default="default", choices=["default", "small"],
+                          help="matcher size: default (as on the ULX3S) or small (as on the iCEBreaker)")
+    card_sim.set_defaults(func=cmd_card)
 
     itch = verbs.add_parser("itch", help="ITCH 5.0 file tools (plain or gzip)")
     itch_verbs = itch.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -201,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                          ("stats", "count messages by type")):
         sub = itch_verbs.add_parser(action, help=text)
         sub.add_argument("file", help="ITCH 5.0 file: 2-byte big-endian length before each message")
-        sub.add_argument("--backend", default="software", help="decoder (default: software)")
+        sub.add_argument("--backend", default="software", help="decoder: software (default) or sim (gateware)")
+        sub.add_argument("--simulator", default="icarus", choices=["icarus", "verilator"],
+                         help="HDL simulator for --backend sim")
         if action == "book":
             sub.add_argument("--symbol", help="only this symbol")
             sub.add_argument("--depth", type=int, default=5, help="price levels per side (default 5)")
