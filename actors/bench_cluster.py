@@ -21,6 +21,7 @@ from pathlib import Path
 from actors.client import ClusterClient
 from actors.cluster import Cluster
 from actors.config import load_config
+from actors.ports import free_port_block
 from exchange.orders import CancelOrder, NewOrder, Side, TimeInForce
 
 SYMBOLS = ("AAPL", "MSFT", "GOOG", "TSLA")
@@ -251,27 +252,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _free_base(count: int = 100) -> int:
-    import socket
-
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count < 65000:
-            ok = True
-            for port in range(base, base + count):
-                with socket.socket() as s:
-                    try:
-                        s.bind(("127.0.0.1", port))
-                    except OSError:
-                        ok = False
-                        break
-            if ok:
-                return base
-    raise RuntimeError("no free port block")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="end-to-end cluster throughput and latency (open loop)")
     parser.add_argument("--rates", help="offered commands/s, comma list (default 5000,10000,25000,50000,100000; "
@@ -306,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         for book_nodes in [int(n) for n in args.book_nodes.split(",")]:
             work = Path(tempfile.mkdtemp(prefix="matchwire-bench-"))
             path = work / "cluster.toml"
-            path.write_text(_config_text(_free_base(), book_nodes, fsync=policy))
+            path.write_text(_config_text(free_port_block(100), book_nodes, fsync=policy))
             config = load_config(path)
             cluster = Cluster(config, str(path), log_dir=work / "logs")
             try:

@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
 from actors.cluster import Cluster
 from actors.config import load_config
-
-
-def free_port_block(count: int) -> int:
-    """A base port with ``count`` consecutive free ports after it (best effort, loopback only)."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count >= 65000:
-            continue
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                sockets.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no free port block")
+from actors.ports import free_port_block
 
 
 def write_config(tmp_path: Path, *, send_hwm: int = 1000, max_backlog: int = 64, transport: str = "tcp",
