@@ -162,8 +162,16 @@ class Matcher(wiring.Component):
         # (the FIFO had three free entries last cycle; at most one record is emitted a cycle and
         # written a cycle later), so it never depends on the sink's ready and fans out from a
         # flip-flop.
-        go = Signal()
-        m.d.sync += go.eq(out.level < self.out_depth - 3)
+        # Four copies share its fan-out (one register would cost nanoseconds of routing). They
+        # differ only in reset value and reset (which only matters while the core is in reset
+        # anyway), so that synthesis cannot merge them back into one.
+        go_next = Signal()
+        m.d.comb += go_next.eq(out.level < self.out_depth - 3)
+        go_copies = [Signal(name=f"go_{k}", init=k & 1, reset_less=bool(k & 2)) for k in range(4)]
+        m.d.sync += [copy.eq(go_next) for copy in go_copies]
+        go_slot_c, go_slot_h, go, go_mem = go_copies
+        go_in = go_ev = go
+        go_walk = go_fetch = go_mem
 
         # -- command slots ----------------------------------------------------------------------
         slot_shape = data.StructLayout({
@@ -258,7 +266,7 @@ class Matcher(wiring.Component):
         waiting = Signal(range(4))
         m.d.comb += waiting.eq(slot_f.valid + slot_h0.valid + slot_h1.valid)
         accept = Signal()
-        m.d.comb += [self.i.ready.eq(go & (waiting <= 1)), accept.eq(self.i.valid & self.i.ready)]
+        m.d.comb += [self.i.ready.eq(go_in & (waiting <= 1)), accept.eq(self.i.valid & self.i.ready)]
         m.d.comb += [
             ord_r.addr.eq(p.handle), nxt_r.addr.eq(p.handle), prv_r.addr.eq(p.handle),
             lvl1_r.addr.eq(Mux(p.op == MatcherOp.NEW, level_of(p.price), level_of(p.ref))),
@@ -266,7 +274,7 @@ class Matcher(wiring.Component):
             lvl3_r.addr.eq(level_of(p.price)),
         ]
         m.d.comb += [port.en.eq(accept) for port in (ord_r, nxt_r, prv_r, lvl1_r, lvl2_r, lvl3_r)]
-        with m.If(go):
+        with m.If(go_in):
             m.d.sync += slot_f.valid.eq(accept)
             with m.If(accept):
                 m.d.sync += [
@@ -326,7 +334,7 @@ class Matcher(wiring.Component):
         # Records are registered before the FIFO: the record mux is deep, the FIFO's RAM is not.
         ev_q = Signal(self.event_shape)
         emit_q = Signal()
-        m.d.sync += [ev_q.eq(ev), emit_q.eq(emit & go)]
+        m.d.sync += [ev_q.eq(ev), emit_q.eq(emit & go_ev)]
         m.d.comb += [out.w_data.eq(ev_q), out.w_en.eq(emit_q)]
 
         def record(kind, *, reason=MatcherReason.NONE, sell=0, handle=0, level=None, price=None, qty=0, leaves=0,
@@ -351,11 +359,12 @@ class Matcher(wiring.Component):
         ord_we, nxt_we, prv_we, lvl_we = Signal(), Signal(), Signal(), Signal()
         upd_en, alloc_take, free_en, walk_start, clear = Signal(), Signal(), Signal(), Signal(), Signal()
         m.d.comb += [
-            ord_w.en.eq(ord_we & go), nxt_w.en.eq(nxt_we & go), prv_w.en.eq(prv_we & go), lvl_w.en.eq(lvl_we & go),
-            bitmap.upd_en.eq(upd_en & go),
-            alloc.alloc.eq(alloc_take & go), alloc.free.eq(free_en & go),
-            walker.start.eq(walk_start & go),
-            bitmap.clear.eq(clear & go), alloc.clear.eq(clear & go),
+            ord_w.en.eq(ord_we & go_mem), nxt_w.en.eq(nxt_we & go_mem), prv_w.en.eq(prv_we & go_mem),
+            lvl_w.en.eq(lvl_we & go_mem),
+            bitmap.upd_en.eq(upd_en & go_mem),
+            alloc.alloc.eq(alloc_take & go_mem), alloc.free.eq(free_en & go_mem),
+            walker.start.eq(walk_start & go_walk),
+            bitmap.clear.eq(clear & go_mem), alloc.clear.eq(clear & go_mem),
         ]
 
         # Write addresses, free handles and the bitmap position are chosen by the state and the
@@ -419,18 +428,23 @@ class Matcher(wiring.Component):
         inflight = Signal()  # a walker level is being read on lvlw_r: queue it next cycle
         inflight_level = Signal(lb)
         walk_read = Signal()
+        # The next level to read: the walker's output register, or, when that has run empty, its
+        # current position taken directly (saves a cycle at the start of a sweep).
+        feed_level = Signal(lb)
         m.d.comb += [
-            walker.ready.eq(walk_feed & go & (queue.count + inflight < self.queue_depth)),
-            walk_read.eq(walker.valid & walker.ready),
+            walker.ready.eq(walk_feed & go_walk & (queue.count + inflight < self.queue_depth)),
+            walk_read.eq(walker.ready & (walker.valid | walker.first_valid)),
+            walker.take_first.eq(walk_read & ~walker.valid),
+            feed_level.eq(Mux(walker.valid, walker.level, walker.first_level)),
         ]
         sw_load = Signal()  # SW_LOAD uses lvlw_r
         with m.If(sw_load):
-            m.d.comb += [lvlw_r.addr.eq(opp_best(tk_sell)), lvlw_r.en.eq(go)]
+            m.d.comb += [lvlw_r.addr.eq(opp_best(tk_sell)), lvlw_r.en.eq(go_walk)]
         with m.Else():
-            m.d.comb += [lvlw_r.addr.eq(walker.level), lvlw_r.en.eq(walk_read)]
+            m.d.comb += [lvlw_r.addr.eq(feed_level), lvlw_r.en.eq(walk_read)]
         queue_flush, bypass_take, queue_pop = Signal(), Signal(), Signal()
-        with m.If(go):
-            m.d.sync += [inflight.eq(walk_read & ~queue_flush), inflight_level.eq(walker.level)]
+        with m.If(go_walk):
+            m.d.sync += [inflight.eq(walk_read & ~queue_flush), inflight_level.eq(feed_level)]
             with m.If(queue_flush):
                 m.d.sync += inflight.eq(0)
         inflight_entry = Signal(entry_shape)
@@ -440,9 +454,9 @@ class Matcher(wiring.Component):
             inflight_entry.head.eq(lvlw_r.data.head),
             inflight_entry.tail.eq(lvlw_r.data.tail),
             queue.data.eq(inflight_entry),
-            queue.push.eq(inflight & go & ~queue_flush & ~bypass_take),
-            queue.pop.eq(queue_pop & go),
-            queue.flush.eq(queue_flush & go),
+            queue.push.eq(inflight & go_walk & ~queue_flush & ~bypass_take),
+            queue.pop.eq(queue_pop & go_walk),
+            queue.flush.eq(queue_flush & go_walk),
             queue_head.eq(queue.head),
         ]
         # The next opposite level in walk order with its head and tail: queued, else in flight.
@@ -480,7 +494,7 @@ class Matcher(wiring.Component):
         fe_addr = Signal(hb)
         fe_issue = Signal()
         m.d.comb += [ordf_r.addr.eq(fe_addr), nxtf_r.addr.eq(fe_addr),
-                     ordf_r.en.eq(fe_issue & go), nxtf_r.en.eq(fe_issue & go)]
+                     ordf_r.en.eq(fe_issue & go_fetch), nxtf_r.en.eq(fe_issue & go_fetch)]
 
         def fetch(handle, level, tail, first):
             m.d.comb += [fe_addr.eq(handle), fe_issue.eq(1)]
@@ -502,7 +516,7 @@ class Matcher(wiring.Component):
             with m.Else():
                 m.d.sync += [fe_valid.eq(0), fe_wait.eq(1)]
 
-        with m.If(go):
+        with m.If(go_fetch):
             with m.If(fe_start):
                 # The first level's head/tail are given: fetch its head, start the walker beyond it.
                 m.d.comb += [walk_start.eq(1), queue_flush.eq(1)]
@@ -858,22 +872,27 @@ class Matcher(wiring.Component):
         m.d.comb += advance.eq((state == State.IDLE) | (state == State.EXEC))
         next_valid = Signal()
         m.d.comb += next_valid.eq(slot_h0.valid | slot_f.valid)
-        with m.If(go):
+        with m.If(go_slot_c):
             with m.If(advance):
-                with m.If(slot_h0.valid):
-                    m.d.sync += [slot_c.eq(h0), slot_h0.eq(Mux(slot_h1.valid, h1, f)), slot_h1.eq(f)]
-                    m.d.sync += slot_h1.valid.eq(slot_h1.valid & slot_f.valid)
-                    m.d.sync += slot_h0.valid.eq(slot_h1.valid | slot_f.valid)
-                with m.Else():
-                    m.d.sync += [slot_c.eq(f), slot_h0.valid.eq(0), slot_h1.valid.eq(0)]
+                m.d.sync += slot_c.eq(Mux(slot_h0.valid, h0, f))
+                with m.If(~slot_h0.valid):
                     m.d.sync += slot_c.valid.eq(slot_f.valid)
             with m.Else():
-                m.d.sync += [slot_c.eq(c_next), slot_h0.eq(h0), slot_h1.eq(h1)]
+                m.d.sync += slot_c.eq(c_next)
+        with m.If(go_slot_h):
+            with m.If(advance):
+                # H1 moves up to H0 and F's command joins behind whatever waits.
+                m.d.sync += [slot_h0.eq(Mux(slot_h1.valid, h1, f)), slot_h1.eq(f)]
+                m.d.sync += slot_h0.valid.eq(slot_h0.valid & (slot_h1.valid | slot_f.valid))
+                m.d.sync += slot_h1.valid.eq(slot_h1.valid & slot_f.valid)
+            with m.Else():
+                m.d.sync += [slot_h0.eq(h0), slot_h1.eq(h1)]
                 with m.If(slot_f.valid):
                     with m.If(~slot_h0.valid):
                         m.d.sync += slot_h0.eq(f)
                     with m.Else():
                         m.d.sync += slot_h1.eq(f)
+        with m.If(go):
             # EXEC/IDLE go on to the next command unless continuing; a continuation that finishes
             # goes to EXEC if a command waits in slot C.
             with m.If(advance & ~continuing):

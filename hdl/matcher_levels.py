@@ -99,8 +99,13 @@ class LevelBitmap(wiring.Component):
         upd_read = words.read_port(domain="comb")
         walk_read = words.read_port(domain="comb")
         query_read = words.read_port(domain="comb")
-        start_read = words.read_port(domain="comb")
         write = words.write_port()
+        # The start word comes from a copy of its own: on a shared memory, synthesis would merge
+        # its port with the walker's (the walker selects between the two words) and put the
+        # walker's late ``start`` in front of the RAM address.
+        m.submodules.start_words = start_words = Memory(shape=gw, depth=self.groups, init=[])
+        start_read = start_words.read_port(domain="comb")
+        start_write = start_words.write_port()
 
         group = Signal(self.group_bits)
         bit = Signal(shift)
@@ -122,6 +127,9 @@ class LevelBitmap(wiring.Component):
             write.addr.eq(group),
             write.data.eq(new_word),
             write.en.eq(self.upd_en & ~self.clear),
+            start_write.addr.eq(group),
+            start_write.data.eq(new_word),
+            start_write.en.eq(self.upd_en & ~self.clear),
         ]
         with m.If(self.clear):
             m.d.sync += self.summary.eq(0)
@@ -151,7 +159,9 @@ class LevelWalker(wiring.Component):
     For a caller that only wants the first position (the matcher's best-price repair), the
     cycle after ``start`` shows it a cycle early and combinationally: ``first_valid`` and
     ``first_level``, or ``first_none`` when nothing is beyond the start (neither is set while a
-    further word is still being loaded). Connect ``summary``,
+    further word is still being loaded). While ``valid`` is low, ``take_first`` takes that
+    position straight away (the caller uses ``first_level`` this cycle) instead of letting it
+    into the output register: a cycle saved whenever the output register has run empty. Connect ``summary``,
     ``word_group`` and ``word`` to a :class:`LevelBitmap` (its walker port). The walk works on a
     snapshot: positions beyond the start must not change while it runs (the matcher only
     changes positions it has already passed).
@@ -182,6 +192,7 @@ class LevelWalker(wiring.Component):
             "first_valid": Out(1),
             "first_level": Out(self.level_bits),
             "first_none": Out(1),
+            "take_first": In(1),
         })
 
     def elaborate(self, platform) -> Module:
@@ -234,7 +245,7 @@ class LevelWalker(wiring.Component):
             ]
         with m.Else():
             with m.If(advance):
-                m.d.sync += [self.valid.eq(any_bits), self.level.eq(Cat(bit, cur_group))]
+                m.d.sync += [self.valid.eq(any_bits & ~self.take_first), self.level.eq(Cat(bit, cur_group))]
             with m.If(load):
                 m.d.sync += [
                     cur_word.eq(self.word),

@@ -15,7 +15,8 @@ from amaranth.sim import Simulator
 
 from exchange.instruments import Instrument
 from exchange.matcher_format import MatcherConfig
-from hdl.matcher import Matcher
+from hdl.formats import struct_layout
+from hdl.matcher import Matcher, default_matcher, small_matcher
 from hdl.matcher_alloc import HandleAllocator
 from hdl.matcher_levels import LevelBitmap, LevelQueue, LevelWalker, first_set
 from sim.matcher_backend import (
@@ -57,11 +58,11 @@ def test_config_and_parameters_exclusive():
 
 
 def test_default_size_meets_the_issue():
-    matcher = Matcher()
-    assert matcher.config.max_orders >= 4096 and matcher.config.window_ticks >= 1024
-    assert matcher.command_shape.size == matcher.config.command_layout.width
-    assert matcher.event_shape.size == matcher.config.event_layout.width
-    Module().submodules.matcher = matcher  # used, so Amaranth does not warn
+    config = MatcherConfig()
+    assert config.max_orders >= 4096 and config.window_ticks >= 1024
+    assert struct_layout(config.command_layout).size == config.command_layout.width
+    assert struct_layout(config.event_layout).size == config.event_layout.width
+    assert default_matcher.__doc__ and small_matcher.__doc__
 
 
 # -- priority encoder ---------------------------------------------------------------------------------
