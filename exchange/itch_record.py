@@ -11,10 +11,9 @@ next of 8/16/32/64 bits. Nothing here repeats a width or an offset of the protoc
 
 Record fields, in layout order (first field in the least significant bits of the gateware payload):
 
-* ``status`` (:class:`ItchStatus`), ``type`` (the type byte, 0 when it never arrived),
+* ``status`` (:class:`ItchStatus`), ``type`` (the type byte; 0 for ZERO_LENGTH and truncated frames),
   ``offset`` (of the frame's length prefix within its packet), ``length`` (the length prefix),
-  ``detail`` (TRUNCATED: body bytes that arrived; NON_ASCII: index in the message of the first
-  non-ASCII byte; otherwise 0);
+  ``detail`` (TRUNCATED: body bytes that arrived; otherwise 0);
 * the message fields (:data:`MESSAGE_FIELDS`). Only records with status OK or NON_ASCII carry them,
   and only those of the record's type; every other message field is 0.
 
@@ -74,7 +73,7 @@ class ItchStatus(IntEnum):
     UNKNOWN_TYPE = 2  # the type byte is not an ITCH 5.0 type
     BAD_LENGTH = 3  # the length prefix disagrees with the type's length
     ZERO_LENGTH = 4  # a length prefix of 0
-    NON_ASCII = 5  # a book type with a byte above 0x7F in an alpha field (fields present, detail = index)
+    NON_ASCII = 5  # a book type with a byte above 0x7F in an alpha field (its fields are present)
     TRUNCATED = 6  # the packet ended inside the message (detail = body bytes received)
     TRUNCATED_PREFIX = 7  # the packet ended after the first byte of a length prefix
 
@@ -159,13 +158,12 @@ def _raw_of(source: Source, value: int) -> bytes:
     return value.to_bytes(source.width, "big")
 
 
-def record_from_message(wire: bytes, *, offset: int, status: ItchStatus = ItchStatus.OK,
-                        detail: int = 0) -> dict[str, int]:
+def record_from_message(wire: bytes, *, offset: int, status: ItchStatus = ItchStatus.OK) -> dict[str, int]:
     """The record of a well-formed book-type message ``wire`` (type byte first, no length prefix) whose
     length prefix sits at ``offset`` of its packet: every layout field as a raw integer."""
     code = chr(wire[0])
     record = _zero_record()
-    record.update(status=int(status), type=wire[0], offset=offset, length=len(wire), detail=detail)
+    record.update(status=int(status), type=wire[0], offset=offset, length=len(wire))
     for source in SOURCES[code]:
         record[source.field] = _field_value(source, wire[source.offset : source.offset + source.width])
     return record
@@ -189,13 +187,15 @@ def record_to_message(record: Mapping[str, int]) -> ItchMessage:
     return msg
 
 
-def _non_ascii(record: Mapping[str, int]) -> tuple[Source, int]:
-    """The alpha field holding message byte ``detail`` of a NON_ASCII record, and that byte's value."""
-    index = record["detail"]
-    for source in SOURCES[chr(record["type"])]:
-        if source.kind == ALPHA and source.offset <= index < source.offset + source.width:
-            return source, _raw_of(source, record[source.field])[index - source.offset]
-    raise ValueError(f"NON_ASCII record names byte {index}, which is in no alpha field")
+def _non_ascii(record: Mapping[str, int]) -> tuple[int, Source, int]:
+    """The first byte above 0x7F, in message order, of a NON_ASCII record's alpha fields: (index in the
+    message, its field, its value). The record carries those fields, so the gateware need not say where."""
+    sources = sorted((s for s in SOURCES[chr(record["type"])] if s.kind == ALPHA), key=lambda s: s.offset)
+    for source in sources:
+        for i, byte in enumerate(_raw_of(source, record[source.field])):
+            if byte > 0x7F:
+                return source.offset + i, source, byte
+    raise ValueError("NON_ASCII record without a non-ASCII byte in its alpha fields")
 
 
 def error_reason(record: Mapping[str, int]) -> tuple[int, str]:
@@ -215,8 +215,8 @@ def error_reason(record: Mapping[str, int]) -> tuple[int, str]:
         return offset, (f"length prefix {n} disagrees with the {MESSAGE_SPECS[code].length}-byte length"
                         f" of {code!r} messages")
     if status is ItchStatus.NON_ASCII:
-        source, byte = _non_ascii(record)
-        return (offset + 2 + record["detail"],
+        index, source, byte = _non_ascii(record)
+        return (offset + 2 + index,
                 f"non-ASCII byte 0x{byte:02x} in field {source.itch_name!r} of {chr(record['type'])!r}")
     if status is ItchStatus.TRUNCATED:
         return offset, f"truncated message: length prefix says {n} bytes, only {record['detail']} remain"
@@ -289,7 +289,7 @@ def reference_records(payload: bytes | memoryview) -> list[dict[str, int]]:
         record["length"] = n
         body = data[pos + 2 : pos + 2 + n]
         if len(body) < n:
-            record.update(status=ItchStatus.TRUNCATED, detail=len(body), type=body[0] if body else 0)
+            record.update(status=ItchStatus.TRUNCATED, detail=len(body))
             out.append(record)
             break
         pos += 2 + n
@@ -308,9 +308,8 @@ def reference_records(payload: bytes | memoryview) -> list[dict[str, int]]:
         else:
             try:
                 decode_message(body)
-            except ItchDecodeError as exc:
-                record = record_from_message(body, offset=record["offset"], status=ItchStatus.NON_ASCII,
-                                             detail=exc.offset)
+            except ItchDecodeError:
+                record = record_from_message(body, offset=record["offset"], status=ItchStatus.NON_ASCII)
             else:
                 record = record_from_message(body, offset=record["offset"])
         out.append(record)
