@@ -241,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     card_sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     card_sim.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"],
                           help="HDL simulator (default verilator)")
-    card_sim.add_argument("--matcher", default="default", choices=["default", "small"],
-                          help="matcher size: default (as on the ULX3S) or small (as on the iCEBreaker)")
+    card_sim.add_argument("--matcher", default="default", choices=["default", "medium", "small"],
+                          help="matcher size: default (as on the ULX3S-85F), medium (iCESugar-Pro) or small")
     card_sim.set_defaults(func=cmd_card)
 
     itch = verbs.add_parser("itch", help="ITCH 5.0 file tools (plain or gzip)")

