@@ -8,6 +8,7 @@ sequence number) and then tells everyone it is back (a RECOVERED report).
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import gateway_number_of
+from actors.durable import RESEND_REQUEST, resend_done_record
 from exchange.engine import Book
 from exchange.journal import JournalWriter, recover
 from exchange.layout import LayoutError
@@ -22,6 +24,7 @@ from exchange.orders import Accepted, Cancelled, Event, Fill, Modified, Rejected
 from exchange.wire import (
     ORDER_SIZE,
     REPORT,
+    REPORT_SIZE,
     EventKind,
     MessageKind,
     event_to_record,
@@ -32,6 +35,7 @@ from exchange.wire import (
 log = logging.getLogger("matchwire.book")
 
 _REPORTS = MessageKind.REPORTS
+RECENT_EVENTS = 200_000  # events kept in memory for re-send requests of recovering receivers
 MATCH_SHIFT = 40  # cluster match number = (instrument number + 1) << 40 | the book's match number
 _CLIENT_EVENTS = (Accepted, Rejected, Cancelled, Modified, Fill)
 
@@ -68,6 +72,8 @@ class BookActor(ClusterActor):
         self.since_snapshot = 0
         self.last_snapshot = time.monotonic()
         self.recovery: str | None = None
+        # Recent events, for receivers that recover and ask for what they missed (actors/durable.py).
+        self.recent: collections.deque = collections.deque(maxlen=RECENT_EVENTS)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -128,6 +134,9 @@ class BookActor(ClusterActor):
         return self.gateway_indices[number] if 0 <= number < len(self.gateway_indices) else None
 
     def handle_batch(self, batch) -> None:  # noqa: ANN001
+        if batch.kind is MessageKind.REPORTS:
+            self._resend_requests(batch)
+            return
         if batch.kind is not MessageKind.ORDERS:
             self.count("unexpected_batches")
             return
@@ -157,16 +166,53 @@ class BookActor(ClusterActor):
             journal.commit()
             self.since_snapshot += batch.count
 
-    def _route(self, event: Event, trace_ns: int, source: int | None) -> None:
-        add = self.outbox.add  # type: ignore[union-attr]
+    def _resend_requests(self, batch) -> None:  # noqa: ANN001
+        """A recovered gateway, risk shard or market-data actor asks for its events after a sequence number."""
+        try:
+            offsets = iter_records(batch.payload, REPORT_SIZE, batch.count)
+        except LayoutError:
+            self.count("malformed_batches")
+            return
+        for offset in offsets:
+            fields = REPORT.struct.unpack_from(batch.payload, offset)
+            if fields[0] != EventKind.RECOVERED or fields[7] != RESEND_REQUEST:
+                self.count("unexpected_reports")
+                continue
+            after = fields[17]
+            self.count("resend_requests")
+            if self.recent and self.recent[0][0] > after + 1:
+                # Older events are gone from memory: the receiver gets what is kept (and it is counted).
+                self.count("resend_gaps")
+                log.error("%s: %s asked for events after %d, the oldest kept is %d", self.name,
+                          self.config.actor_names[batch.source], after, self.recent[0][0])
+            resent = 0
+            for seq, event, trace_ns, source in self.recent:
+                if (seq or 0) > after:
+                    resent += self._route(event, trace_ns, source, only=batch.source)
+            self.count("resent_events", resent)
+            self.outbox.add(batch.source, _REPORTS, resend_done_record(self.symbol, getattr(self.book, "seq", 0)))  # type: ignore[union-attr]
+
+    def _route(self, event: Event, trace_ns: int, source: int | None, only: int | None = None) -> int:
+        if only is None:
+            self.recent.append((event[0], event, trace_ns, source))
+            add = self.outbox.add  # type: ignore[union-attr]
+        else:
+            outbox_add = self.outbox.add  # type: ignore[union-attr]
+            sent = [0]
+
+            def add(index: int, kind: MessageKind, record: bytes) -> None:
+                if index == only:
+                    outbox_add(index, kind, record)
+                    sent[0] += 1
         kind = type(event)
-        if kind is Fill:
+        if kind is Fill and only is None:
             event = tuple.__new__(Fill, event[:9] + (self.match_prefix | event[9],))
+            self.recent[-1] = (event[0], event, trace_ns, source)
         record = event_to_record(event, trace_ns)
         for index in self.md_indices:
             add(index, _REPORTS, record)
         if kind not in _CLIENT_EVENTS:
-            return
+            return 0 if only is None else sent[0]
         if kind is Fill:
             self.count("fills")
             for index in {self._gateway_of(event[4]), self._gateway_of(event[5])}:
@@ -174,7 +220,7 @@ class BookActor(ClusterActor):
                     add(index, _REPORTS, record)
             for index in self.risk_indices:
                 add(index, _REPORTS, record)
-            return
+            return 0 if only is None else sent[0]
         gateway = self._gateway_of(event[2])
         if gateway is not None:
             add(gateway, _REPORTS, record)
@@ -186,6 +232,7 @@ class BookActor(ClusterActor):
                 add(index, _REPORTS, record)
         else:
             add(self._risk_of(event[3]), _REPORTS, record)
+        return 0 if only is None else sent[0]
 
     def flush(self) -> None:
         journal = self.journal

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -20,7 +22,8 @@ import zmq
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import cluster_order_id
-from actors.soup_server import SoupApplication, SoupServer
+from actors.durable import ResendGate, commit_and_wait, is_resend_done, open_journal, resend_request_record
+from actors.soup_server import DurableSequencedStore, SoupApplication, SoupServer
 from actors.transport import Batch, LocalDirectory
 from exchange.accounts import Users, load_users
 from exchange.layout import LayoutError
@@ -48,6 +51,17 @@ from exchange.wire import (
 
 # A plain int: pyzmq combines Flag members in Python, which costs on every send.
 NOBLOCK = int(zmq.NOBLOCK)
+
+log = logging.getLogger("matchwire.gateway")
+
+# Journal records of the gateway (actors/durable.py; sequenced messages are the store's "S" records).
+_TAG_OUCH = b"O"  # an OUCH message in: user, the order ids it minted, those refused by the rate limit, payload
+_TAG_EVENT = b"E"  # a report from a book or risk, as applied (96 bytes)
+_TAG_FAILURE = b"F"  # an order record risk could not take: reason code, the 64-byte record
+_TAG_LEASE = b"A"  # order ids below this number may have been used: a restart mints from here on
+ID_LEASE = 4096
+_OUCH_HEAD = struct.Struct("<BHH")
+_FAILURE_REASONS = (ClusterReason.BUSY, ClusterReason.INSTRUMENT_UNAVAILABLE)
 
 
 _unpack_order = ORDER.struct.unpack_from
@@ -261,6 +275,18 @@ class GatewayActor(ClusterActor):
         self.soup: SoupServer | None = None
         self.push: zmq.Socket | None = None
         self._risk_cache: dict[str, int] = {}
+        # Durability (docs/durability.md "The gateway"): journal, durable store, re-send gate.
+        self.journal = None
+        self.store: DurableSequencedStore | None = None
+        self.gate = ResendGate()
+        self.replaying = False
+        self.recovery: str | None = None
+        self.id_lease = 0
+        self._replay_ids: collections.deque = collections.deque()
+        self._replay_limited: set[int] = set()
+        self._minted: list[int] = []
+        self._out: list[tuple[str, bytes]] = []  # sequenced messages of the input being handled
+        self._committed_index = 0
 
     def on_start(self) -> None:
         super().on_start()
@@ -274,13 +300,77 @@ class GatewayActor(ClusterActor):
         self.push.connect(self.outbound_endpoint)
         if self.users is not None:
             self.translator = OuchTranslator(self.users.accounts, next_order_id=self._mint_order_id)
+        records: list[bytes] = []
+        if self.config.durability.enabled:
+            self.journal, records, report = open_journal(self.config.durability, self.ctx.node, self.name)
+            self.store = DurableSequencedStore(self.journal)
+            self._replay(records)
+            self.recovery = str(report)
+            self._committed_index = self.journal.index
+        if self.users is not None:
             host, port = self.config.ouch_address(self.name)
             self.soup_app = GatewaySoupApplication(self.users, self.ctx.local, self.index, 64 * self.config.max_backlog)
-            self.soup = SoupServer(self.soup_app, host, port,
+            self.soup = SoupServer(self.soup_app, host, port, store=self.store,
                                    session=f"{self.config.name[:6]}{self.number:04d}"[:10]).start()
+        if records:
+            # Events that reached the old process but not its journal died with it: ask every book for
+            # its events after the last one journaled, holding its live events until the answer is in.
+            for symbol in self.config.instruments:
+                self.gate.wait_for(symbol)
+                last = self.replays.last.get(symbol.encode().ljust(8, b" "), 0)
+                self.outbox.add(self.config.actor_index[f"book/{symbol}"], MessageKind.REPORTS,  # type: ignore[union-attr]
+                                resend_request_record(symbol, last))
+            self.flush()
+
+    def _replay(self, records: list[bytes]) -> None:
+        """Rebuild sessions, tokens, orders and the id allocator from the journal, sending nothing."""
+        assert self.store is not None
+        self.replaying = True
+        try:
+            for record in records:
+                tag = record[:1]
+                if tag == b"S":
+                    self.store.restore_record(record)
+                elif tag == _TAG_EVENT:
+                    self._report(record, 1)
+                elif tag == _TAG_OUCH:
+                    name_len, minted, limited = _OUCH_HEAD.unpack_from(record, 1)
+                    at = 1 + _OUCH_HEAD.size
+                    username = record[at:at + name_len].decode("ascii", "replace")
+                    at += name_len
+                    ids = struct.unpack_from(f"<{minted + limited}Q", record, at)
+                    at += 8 * (minted + limited)
+                    self._replay_ids = collections.deque(ids[:minted])
+                    self._replay_limited = set(ids[minted:])
+                    if self.translator is not None:
+                        self._ouch(username, record[at:])
+                elif tag == _TAG_FAILURE:
+                    self._send_failure(_FAILURE_REASONS[record[1]], record[2:])
+                elif tag == _TAG_LEASE:
+                    self.id_lease = max(self.id_lease, struct.unpack_from("<Q", record, 1)[0])
+                else:
+                    self.count("journal_unknown_records")
+        finally:
+            self.replaying = False
+            self._out.clear()
+        self.next_id = itertools.count(max(self.id_lease, 1))
+        if records:
+            log.warning("%s: recovered %d journal records: %d orders, ids from %d", self.name,
+                        len(records), len(self.orders), self.id_lease)
 
     def _mint_order_id(self) -> int:
-        return cluster_order_id(self.number, next(self.next_id))
+        if self.replaying:
+            # The journal says which ids this message minted: the same ones again.
+            if self._replay_ids:
+                return self._replay_ids.popleft()
+            self.count("replay_id_mismatch")
+        n = next(self.next_id)
+        if self.journal is not None and n >= self.id_lease:
+            self.id_lease = n + ID_LEASE
+            self.journal.append(_TAG_LEASE + struct.pack("<Q", self.id_lease))
+        order_id = cluster_order_id(self.number, n)
+        self._minted.append(order_id)
+        return order_id
 
     def on_stop(self) -> None:
         super().on_stop()
@@ -291,6 +381,8 @@ class GatewayActor(ClusterActor):
             self.push.close(linger=0)
         self.port.stopping.set()
         self.port.join(2)
+        if self.journal is not None:
+            self.journal.close()
 
     def _risk_of(self, account: str) -> int:
         index = self._risk_cache.get(account)
@@ -318,21 +410,28 @@ class GatewayActor(ClusterActor):
     # -- OUCH over SoupBinTCP ---------------------------------------------------------------
 
     def _ouch(self, username: str, payload: bytes) -> None:
-        assert self.translator is not None and self.soup is not None
+        assert self.translator is not None
+        replaying = self.replaying
+        self._minted = []
+        limited: list[int] = []
         result = self.translator.on_message(username, payload)
         if result.error is not None:
             # A malformed OUCH message inside valid SoupBinTCP framing: end that session alone.
             self.count("ouch_protocol_errors")
-            self.soup.disconnect(username)
+            if self.soup is not None and not replaying:
+                self.soup.disconnect(username)
             return
         for reply in result.replies:
-            self.soup.send_sequenced(username, reply)
+            self._sequenced(username, reply)
         now = time.perf_counter_ns()
         for command in result.commands:
             order_id = command.order_id  # type: ignore[attr-defined]
             if type(command) is NewOrder:
                 account = command.account
-                if not self._rate_ok(OUCH_SESSION + username.encode(), account):
+                # The rate limit depends on the clock: a replay repeats the journaled decision.
+                if (order_id in self._replay_limited) if replaying else \
+                        not self._rate_ok(OUCH_SESSION + username.encode(), account):
+                    limited.append(order_id)
                     self._ouch_reject(command.symbol, order_id, "new", RiskReason.RATE_LIMIT, account)
                     continue
                 self.orders[order_id] = GatewayOrder(OUCH_SESSION, order_id, account, command.symbol, command.qty)
@@ -343,8 +442,30 @@ class GatewayActor(ClusterActor):
                     continue
                 order.pending += 1
                 account = order.account
-            self.outbox.add(self._risk_of(account), MessageKind.ORDERS,  # type: ignore[union-attr]
-                            command_to_record(command, now))
+            if not replaying:
+                self.outbox.add(self._risk_of(account), MessageKind.ORDERS,  # type: ignore[union-attr]
+                                command_to_record(command, now))
+        if self.journal is not None and not replaying:
+            # Every message that got this far changed the translator (at least the UserRefNum mark).
+            name = username.encode("ascii", "replace")
+            ids = self._minted + limited
+            self.journal.append(_TAG_OUCH + _OUCH_HEAD.pack(len(name), len(self._minted), len(limited)) + name
+                                + struct.pack(f"<{len(ids)}Q", *ids) + payload)
+        self._emit()
+
+    def _sequenced(self, username: str, payload: bytes) -> None:
+        self._out.append((username, payload))
+
+    def _emit(self) -> None:
+        """Hand the sequenced messages of what was just handled to the store (after its journal record)."""
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        if self.replaying or self.soup is None:
+            return  # a replay restores the store from its own records
+        for username, payload in out:
+            self.soup.send_sequenced(username, payload)
 
     def _ouch_reject(self, symbol: str, order_id: int, op: str, reason: str, account: str) -> None:
         self.count(f"rejected_{reason}")
@@ -352,10 +473,9 @@ class GatewayActor(ClusterActor):
         self._ouch_event(event)
 
     def _ouch_event(self, event: object) -> None:
-        if self.translator is None or self.soup is None:
+        if self.translator is None:
             return
-        for username, payload in self.translator.on_event(event):  # type: ignore[arg-type]
-            self.soup.send_sequenced(username, payload)
+        self._out += self.translator.on_event(event)  # type: ignore[arg-type]
 
     # -- client -> cluster -----------------------------------------------------------------
 
@@ -380,7 +500,7 @@ class GatewayActor(ClusterActor):
                 if not self._rate_ok(session, account):
                     self._reject_to(session, symbol, client_id, op, RiskReason.RATE_LIMIT, trace_ns)
                     continue
-                order_id = cluster_order_id(self.number, next(self.next_id))
+                order_id = self._mint_order_id()
                 self.orders[order_id] = GatewayOrder(session, client_id, account, symbol, qty)
                 self.by_client[key] = order_id
             elif op == Op.CANCEL or op == Op.MODIFY:
@@ -431,20 +551,26 @@ class GatewayActor(ClusterActor):
                     self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
                 continue
             for record in records:
-                fields = _unpack_order(record, 0)
-                op, trace_ns, order_id = fields[0], fields[7], fields[10]
-                order = self.orders.get(order_id)
-                if order is None:
-                    continue
-                if op == Op.NEW:
-                    order.done = True
-                order.pending -= 1
-                if order.session == OUCH_SESSION:
-                    self._ouch_reject(order.symbol, order_id, _OP_NAMES.get(op, "new"), reason, order.account)
-                else:
-                    self._reject_to(order.session, order.symbol, order.client_id, op, reason, trace_ns)
-                self._maybe_forget(order_id, order)
+                if self.journal is not None:
+                    self.journal.append(_TAG_FAILURE + bytes((_FAILURE_REASONS.index(reason),)) + record)
+                self._send_failure(reason, record)
+        self._emit()
         self._flush_clients()
+
+    def _send_failure(self, reason: str, record: bytes) -> None:
+        fields = _unpack_order(record, 0)
+        op, trace_ns, order_id = fields[0], fields[7], fields[10]
+        order = self.orders.get(order_id)
+        if order is None:
+            return
+        if op == Op.NEW:
+            order.done = True
+        order.pending -= 1
+        if order.session == OUCH_SESSION:
+            self._ouch_reject(order.symbol, order_id, _OP_NAMES.get(op, "new"), reason, order.account)
+        elif not self.replaying:
+            self._reject_to(order.session, order.symbol, order.client_id, op, reason, trace_ns)
+        self._maybe_forget(order_id, order)
 
     # -- cluster -> client -----------------------------------------------------------------
 
@@ -455,68 +581,84 @@ class GatewayActor(ClusterActor):
             self.count("malformed_batches")
             return
         payload = batch.payload
-        orders = self.orders
-        fresh = self.replays.fresh
+        gate = self.gate
         for offset in offsets:
-            if not fresh(payload, offset):
-                continue  # a recovered book re-sent it, and it was seen already
-            fields = list(_unpack_report(payload, offset))
-            kind = fields[0]
-            if kind == EventKind.RECOVERED:
+            if gate.waiting:
+                if is_resend_done(payload, offset):
+                    held = gate.release(payload, offset)
+                    for record in held or ():
+                        self._report(record, 0)
+                    continue
+                if gate.hold(payload, offset, REPORT_SIZE):
+                    continue
+            self._report(payload, offset)
+        self._emit()
+
+    def _report(self, payload: bytes | memoryview, offset: int) -> None:
+        """One report from a book or risk (from the journal while replaying, ``offset`` 1 after the tag)."""
+        orders = self.orders
+        if not self.replays.fresh(payload, offset):
+            return  # a recovered book re-sent it, and it was seen already
+        fields = list(_unpack_report(payload, offset))
+        kind = fields[0]
+        if kind == EventKind.RECOVERED:
+            if fields[7] == 1:
                 self.count("books_recovered")
-                continue
-            if kind == EventKind.FILL:
-                self.count("fills")
-                maker = orders.get(fields[13])
-                taker = orders.get(fields[14])
-                qty = fields[16]
-                if (maker is not None and maker.session == OUCH_SESSION) or \
-                        (taker is not None and taker.session == OUCH_SESSION):
-                    self._ouch_event(record_to_event(payload, offset)[0])
-                for order, own, other in ((maker, 13, 14), (taker, 14, 13)):
-                    if order is None:
-                        continue
-                    if order.session == OUCH_SESSION:
-                        order.leaves -= qty
-                        if order.leaves <= 0:
-                            order.done = True
-                            self._maybe_forget(fields[own], order)
-                        continue
-                    copy = list(fields)
-                    copy[own] = order.client_id
-                    copy[other] = 0
-                    copy[12 if own == 13 else 11] = _BLANK  # the counterparty's account
-                    self._to_client(order.session, _pack_report(*copy))
+            return
+        if self.journal is not None and not self.replaying:
+            self.journal.append(_TAG_EVENT + bytes(payload[offset:offset + REPORT_SIZE]))
+        if kind == EventKind.FILL:
+            self.count("fills")
+            maker = orders.get(fields[13])
+            taker = orders.get(fields[14])
+            qty = fields[16]
+            if (maker is not None and maker.session == OUCH_SESSION) or \
+                    (taker is not None and taker.session == OUCH_SESSION):
+                self._ouch_event(record_to_event(payload, offset)[0])
+            for order, own, other in ((maker, 13, 14), (taker, 14, 13)):
+                if order is None:
+                    continue
+                if order.session == OUCH_SESSION:
                     order.leaves -= qty
                     if order.leaves <= 0:
                         order.done = True
                         self._maybe_forget(fields[own], order)
-                continue
-            order_id = fields[13]
-            order = orders.get(order_id)
-            if order is None:
-                # Rejects the gateway itself answered earlier, or reports for orders already done.
-                self.count("reports_for_unknown_orders")
-                continue
-            if order.session == OUCH_SESSION:
-                self._ouch_event(record_to_event(payload, offset)[0])
-            else:
-                fields[13] = order.client_id
-                self._to_client(order.session, _pack_report(*fields))
-            if kind == EventKind.ACCEPTED:
-                order.pending -= 1
-            elif kind == EventKind.REJECTED:
-                order.pending -= 1
-                if fields[7] == Op.NEW:
+                    continue
+                copy = list(fields)
+                copy[own] = order.client_id
+                copy[other] = 0
+                copy[12 if own == 13 else 11] = _BLANK  # the counterparty's account
+                self._to_client(order.session, _pack_report(*copy))
+                order.leaves -= qty
+                if order.leaves <= 0:
                     order.done = True
-            elif kind == EventKind.CANCELLED:
+                    self._maybe_forget(fields[own], order)
+            return
+        order_id = fields[13]
+        order = orders.get(order_id)
+        if order is None:
+            # Rejects the gateway itself answered earlier, or reports for orders already done.
+            self.count("reports_for_unknown_orders")
+            return
+        if order.session == OUCH_SESSION:
+            self._ouch_event(record_to_event(payload, offset)[0])
+        else:
+            fields[13] = order.client_id
+            self._to_client(order.session, _pack_report(*fields))
+        if kind == EventKind.ACCEPTED:
+            order.pending -= 1
+        elif kind == EventKind.REJECTED:
+            order.pending -= 1
+            if fields[7] == Op.NEW:
                 order.done = True
-                if REASONS_BY_CODE.get(fields[6]) == CancelReason.USER:
-                    order.pending -= 1  # the answer to a cancel
-            elif kind == EventKind.MODIFIED:
-                order.pending -= 1
-                order.leaves = fields[16]
-            self._maybe_forget(order_id, order)
+        elif kind == EventKind.CANCELLED:
+            order.done = True
+            if REASONS_BY_CODE.get(fields[6]) == CancelReason.USER:
+                order.pending -= 1  # the answer to a cancel
+        elif kind == EventKind.MODIFIED:
+            order.pending -= 1
+            order.leaves = fields[16]
+        self._maybe_forget(order_id, order)
 
     def _maybe_forget(self, order_id: int, order: GatewayOrder) -> None:
         """Drop an order once nothing remains of it and every command for it was answered."""
@@ -525,6 +667,8 @@ class GatewayActor(ClusterActor):
             self.by_client.pop((order.session, order.client_id), None)
 
     def _to_client(self, session: bytes, record: bytes) -> None:
+        if self.replaying:
+            return  # binary-API sessions do not outlive the process (their clients reconnect anew)
         queue = self.to_clients.get(session)
         if queue is None:
             if not self.to_clients:
@@ -549,14 +693,36 @@ class GatewayActor(ClusterActor):
             self.count("reports_out", len(records))
 
     def flush(self) -> None:
+        journal = self.journal
+        if journal is not None:
+            # Group commit: nothing this batch caused leaves (commands to risk, sequenced messages to
+            # clients) before the journal holds it as safely as the fsync policy promises.
+            self._commit()
         super().flush()
+        if journal is not None and journal.index != self._committed_index:
+            self._commit()  # answers to orders risk could not take (handle_send_failures)
         self._flush_clients()
+
+    def _commit(self) -> None:
+        assert self.journal is not None
+        if self.journal.index != self._committed_index or not self.journal.durable():
+            commit_and_wait(self.journal)
+            self._committed_index = self.journal.index
+        if self.soup is not None:
+            self.soup.publish_sequenced()
 
     def stats(self) -> dict:
         out = super().stats()
         out.update({f"port_{k}": v for k, v in self.port.stats.items()})
         out["live_orders"] = len(self.orders)
         out["duplicate_reports_dropped"] = self.replays.dropped
+        if self.journal is not None:
+            out.update({f"journal_{k}": v for k, v in self.journal.stats.items()})
+            out["journal_policy"] = self.journal.policy
+            out["resend_waiting"] = self.gate.symbols()
+            out["resend_held"] = self.gate.held_total
+        if self.recovery:
+            out["recovery"] = self.recovery
         if self.soup is not None:
             out.update({f"soup_{k}": v for k, v in self.soup.counters().items()})
             out["soup_backpressure_waits"] = self.soup_app.waits

@@ -23,6 +23,7 @@ import logging
 import queue
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ import pykka
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import ConfigError
+from actors.durable import ResendGate, commit_and_wait, is_resend_done, open_journal, resend_request_record
 from actors.transport import Batch
 from exchange.eventbook import EventBook
 from exchange.itch import ItchFileWriter
@@ -47,6 +49,25 @@ from exchange.moldudp64 import (
     parse_request,
 )
 from exchange.wire import REPORT_SIZE, EventKind, MessageKind, ReplayFilter, iter_records, record_to_event
+
+# Journal records of a market-data actor (docs/durability.md "Market data"):
+_TAG_SESSION = b"S"  # the MoldUDP64 session name: a restart continues it
+_TAG_EVENT = b"E"  # an event as applied (96 bytes), then the ITCH messages it was published as
+_TAG_MESSAGES = b"P"  # ITCH messages published without an event (start of day)
+_LEN = struct.Struct(">H")
+
+
+def _pack_messages(messages: list[bytes]) -> bytes:
+    return b"".join(_LEN.pack(len(m)) + m for m in messages)
+
+
+def _unpack_messages(data: bytes, offset: int) -> list[bytes]:
+    out = []
+    while offset + 2 <= len(data):
+        (length,) = _LEN.unpack_from(data, offset)
+        out.append(data[offset + 2:offset + 2 + length])
+        offset += 2 + length
+    return out
 
 log = logging.getLogger("matchwire.md")
 
@@ -267,6 +288,10 @@ class MarketDataActor(ClusterActor):
         self.retransmit_address: Address | None = None
         self._last_send = 0.0
         self._last_capture_flush = 0.0
+        self.journal = None
+        self.gate = ResendGate()
+        self.recovery: str | None = None
+        self._unsent: list[bytes] = []  # packets waiting for the journal commit that makes them durable
 
     # -- life cycle ---------------------------------------------------------------------------------------
 
@@ -279,7 +304,15 @@ class MarketDataActor(ClusterActor):
         self.publisher = ItchPublisher(self.config.instruments, clock=lambda: time.time_ns() - midnight,
                                        attribution=s.attribution,
                                        default_directory=DirectoryEntry(round_lot_size=s.round_lot_size))
-        self.packetizer = MoldPacketizer(s.session, 1, s.max_payload)
+        records: list[bytes] = []
+        if self.config.durability.enabled:
+            self.journal, records, report = open_journal(self.config.durability, self.ctx.node, self.name)
+            self.recovery = str(report)
+            if records:
+                self._replay(records)  # the session, its numbering, the history and the public books
+            else:
+                self.journal.append(_TAG_SESSION + s.session.encode())
+        self.packetizer = MoldPacketizer(s.session, self.next_seq, s.max_payload)
         if s.capture_file:
             # Our own file object, so the capture can be flushed for readers while the feed runs.
             self._capture_file = open(s.capture_file, "wb")  # closed in on_stop
@@ -298,14 +331,62 @@ class MarketDataActor(ClusterActor):
             self.retransmit_address = request_socket.getsockname()
             self.retransmit_pump = UdpPump(request_socket, self.actor_ref.tell, f"{self.name}-retransmit")
             self.retransmit_pump.start()
-        self._publish(self.publisher.start_of_day())
+        if records:
+            # Events the old process took in but had not journaled died with it: ask every book for its
+            # events after the last one journaled, and hold its live events until they are in.
+            for symbol in self.config.instruments:
+                self.gate.wait_for(symbol)
+                last = self.replays.last.get(symbol.encode().ljust(8, b" "), 0)
+                self.outbox.add(self.config.actor_index[f"book/{symbol}"], MessageKind.REPORTS,  # type: ignore[union-attr]
+                                resend_request_record(symbol, last))
+            self.flush()
+            return
+        messages = self.publisher.start_of_day()
+        if self.journal is not None:
+            self.journal.append(_TAG_MESSAGES + _pack_messages(messages))
+        self._publish(messages)
         self._flush_packets()
+
+    def _replay(self, records: list[bytes]) -> None:
+        """Rebuild the public books, the publisher's order map, the MoldUDP64 numbering and the history."""
+        assert self.publisher is not None
+        for record in records:
+            tag = record[:1]
+            if tag == _TAG_SESSION:
+                self.settings.session = record[1:].decode("ascii", "replace")
+            elif tag == _TAG_MESSAGES:
+                self._keep(_unpack_messages(record, 1))
+            elif tag == _TAG_EVENT:
+                if not self.replays.fresh(record, 1):
+                    continue
+                try:
+                    event, _ = record_to_event(record, 1)
+                except LayoutError:
+                    self.count("malformed_records")
+                    continue
+                self.view.apply(event)
+                self.publisher.on_event(event)  # its state; the messages sent then are in the record
+                self._keep(_unpack_messages(record, 1 + REPORT_SIZE))
+            else:
+                self.count("journal_unknown_records")
+        log.warning("%s: recovered %d journal records: session %s continues at message %d", self.name, len(records),
+                    self.settings.session, self.next_seq)
+
+    def _keep(self, messages: list[bytes]) -> None:
+        size = self.history_size
+        if size:
+            for i, msg in enumerate(messages):
+                self.history[(self.next_seq + i) % size] = msg
+        self.next_seq += len(messages)
 
     def on_stop(self) -> None:
         if self.publisher is not None and self.packetizer is not None:
-            self._publish(self.publisher.end_of_day())
+            messages = self.publisher.end_of_day()
+            if self.journal is not None:
+                self.journal.append(_TAG_MESSAGES + _pack_messages(messages))
+            self._publish(messages)
             self._flush_packets()
-            self._send(self.packetizer.end_of_session())
+            self._transmit(self.packetizer.end_of_session())
         if self.retransmit_pump is not None:
             self.retransmit_pump.stop()
             self.retransmit_pump = None
@@ -314,6 +395,8 @@ class MarketDataActor(ClusterActor):
             self.sock = None
         self._close_capture()
         super().on_stop()
+        if self.journal is not None:
+            self.journal.close()
 
     def _close_capture(self) -> None:
         if self.capture is not None:
@@ -348,14 +431,27 @@ class MarketDataActor(ClusterActor):
         on_event = self.publisher.on_event if self.publisher is not None else None
         publish = self._publish
         fresh = self.replays.fresh
+        gate = self.gate
+        journal = self.journal
         self.count("events", batch.count)
         for offset in offsets:
+            if gate.waiting:
+                if is_resend_done(payload, offset):
+                    for record in gate.release(payload, offset) or ():
+                        self._event(record, 0)
+                    continue
+                if gate.hold(payload, offset, REPORT_SIZE):
+                    continue
+            if journal is not None:
+                self._event(payload, offset)
+                continue
             # A recovered book re-sends its events since its snapshot: drop the ones seen already,
             # and take its RECOVERED marker as what it is, not as an event.
             if not fresh(payload, offset):
                 continue
             if payload[offset] == EventKind.RECOVERED:
-                self.count("books_recovered")
+                if payload[offset + 7] == 1:
+                    self.count("books_recovered")
                 continue
             try:
                 event, trace_ns = record_to_event(payload, offset)
@@ -369,6 +465,28 @@ class MarketDataActor(ClusterActor):
                 messages = on_event(event)
                 if messages:
                     publish(messages)
+
+    def _event(self, payload: bytes | memoryview, offset: int) -> None:
+        """One event with durability on: journaled with the messages it becomes before any packet leaves."""
+        if not self.replays.fresh(payload, offset):
+            return
+        if payload[offset] == EventKind.RECOVERED:
+            if payload[offset + 7] == 1:
+                self.count("books_recovered")
+            return
+        try:
+            event, trace_ns = record_to_event(payload, offset)
+        except LayoutError:
+            self.count("malformed_records")
+            return
+        self.view.apply(event)
+        for listener in self.listeners:
+            listener(event, trace_ns)
+        messages = self.publisher.on_event(event) if self.publisher is not None else []
+        self.journal.append(_TAG_EVENT + bytes(payload[offset:offset + REPORT_SIZE])  # type: ignore[union-attr]
+                            + _pack_messages(messages or []))
+        if messages:
+            self._publish(messages)
 
     # -- feed out -----------------------------------------------------------------------------------------
 
@@ -398,8 +516,21 @@ class MarketDataActor(ClusterActor):
         if self.packetizer is not None:
             for packet in self.packetizer.flush():
                 self._send(packet)
+        if self._unsent:
+            # Group commit: the journal holds every message numbered so far before any packet goes.
+            commit_and_wait(self.journal)  # type: ignore[arg-type]
+            unsent, self._unsent = self._unsent, []
+            for packet in unsent:
+                self._transmit(packet)
 
     def _send(self, packet: bytes, destinations: list[Address] | None = None) -> None:
+        if self.journal is not None and destinations is None:
+            # A packet leaves only once its messages are durable (see _flush_packets).
+            self._unsent.append(packet)
+            return
+        self._transmit(packet, destinations)
+
+    def _transmit(self, packet: bytes, destinations: list[Address] | None = None) -> None:
         self._last_send = time.monotonic()
         self.count("packets")
         sock = self.sock
@@ -425,7 +556,7 @@ class MarketDataActor(ClusterActor):
             self._flush_packets()
             if time.monotonic() - self._last_send >= self.settings.heartbeat_interval:
                 self.count("heartbeats")
-                self._send(self.packetizer.heartbeat())
+                self._transmit(self.packetizer.heartbeat())
         if self._capture_file is not None and now - self._last_capture_flush >= 1.0:
             self._last_capture_flush = now
             self._capture_file.flush()
@@ -478,6 +609,11 @@ class MarketDataActor(ClusterActor):
     def stats(self) -> dict:
         out = super().stats()
         out["duplicate_events_dropped"] = self.replays.dropped
+        if self.journal is not None:
+            out.update({f"journal_{k}": v for k, v in self.journal.stats.items()})
+            out["resend_waiting"] = self.gate.symbols()
+        if self.recovery:
+            out["recovery"] = self.recovery
         view = self.view
         out["gaps"] = len(view.gaps)
         out["anomalies"] = view.anomalies

@@ -12,10 +12,12 @@ release, limits, positions.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import gateway_number_of
+from actors.durable import ResendGate, commit_and_wait, is_resend_done, open_journal, resend_request_record
 from actors.transport import SendResult
 from exchange.layout import LayoutError
 from exchange.orders import Cancelled, Rejected, Side
@@ -45,6 +47,15 @@ _OP_NAMES = {Op.NEW: "new", Op.CANCEL: "cancel", Op.MODIFY: "modify", Op.END_OF_
              Op.SET_BASE: "set_base"}
 
 
+# Journal records of a risk shard (docs/durability.md "Risk"): what changed its state, in order.
+_TAG_ORDER = b"O"  # an order that passed the checks and went to its book: source actor (u16), 64-byte record
+_TAG_REJECT = b"J"  # an order or command this shard answered itself: order id (u64), op (u8)
+_TAG_EVENT = b"E"  # a report from a book, as applied (96 bytes)
+_TAG_KILL = b"K"  # the kill switch: on (u8), account
+_SOURCE = struct.Struct("<H")
+_REJECT = struct.Struct("<QB")
+
+
 def _text(data: bytes) -> str:
     return data.decode("ascii", "replace").rstrip(" ")
 
@@ -70,6 +81,60 @@ class RiskActor(ClusterActor):
         self.durable_books = config.durability.enabled
         self._reject_log_window = 0.0
         self._rejects_logged = 0
+        self.journal = None
+        self.gate = ResendGate()
+        self.replaying = False
+        self.recovery: str | None = None
+
+    def on_start(self) -> None:
+        super().on_start()
+        if not self.config.durability.enabled:
+            return
+        self.journal, records, report = open_journal(self.config.durability, self.ctx.node, self.name)
+        self.recovery = str(report)
+        if not records:
+            return
+        self._replay(records)
+        # What the old process received from the books but had not journaled died with it: ask each
+        # book for its events after the last one journaled, and hold its live events until they are in.
+        for symbol, book in self.book_index.items():
+            self.gate.wait_for(symbol)
+            last = self.replays.last.get(symbol.encode().ljust(8, b" "), 0)
+            self.outbox.add(book, MessageKind.REPORTS, resend_request_record(symbol, last))  # type: ignore[union-attr]
+        self.flush()
+
+    def _replay(self, records: list[bytes]) -> None:
+        """Rebuild exposure, open orders, positions, marks and kill switches from the journal."""
+        self.replaying = True
+        try:
+            for record in records:
+                tag = record[:1]
+                if tag == _TAG_ORDER:
+                    self._forward(_SOURCE.unpack_from(record, 1)[0], record, 1 + _SOURCE.size)
+                elif tag == _TAG_EVENT:
+                    self._report(record, 1)
+                elif tag == _TAG_REJECT:
+                    self._forget_rejected(*_REJECT.unpack_from(record, 1))
+                elif tag == _TAG_KILL:
+                    self.account(record[2:].decode("ascii", "replace")).killed = bool(record[1])
+                else:
+                    self.count("journal_unknown_records")
+        finally:
+            self.replaying = False
+        log.warning("%s: recovered %d journal records: %d accounts, %d open orders", self.name, len(records),
+                    len(self.accounts), len(self.orders))
+
+    def on_stop(self) -> None:
+        super().on_stop()
+        if self.journal is not None:
+            self.journal.close()
+
+    def flush(self) -> None:
+        if self.journal is not None:
+            # Group commit: no order goes on to a book and no answer goes back before the journal
+            # holds what it did to this shard's state.
+            commit_and_wait(self.journal)
+        super().flush()
 
     def account(self, name: str) -> AccountRisk:
         risk = self.accounts.get(name)
@@ -115,9 +180,6 @@ class RiskActor(ClusterActor):
                 if reason is not None:
                     self._reject(batch.source, symbol, order_id, op, reason, trace_ns, account.account)
                     continue
-                if order_id not in self.orders:
-                    value_price = price or self.marks.get(symbol, 0)
-                    self.orders[order_id] = account.reserve_new(order_id, symbol, side, value_price, qty)
             elif op == Op.MODIFY:
                 order = self.orders.get(order_id)
                 if order is not None:
@@ -127,9 +189,26 @@ class RiskActor(ClusterActor):
                     if reason is not None:
                         self._reject(batch.source, symbol, order_id, op, reason, trace_ns, account.account)
                         continue
-                    account.reserve_modify(order, price, qty)
-            self.pending_source[order_id] = batch.source
-            add(book, orders_kind, bytes(payload[offset:offset + ORDER_SIZE]))
+            record = bytes(payload[offset:offset + ORDER_SIZE])
+            if self.journal is not None:
+                self.journal.append(_TAG_ORDER + _SOURCE.pack(batch.source) + record)
+            self._forward(batch.source, record, 0)
+            add(book, orders_kind, record)
+
+    def _forward(self, source: int, payload: bytes, offset: int) -> None:
+        """The state change of an order that passed its checks (live, or from the journal)."""
+        op, side, _, _, _, _, _, _, symbol_b, account_b, order_id, price, qty, _ = _unpack_order(payload, offset)
+        if op == Op.NEW:
+            if order_id not in self.orders:
+                symbol = _text(symbol_b)
+                value_price = price or self.marks.get(symbol, 0)
+                self.orders[order_id] = self.account(_text(account_b)).reserve_new(order_id, symbol, side,
+                                                                                   value_price, qty)
+        elif op == Op.MODIFY:
+            order = self.orders.get(order_id)
+            if order is not None:
+                self.account(order.account).reserve_modify(order, price, qty)
+        self.pending_source[order_id] = source
 
     def _reject(self, gateway: int, symbol: str, order_id: int, op: int, reason: str, trace_ns: int,
                 account: str = "") -> None:
@@ -144,6 +223,12 @@ class RiskActor(ClusterActor):
             log.info("%s: rejected %s %s order %d of %s: %s", self.name, _OP_NAMES.get(op, op), symbol,
                      order_id, account or "?", reason)
         event = tuple.__new__(Rejected, (None, symbol, order_id, _OP_NAMES.get(op, "new"), reason, ""))
+        if self.journal is not None:
+            self.journal.append(_TAG_REJECT + _REJECT.pack(order_id, op))
+        self._forget_rejected(order_id, op)
+        self.outbox.add(gateway, MessageKind.REPORTS, event_to_record(event, trace_ns))  # type: ignore[union-attr]
+
+    def _forget_rejected(self, order_id: int, op: int) -> None:
         if op == Op.NEW:
             order = self.orders.pop(order_id, None)
             if order is not None:
@@ -153,7 +238,6 @@ class RiskActor(ClusterActor):
             if order is not None and order.pending is not None:
                 self.account(order.account).on_rejected(order_id, "modify")
         self.pending_source.pop(order_id, None)
-        self.outbox.add(gateway, MessageKind.REPORTS, event_to_record(event, trace_ns))  # type: ignore[union-attr]
 
     def handle_send_failures(self, result: SendResult) -> None:
         """Orders that could not reach their book are answered now; reports are retried."""
@@ -183,49 +267,63 @@ class RiskActor(ClusterActor):
             self.count("malformed_batches")
             return
         payload = batch.payload
-        orders = self.orders
-        fresh = self.replays.fresh
+        gate = self.gate
         for offset in offsets:
-            if not fresh(payload, offset):
-                continue  # a recovered book re-sent it, and it was seen already
-            (kind, side, _, _, _, _, reason, op, _, _, symbol_b, account_b, account2_b, order_id, order_id2, price,
-             qty, _, _) = _unpack_report(payload, offset)
-            if kind == EventKind.RECOVERED:
+            if gate.waiting:
+                if is_resend_done(payload, offset):
+                    for record in gate.release(payload, offset) or ():
+                        self._report(record, 0)
+                    continue
+                if gate.hold(payload, offset, REPORT_SIZE):
+                    continue
+            self._report(payload, offset)
+
+    def _report(self, payload: bytes | memoryview, offset: int) -> None:
+        """One report (from the journal while replaying: ``offset`` 1, after the tag)."""
+        orders = self.orders
+        if not self.replays.fresh(payload, offset):
+            return  # a recovered book re-sent it, and it was seen already
+        (kind, side, _, _, _, _, reason, op, _, _, symbol_b, account_b, account2_b, order_id, order_id2, price,
+         qty, _, _) = _unpack_report(payload, offset)
+        if kind == EventKind.RECOVERED:
+            if op == 1 and not self.replaying:
                 self._book_recovered(_text(symbol_b))
-                continue
-            if kind == EventKind.FILL:
-                symbol = _text(symbol_b)
-                self.marks[symbol] = price
-                for oid, acct_b, is_taker in ((order_id, account_b, False), (order_id2, account2_b, True)):
-                    name = _text(acct_b)
-                    if self.config.risk_shard(name) != self.name:
-                        continue
-                    buys = (side == Side.BUY) == is_taker
-                    self.account(name).on_fill(oid, symbol, buys, qty)
-                    if oid in orders and oid not in self.account(name).orders:
-                        del orders[oid]
-                continue
-            order = orders.get(order_id)
-            if kind == EventKind.ACCEPTED:
-                self.pending_source.pop(order_id, None)
-                if order is not None:
-                    self.account(order.account).on_accepted(order_id)
-            elif kind == EventKind.REJECTED:
-                self.pending_source.pop(order_id, None)
-                if order is not None:
-                    self.account(order.account).on_rejected(order_id, _OP_NAMES.get(op, "new"))
-                    if op == Op.NEW:
-                        del orders[order_id]
-            elif kind == EventKind.CANCELLED:
-                if REASONS_BY_CODE.get(reason) == "user":
-                    self.pending_source.pop(order_id, None)
-                if order is not None:
-                    self.account(order.account).on_cancelled(order_id)
+            return
+        if self.journal is not None and not self.replaying:
+            self.journal.append(_TAG_EVENT + bytes(payload[offset:offset + REPORT_SIZE]))
+        if kind == EventKind.FILL:
+            symbol = _text(symbol_b)
+            self.marks[symbol] = price
+            for oid, acct_b, is_taker in ((order_id, account_b, False), (order_id2, account2_b, True)):
+                name = _text(acct_b)
+                if self.config.risk_shard(name) != self.name:
+                    continue
+                buys = (side == Side.BUY) == is_taker
+                self.account(name).on_fill(oid, symbol, buys, qty)
+                if oid in orders and oid not in self.account(name).orders:
+                    del orders[oid]
+            return
+        order = orders.get(order_id)
+        if kind == EventKind.ACCEPTED:
+            self.pending_source.pop(order_id, None)
+            if order is not None:
+                self.account(order.account).on_accepted(order_id)
+        elif kind == EventKind.REJECTED:
+            self.pending_source.pop(order_id, None)
+            if order is not None:
+                self.account(order.account).on_rejected(order_id, _OP_NAMES.get(op, "new"))
+                if op == Op.NEW:
                     del orders[order_id]
-            elif kind == EventKind.MODIFIED:
+        elif kind == EventKind.CANCELLED:
+            if REASONS_BY_CODE.get(reason) == "user":
                 self.pending_source.pop(order_id, None)
-                if order is not None:
-                    self.account(order.account).on_modified(order_id, price, qty)
+            if order is not None:
+                self.account(order.account).on_cancelled(order_id)
+                del orders[order_id]
+        elif kind == EventKind.MODIFIED:
+            self.pending_source.pop(order_id, None)
+            if order is not None:
+                self.account(order.account).on_modified(order_id, price, qty)
 
     # -- nodes coming and going ----------------------------------------------------------
 
@@ -285,6 +383,8 @@ class RiskActor(ClusterActor):
         if command == "kill":
             account = self.account(name)
             account.killed = True
+            if self.journal is not None:
+                self.journal.append(_TAG_KILL + b"\x01" + name.encode("ascii", "replace"))
             cancels = 0
             for order in list(account.orders.values()):
                 record = _pack_order(Op.CANCEL, 0, 0, 0, 0, FLAG_ADMIN, 0, 0, order.symbol.encode().ljust(8),
@@ -296,6 +396,9 @@ class RiskActor(ClusterActor):
             return {"account": name, "killed": True, "cancels_sent": cancels}
         if command == "release":
             self.account(name).killed = False
+            if self.journal is not None:
+                self.journal.append(_TAG_KILL + b"\x00" + name.encode("ascii", "replace"))
+                self.flush()
             log.warning("%s: kill switch released for %s", self.name, name)
             return {"account": name, "killed": False}
         if command == "limits":
@@ -321,4 +424,9 @@ class RiskActor(ClusterActor):
         out["down_nodes"] = sorted(self.down_nodes)
         out["killed"] = sorted(a.account for a in self.accounts.values() if a.killed)
         out["duplicate_reports_dropped"] = self.replays.dropped
+        if self.journal is not None:
+            out.update({f"journal_{k}": v for k, v in self.journal.stats.items()})
+            out["resend_waiting"] = self.gate.symbols()
+        if self.recovery:
+            out["recovery"] = self.recovery
         return out

@@ -1,0 +1,117 @@
+"""Durability for the actors that are not books: gateway, risk and market data (issue #10).
+
+Each of them keeps one journal (``exchange.journal``: CRC-framed records, segments, the cluster's
+fsync policy) in ``STATE_DIR/NODE/KIND-N/``. A record is one tag byte and a body; what the tags mean is
+the owning actor's business. The rules shared by all three:
+
+* **Write ahead, group commit.** An actor journals what changes its state (its inputs, and the
+  decisions it took that depend on time or on the network) as it handles a batch, and commits once
+  before anything the batch caused leaves the actor (:func:`commit_and_wait`, the book's rule).
+* **Replay.** At start the journal is read back (a torn or corrupt tail is cut at the last good
+  record, and the report names the file and offset) and applied with output switched off.
+* **Closing the gap.** Events a receiver took off its socket but had not journaled when it was
+  killed are lost with it. After a recovery the receiver asks every book to re-send its events after
+  the last sequence number the journal holds (:func:`resend_request_record`); until the book's answer
+  is complete (a RECOVERED record with ``op`` = :data:`RESEND_DONE`), the book's events are held
+  (:class:`ResendGate`), then applied in sequence order with the duplicates dropped. Without the hold,
+  a live event overtaking the re-send would raise the receiver's high-water mark and the re-sent
+  events below it would be dropped as duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from pathlib import Path
+
+from actors.config import Durability
+from exchange.journal import JournalWriter, RecoveryReport, recover
+from exchange.wire import REPORT, EventKind
+
+log = logging.getLogger("matchwire.durable")
+
+RESEND_REQUEST = 2  # op of a RECOVERED-kind record sent *to* a book: re-send my events after ``extra``
+RESEND_DONE = 3  # op of the book's answer: every event up to ``extra`` for you has been re-sent
+_SEQ_SYMBOL = struct.Struct("<Q8x8s")  # a report record's seq (byte 8) and symbol (byte 24)
+
+
+def open_journal(durability: Durability, node: str, actor: str) -> tuple[JournalWriter, list[bytes], RecoveryReport]:
+    """The actor's journal, recovered: (writer positioned after the last good record, records, report)."""
+    directory = Path(durability.directory(node)) / actor.replace("/", "-")
+    directory.mkdir(parents=True, exist_ok=True)
+    _, records, report = recover(directory)
+    if report.truncated:
+        log.error("%s: journal damaged, recovered to the last good record: %s", actor, report)
+    elif records:
+        log.warning("%s: recovered: %s", actor, report)
+    writer = JournalWriter(directory, durability.fsync, durability.batch_ms,
+                           next_index=report.snapshot_index + len(records))
+    return writer, records, report
+
+
+def commit_and_wait(journal: JournalWriter) -> None:
+    """Commit, and under the batch policy wait for the shared fsync: what leaves after this is durable."""
+    journal.commit()
+    if not journal.durable():
+        wait = journal.sync_due_ns()
+        if wait:
+            time.sleep(wait / 1e9)  # more input queues meanwhile and shares the next fsync
+        journal.sync()
+
+
+def resend_request_record(symbol: str, after_seq: int) -> bytes:
+    """Ask book ``symbol`` to re-send the events meant for the sender whose seq is above ``after_seq``."""
+    return REPORT.pack(kind=EventKind.RECOVERED, side=0, order_type=0, tif=0, stp=0, flags=0, reason=0,
+                       op=RESEND_REQUEST, seq=0, trace_ns=0, symbol=symbol, account="", account2="", order_id=0,
+                       order_id2=0, price=0, qty=0, extra=after_seq, match_number=0)
+
+
+def resend_done_record(symbol: str, seq: int) -> bytes:
+    """A book's answer to a re-send request: everything up to ``seq`` meant for you has been sent."""
+    return REPORT.pack(kind=EventKind.RECOVERED, side=0, order_type=0, tif=0, stp=0, flags=0, reason=0,
+                       op=RESEND_DONE, seq=0, trace_ns=0, symbol=symbol, account="", account2="", order_id=0,
+                       order_id2=0, price=0, qty=0, extra=seq, match_number=0)
+
+
+def is_resend_done(buffer: bytes | memoryview, offset: int) -> bool:
+    return buffer[offset] == EventKind.RECOVERED and buffer[offset + 7] == RESEND_DONE
+
+
+class ResendGate:
+    """Holds each book's events from a re-send request until the book says the re-send is complete.
+
+    ``waiting`` is keyed by the symbol field as it is on the wire (8 bytes, space padded). Records
+    with seq 0 (rejects made outside a book) are never held.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: dict[bytes, list[bytes]] = {}
+        self.held_total = 0
+
+    def wait_for(self, symbol: str) -> None:
+        self.waiting.setdefault(symbol.encode().ljust(8, b" "), [])
+
+    def hold(self, buffer: bytes | memoryview, offset: int, size: int) -> bool:
+        """True (and the record kept) when it is a book event of a book being waited for."""
+        if not self.waiting:
+            return False
+        seq, symbol = _SEQ_SYMBOL.unpack_from(buffer, offset + 8)
+        held = self.waiting.get(symbol)
+        if held is None or not seq:
+            return False
+        held.append(bytes(buffer[offset:offset + size]))
+        self.held_total += 1
+        return True
+
+    def release(self, buffer: bytes | memoryview, offset: int) -> list[bytes] | None:
+        """For a RESEND_DONE record: the held records of its book in sequence order (None if not waited for)."""
+        symbol = bytes(buffer[offset + 24:offset + 32])
+        held = self.waiting.pop(symbol, None)
+        if held is None:
+            return None
+        held.sort(key=lambda record: _SEQ_SYMBOL.unpack_from(record, 8)[0])
+        return held
+
+    def symbols(self) -> list[str]:
+        return sorted(s.decode().rstrip() for s in self.waiting)
