@@ -3,6 +3,7 @@
 #   make bench-itch-hdl       the whole sample file through the gateware on Icarus and Verilator (or
 #                             ITCH_HDL_SIMULATOR=icarus|verilator): every record checked against the
 #                             software decoder; prints bytes/cycle and latency
+#   make bench-decoder        the same on Verilator only (what make bench's gateware section runs)
 #   make test-itch-hdl        the decoder's tests only (amaranth.sim, and cocotb on both simulators)
 #   make report-itch-hdl      its synthesis report at the 156.25 MHz target (make hdl-report: 100 MHz)
 
@@ -11,10 +12,13 @@
 HDL_REPORT_COMPONENTS += hdl.itch_report:ItchDecoderReport
 ITCH_HDL_SIMULATOR ?= both
 
-.PHONY: bench-itch-hdl test-itch-hdl report-itch-hdl
+.PHONY: bench-itch-hdl bench-decoder test-itch-hdl report-itch-hdl
 
 bench-itch-hdl: setup
 	$(PY) -m sim.itch_backend $(ITCH_SAMPLE) --simulator $(ITCH_HDL_SIMULATOR)
+
+bench-decoder: setup
+	$(PY) -m sim.itch_backend $(ITCH_SAMPLE) --simulator verilator
 
 test-itch-hdl: setup
 	$(PY) -m pytest -q tests/hdl/test_itch_record.py tests/hdl/test_itch_amaranth.py tests/sim/test_itch.py \

@@ -452,6 +452,7 @@ def bench(path: str | os.PathLike[str], simulators: Sequence[str], out: TextIO,
         count = sum(len(r) for r in run.records)
         print(f"itch_hdl simulator={simulator} records={count} bytes={run.bytes} packets={len(packets)} "
               f"cycles={run.cycles} bytes_per_cycle={run.bytes_per_cycle:.3f} "
+              f"workload=sample-file cycles_per_msg={run.cycles / max(count, 1):.3f} "
               f"latency_min={min(run.latencies)} latency_max={max(run.latencies)} "
               f"match={'yes' if same else 'NO'} seconds={seconds:.1f}", file=out)
     return ok

@@ -939,7 +939,7 @@ def bench_main(simulator: str, commands: int, seed: int) -> int:
                                                           "stall": 0.2, "idle": 0.1})["streams"]
     print(f"realistic stream ({simulator}): {realistic['commands']} commands, {realistic['records']} matcher "
           f"records, {realistic['cycles']} cycles")
-    print(f"cycles_per_msg={realistic['cycles_per_msg']:.3f}")
+    print(f"cycles_per_msg={realistic['cycles_per_msg']:.3f} workload=realistic-mix")
     print(f"first_event_latency mean={realistic['first_event_latency']['mean']:.2f} "
           f"max={realistic['first_event_latency']['max']} (back to back, queueing included); "
           f"isolated max={realistic['max_latency_isolated']}")
