@@ -72,16 +72,28 @@ __all__ = [
     "SEQ_MODULUS",
     "STATUS_LAYOUT",
     "VERSION",
+    "DECODE_HEADER",
+    "ITCH_CARD_MAX_PACKET",
+    "ITCH_IDENT_LAYOUT",
+    "ITCH_MAGIC",
+    "ITCH_MAX_RECORDS_PER_FRAME",
+    "ITCH_RECORDS_PER_FRAME",
+    "ITCH_VERSION",
+    "RECORDS_HEADER",
     "CardError",
     "CardIdentity",
+    "ItchCardIdentity",
     "CardStatus",
     "ErrorCode",
     "FrameType",
     "command_payload",
+    "decode_payload",
     "events_payload",
     "matcher_preset",
     "parse_command_payload",
     "parse_events_payload",
+    "parse_records_payload",
+    "records_payload",
     "replay_depth_for",
 ]
 
@@ -105,9 +117,11 @@ class FrameType(IntEnum):
     IDENTIFY = 0x01
     COMMAND = 0x02
     STATUS = 0x03
+    DECODE = 0x04  # the ITCH decoder card (ITCH_MAGIC): decode one packet of message blocks
     IDENT = 0x81
     EVENTS = 0x82
     STATUS_R = 0x83
+    RECORDS = 0x84  # the ITCH decoder card's answer to DECODE
     ERROR = 0x8F
 
 
@@ -207,6 +221,10 @@ class CardIdentity:
 
     def check(self) -> None:
         """Refuse anything but a matchwire card of this major version (:class:`CardError`)."""
+        if self.magic == ITCH_MAGIC:
+            raise CardError("this is the matchwire ITCH decoder card "
+                            f"(magic {ITCH_MAGIC.to_bytes(4, 'little').decode()!r}), not a matcher card "
+                            f"({MAGIC.to_bytes(4, 'little').decode()!r}): load the matcher design")
         if self.magic != MAGIC:
             raise CardError(f"not a matchwire card: identification magic 0x{self.magic:08x}, expected "
                             f"0x{MAGIC:08x} ({MAGIC.to_bytes(4, 'little').decode()!r})")
@@ -301,3 +319,143 @@ def matcher_preset(name: str) -> MatcherConfig:
 
 
 assert 2 + max(c.command_layout.size for c in MATCHER_PRESETS.values()) <= CARD_MAX_PAYLOAD <= MAX_PAYLOAD
+
+
+# -- the ITCH decoder card (issue #9): the same link, frame types and identification scheme ---------------
+#
+# A second card design runs ``hdl.itch.ItchDecoder`` behind the link (``hdl.itch_card.ItchCard``). It
+# answers ``IDENTIFY`` and ``STATUS`` as the matcher card does, with its own magic so that neither host
+# can mistake one card for the other, and adds:
+#
+# =============  ======  ==================================================================================
+# ``DECODE``     0x04    :data:`DECODE_HEADER` (``seq``) then one packet of message blocks (a MoldUDP64
+#                        body: ``length (u16 BE) | message`` ...), 0..:data:`ITCH_CARD_MAX_PACKET` bytes
+# ``RECORDS``    0x84    :data:`RECORDS_HEADER` (``seq``, ``index``, ``count``, ``last``) then ``count``
+#                        records of ``exchange.itch_record.ITCH_RECORD`` (66 bytes each, little-endian,
+#                        first field first: the gateware's record payload as bytes)
+# =============  ======  ==================================================================================
+#
+# The card decodes each ``DECODE`` frame as one packet (framing restarts at its first byte, as in the
+# decoder) and answers with ``RECORDS`` frames numbered from ``index`` 0, each holding up to
+# ``records_per_frame`` records; ``last`` is 1 on the final frame (an empty packet: one frame, count 0).
+# Decoding has no side effects, so there is no replay memory and no sequence check: a repeated
+# ``DECODE`` is simply decoded again. ``seq`` only lets the host tell a current answer from a late one.
+# ``STATUS_R`` keeps :data:`STATUS_LAYOUT` with these meanings: ``commands`` = packets decoded,
+# ``events`` = records sent, ``errors`` = ``ERROR`` frames, ``duplicates`` = 0.
+
+#: The ITCH decoder card's magic: the bytes ``MWID``.
+ITCH_MAGIC = int.from_bytes(b"MWID", "little")
+#: Design version of the ITCH decoder card (major refused when different, as for the matcher card).
+ITCH_VERSION = (1, 0)
+#: ``DECODE`` payload header; the packet bytes follow.
+DECODE_HEADER = Layout("card_decode", [uint("seq", 16)])
+#: Largest packet one ``DECODE`` frame carries (the link's payload limit minus the header).
+ITCH_CARD_MAX_PACKET = MAX_PAYLOAD - DECODE_HEADER.size
+#: ``RECORDS`` payload header; ``count`` records follow.
+RECORDS_HEADER = Layout("card_records", [uint("seq", 16), uint("index", 16), uint("count", 8), uint("last", 8)])
+#: Records per ``RECORDS`` frame that fit in a link frame, and the default.
+ITCH_MAX_RECORDS_PER_FRAME = (MAX_PAYLOAD - RECORDS_HEADER.size) // 66
+ITCH_RECORDS_PER_FRAME = ITCH_MAX_RECORDS_PER_FRAME
+
+#: ``IDENT`` payload of the ITCH decoder card. Same size as :data:`IDENT_LAYOUT`, magic and version in
+#: the same places, so a host of either card reads the other's register and refuses it by its magic.
+ITCH_IDENT_LAYOUT = Layout("itch_card_ident", [
+    uint("magic", 32),
+    uint("version_major", 8),
+    uint("version_minor", 8),
+    uint("lanes", 8),  # decoder width, bytes per cycle
+    uint("slots", 8),
+    uint("records_per_frame", 8),
+    uint("record_bytes", 8),  # ITCH_RECORD's size: the host refuses a card whose record differs
+    uint("max_packet", 16),
+    uint("clock_hz", 32),  # 0: a simulation
+    uint("reserved0", 32),
+    uint("reserved1", 32),
+    uint("reserved2", 32),
+    uint("reserved3", 16),
+])
+assert ITCH_IDENT_LAYOUT.size == IDENT_LAYOUT.size
+
+
+@dataclass(frozen=True)
+class ItchCardIdentity:
+    """A decoded identification register of the ITCH decoder card."""
+
+    magic: int
+    version_major: int
+    version_minor: int
+    lanes: int
+    slots: int
+    records_per_frame: int
+    record_bytes: int
+    max_packet: int
+    clock_hz: int
+
+    @classmethod
+    def decode(cls, payload: bytes) -> ItchCardIdentity:
+        """Decode an ``IDENT`` payload (:class:`CardError` when it is too short)."""
+        if len(payload) < ITCH_IDENT_LAYOUT.size:
+            raise CardError(f"identification answer of {len(payload)} bytes, expected {ITCH_IDENT_LAYOUT.size}: "
+                            "not a matchwire card")
+        values = ITCH_IDENT_LAYOUT.unpack(payload)
+        for name in ("reserved0", "reserved1", "reserved2", "reserved3"):
+            values.pop(name)
+        return cls(**values)
+
+    def encode(self) -> bytes:
+        """The ``IDENT`` payload (what the gateware sends; used by tests)."""
+        return ITCH_IDENT_LAYOUT.pack(magic=self.magic, version_major=self.version_major,
+                                      version_minor=self.version_minor, lanes=self.lanes, slots=self.slots,
+                                      records_per_frame=self.records_per_frame, record_bytes=self.record_bytes,
+                                      max_packet=self.max_packet, clock_hz=self.clock_hz, reserved0=0,
+                                      reserved1=0, reserved2=0, reserved3=0)
+
+    def check(self, record_bytes: int) -> None:
+        """Refuse anything but an ITCH decoder card of this major version with this record size."""
+        if self.magic == MAGIC:
+            raise CardError(f"this is the matchwire matcher card (magic {MAGIC.to_bytes(4, 'little').decode()!r}), "
+                            f"not the ITCH decoder card ({ITCH_MAGIC.to_bytes(4, 'little').decode()!r}): "
+                            "load the ITCH decoder design (matchwire card sim --design itch)")
+        if self.magic != ITCH_MAGIC:
+            raise CardError(f"not a matchwire ITCH decoder card: identification magic 0x{self.magic:08x}, expected "
+                            f"0x{ITCH_MAGIC:08x} ({ITCH_MAGIC.to_bytes(4, 'little').decode()!r})")
+        if self.version_major != ITCH_VERSION[0]:
+            raise CardError(f"ITCH decoder card design version {self.version} is not supported by this host "
+                            f"(needs {ITCH_VERSION[0]}.x): rebuild the bitstream or update the host")
+        if self.record_bytes != record_bytes:
+            raise CardError(f"ITCH decoder card sends {self.record_bytes}-byte records, this host reads "
+                            f"{record_bytes}-byte ones: the card and host disagree on the record layout")
+        if not 1 <= self.records_per_frame <= ITCH_MAX_RECORDS_PER_FRAME or self.max_packet < 1:
+            raise CardError(f"ITCH decoder card announces {self.records_per_frame} records per frame and "
+                            f"{self.max_packet}-byte packets: not a usable configuration")
+
+    @property
+    def version(self) -> str:
+        return f"{self.version_major}.{self.version_minor}"
+
+
+def decode_payload(seq: int, packet: bytes) -> bytes:
+    """A ``DECODE`` payload: ``seq`` and one packet of message blocks."""
+    if not 0 <= seq < SEQ_MODULUS:
+        raise ValueError(f"seq must be 0..{SEQ_MODULUS - 1}, got {seq}")
+    if len(packet) > ITCH_CARD_MAX_PACKET:
+        raise ValueError(f"packet of {len(packet)} bytes, a DECODE frame carries at most {ITCH_CARD_MAX_PACKET}")
+    return DECODE_HEADER.pack(seq=seq) + bytes(packet)
+
+
+def records_payload(seq: int, index: int, records: list[bytes], last: bool) -> bytes:
+    """A ``RECORDS`` payload (what the gateware sends; used by tests)."""
+    return RECORDS_HEADER.pack(seq=seq, index=index, count=len(records), last=int(last)) + b"".join(records)
+
+
+def parse_records_payload(payload: bytes, record_bytes: int) -> tuple[int, int, bool, list[bytes]]:
+    """(seq, index, last, record bytes) of a ``RECORDS`` payload; ValueError when malformed."""
+    if len(payload) < RECORDS_HEADER.size:
+        raise ValueError(f"records payload of {len(payload)} bytes is shorter than its header")
+    header = RECORDS_HEADER.unpack(payload)
+    count = header["count"]
+    if len(payload) != RECORDS_HEADER.size + count * record_bytes or header["last"] > 1:
+        raise ValueError(f"records payload of {len(payload)} bytes does not hold {count} records of {record_bytes}")
+    body = payload[RECORDS_HEADER.size:]
+    records = [body[o:o + record_bytes] for o in range(0, len(body), record_bytes)]
+    return header["seq"], header["index"], bool(header["last"]), records

@@ -46,6 +46,7 @@ __all__ = [
     "SoftwareFeedDecoder",
     "bench",
     "decoder_for",
+    "known_decoders",
     "register_decoder",
 ]
 
@@ -83,20 +84,34 @@ def _error_record(error: ItchDecodeError) -> dict:
     return {"type": ERROR_TYPE, "offset": error.offset, "reason": error.reason}
 
 
-_DECODERS: dict[str, Callable[[], FeedDecoder]] = {"software": SoftwareFeedDecoder}
+def _card_decoder(**options: Any) -> FeedDecoder:
+    """The gateware decoder on the ITCH decoder card, over the card link (``host.itch_card``; imported
+    only when asked for, so the software path needs no serial library): ``link=URL`` is required."""
+    from host.itch_card import CardFeedDecoder
+
+    return CardFeedDecoder(**options)
 
 
-def register_decoder(name: str, factory: Callable[[], FeedDecoder]) -> None:
+_DECODERS: dict[str, Callable[..., FeedDecoder]] = {"software": SoftwareFeedDecoder, "card": _card_decoder}
+
+
+def register_decoder(name: str, factory: Callable[..., FeedDecoder]) -> None:
     """Make another decoder available by name (the gateware one of issue #9 registers here)."""
     _DECODERS[name] = factory
 
 
-def decoder_for(name: str = "software") -> FeedDecoder:
-    """A new decoder of the named backend; ValueError names the known ones."""
+def known_decoders() -> list[str]:
+    """Names :func:`decoder_for` accepts (without creating a decoder: ``card`` would open its link)."""
+    return sorted(_DECODERS)
+
+
+def decoder_for(name: str = "software", **options: Any) -> FeedDecoder:
+    """A new decoder of the named backend, given ``options`` (``card``: ``link``, ``timeout``,
+    ``retries``); ValueError names the known ones."""
     factory = _DECODERS.get(name)
     if factory is None:
         raise ValueError(f"unknown feed decoder {name!r} (known: {', '.join(sorted(_DECODERS))})")
-    return factory()
+    return factory(**options)
 
 
 @dataclass(frozen=True, slots=True)
