@@ -106,15 +106,15 @@ class BookActor(ClusterActor):
         self.journal = JournalWriter(directory, self.durability.fsync, self.durability.batch_ms,
                                      next_index=report.snapshot_index + len(records))
         self.since_snapshot = len(records)
-        if state is not None or records:
-            # Re-send what the book did since its older snapshot (receivers drop events they saw: what
-            # it sent just before the crash may have died in its socket queues), then say so.
-            for event in replayed:
-                self._route(event, 0, None)
-            marker = recovered_record(self.symbol, getattr(self.book, "seq", 0))
-            for index in {*self.risk_indices, *self.gateway_indices, *self.md_indices}:
-                self.outbox.add(index, _REPORTS, marker)  # type: ignore[union-attr]
-            self.flush()
+        # Re-send what the book did since its older snapshot (receivers drop events they saw: what it sent
+        # just before the crash may have died in its socket queues), then say so. Said even by a book with
+        # an empty journal: risk refuses orders for a restarted book until it hears RECOVERED.
+        for event in replayed:
+            self._route(event, 0, None)
+        marker = recovered_record(self.symbol, getattr(self.book, "seq", 0))
+        for index in {*self.risk_indices, *self.gateway_indices, *self.md_indices}:
+            self.outbox.add(index, _REPORTS, marker)  # type: ignore[union-attr]
+        self.flush()
 
     def on_stop(self) -> None:
         super().on_stop()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from actors.config import Durability
@@ -33,6 +34,7 @@ log = logging.getLogger("matchwire.durable")
 
 RESEND_REQUEST = 2  # op of a RECOVERED-kind record sent *to* a book: re-send my events after ``extra``
 RESEND_DONE = 3  # op of the book's answer: every event up to ``extra`` for you has been re-sent
+RISK_RECOVERED = 4  # op of a risk shard's hello after a restart (``order_id``: its actor index)
 _SEQ_SYMBOL = struct.Struct("<Q8x8s")  # a report record's seq (byte 8) and symbol (byte 24)
 
 
@@ -74,6 +76,13 @@ def resend_done_record(symbol: str, seq: int) -> bytes:
                        order_id2=0, price=0, qty=0, extra=seq, match_number=0)
 
 
+def risk_recovered_record(shard_index: int) -> bytes:
+    """A restarted risk shard tells the gateways: orders you sent me and I did not answer may be lost."""
+    return REPORT.pack(kind=EventKind.RECOVERED, side=0, order_type=0, tif=0, stp=0, flags=0, reason=0,
+                       op=RISK_RECOVERED, seq=0, trace_ns=0, symbol="", account="", account2="",
+                       order_id=shard_index, order_id2=0, price=0, qty=0, extra=0, match_number=0)
+
+
 def is_resend_done(buffer: bytes | memoryview, offset: int) -> bool:
     return buffer[offset] == EventKind.RECOVERED and buffer[offset + 7] == RESEND_DONE
 
@@ -112,6 +121,26 @@ class ResendGate:
             return None
         held.sort(key=lambda record: _SEQ_SYMBOL.unpack_from(record, 8)[0])
         return held
+
+    def route(self, buffer: bytes | memoryview, offset: int, size: int,
+              apply: Callable[[bytes | memoryview, int], None], request_again: Callable[[str], None]) -> None:
+        """One incoming record while waiting: hold it, release a book's held records in order, or apply it.
+
+        A book that restarts before answering has forgotten the request: its RECOVERED record (op 1) makes
+        the receiver ask again.
+        """
+        if is_resend_done(buffer, offset):
+            for record in self.release(buffer, offset) or ():
+                apply(record, 0)
+            return
+        if buffer[offset] == EventKind.RECOVERED and buffer[offset + 7] == 1:
+            symbol = bytes(buffer[offset + 24:offset + 32])
+            if symbol in self.waiting:
+                request_again(symbol.decode("ascii", "replace").rstrip())
+            apply(buffer, offset)
+            return
+        if not self.hold(buffer, offset, size):
+            apply(buffer, offset)
 
     def symbols(self) -> list[str]:
         return sorted(s.decode().rstrip() for s in self.waiting)

@@ -22,7 +22,7 @@ import zmq
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import cluster_order_id
-from actors.durable import ResendGate, commit_and_wait, is_resend_done, open_journal, resend_request_record
+from actors.durable import RISK_RECOVERED, ResendGate, commit_and_wait, open_journal, resend_request_record
 from actors.soup_server import DurableSequencedStore, SoupApplication, SoupServer
 from actors.transport import Batch, LocalDirectory
 from exchange.accounts import Users, load_users
@@ -287,6 +287,12 @@ class GatewayActor(ClusterActor):
         self._minted: list[int] = []
         self._out: list[tuple[str, bytes]] = []  # sequenced messages of the input being handled
         self._committed_index = 0
+        # OUCH new orders sent to risk and not answered yet (order id -> the command record): after a
+        # restart of this gateway or of a risk node they are sent again, since they may have died in a
+        # socket queue. Books answer a copy of an order they have with duplicate_order_id, which the
+        # gateway and risk ignore; ``_resent`` are never answered "busy" by this gateway (kept instead).
+        self._unanswered: dict[int, bytes] = {}
+        self._resent: set[int] = set()
 
     def on_start(self) -> None:
         super().on_start()
@@ -309,18 +315,45 @@ class GatewayActor(ClusterActor):
             self._committed_index = self.journal.index
         if self.users is not None:
             host, port = self.config.ouch_address(self.name)
-            self.soup_app = GatewaySoupApplication(self.users, self.ctx.local, self.index, 64 * self.config.max_backlog)
+            # The same bound as the node's inbound pump: above it the pump stops reading, so a deeper OUCH
+            # queue would starve the reports from books (they waited seconds in socket queues under load,
+            # and a book killed meanwhile took them with it).
+            self.soup_app = GatewaySoupApplication(self.users, self.ctx.local, self.index, self.config.max_backlog)
             self.soup = SoupServer(self.soup_app, host, port, store=self.store,
                                    session=f"{self.config.name[:6]}{self.number:04d}"[:10]).start()
         if records:
             # Events that reached the old process but not its journal died with it: ask every book for
             # its events after the last one journaled, holding its live events until the answer is in.
             for symbol in self.config.instruments:
-                self.gate.wait_for(symbol)
-                last = self.replays.last.get(symbol.encode().ljust(8, b" "), 0)
-                self.outbox.add(self.config.actor_index[f"book/{symbol}"], MessageKind.REPORTS,  # type: ignore[union-attr]
-                                resend_request_record(symbol, last))
+                self._request_resend(symbol)
+            self._resend_unanswered(None)
             self.flush()
+
+    def _resend_unanswered(self, node: str | None, shard_name: str | None = None) -> None:
+        """Send the unanswered new orders again (those whose risk shard is on ``node``, or is ``shard_name``,
+        or all)."""
+        count = 0
+        for order_id, record in self._unanswered.items():
+            order = self.orders.get(order_id)
+            if order is None:
+                continue
+            shard = self.config.risk_shard(order.account)
+            if node is not None and self.config.actor_node[shard].name != node:
+                continue
+            if shard_name is not None and shard != shard_name:
+                continue
+            self._resent.add(order_id)
+            self.outbox.add(self.config.actor_index[shard], MessageKind.ORDERS, record)  # type: ignore[union-attr]
+            count += 1
+        if count:
+            self.count("orders_resent", count)
+            log.warning("%s: sent %d unanswered orders again%s", self.name, count, f" (to {node})" if node else "")
+
+    def on_peer_up(self, node: str) -> None:
+        super().on_peer_up(node)
+        # A risk node that comes back may have lost what it took in but had not journaled.
+        if self.journal is not None and any(self.config.actor_node[r].name == node for r in self.config.risk_shards):
+            self._resend_unanswered(node)
 
     def _replay(self, records: list[bytes]) -> None:
         """Rebuild sessions, tokens, orders and the id allocator from the journal, sending nothing."""
@@ -371,6 +404,13 @@ class GatewayActor(ClusterActor):
         order_id = cluster_order_id(self.number, n)
         self._minted.append(order_id)
         return order_id
+
+    def _request_resend(self, symbol: str) -> None:
+        """Ask book ``symbol`` for its events after the last one journaled; hold its events until they come."""
+        self.gate.wait_for(symbol)
+        last = self.replays.last.get(symbol.encode().ljust(8, b" "), 0)
+        self.outbox.add(self.config.actor_index[f"book/{symbol}"], MessageKind.REPORTS,  # type: ignore[union-attr]
+                        resend_request_record(symbol, last))
 
     def on_stop(self) -> None:
         super().on_stop()
@@ -442,9 +482,11 @@ class GatewayActor(ClusterActor):
                     continue
                 order.pending += 1
                 account = order.account
+            record = command_to_record(command, now)
+            if type(command) is NewOrder and self.journal is not None:
+                self._unanswered[order_id] = record
             if not replaying:
-                self.outbox.add(self._risk_of(account), MessageKind.ORDERS,  # type: ignore[union-attr]
-                                command_to_record(command, now))
+                self.outbox.add(self._risk_of(account), MessageKind.ORDERS, record)  # type: ignore[union-attr]
         if self.journal is not None and not replaying:
             # Every message that got this far changed the translator (at least the UserRefNum mark).
             name = username.encode("ascii", "replace")
@@ -551,6 +593,9 @@ class GatewayActor(ClusterActor):
                     self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
                 continue
             for record in records:
+                if record[0] == Op.NEW and _unpack_order(record, 0)[10] in self._resent:
+                    self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
+                    continue  # the book may have it: only an answer from there settles it
                 if self.journal is not None:
                     self.journal.append(_TAG_FAILURE + bytes((_FAILURE_REASONS.index(reason),)) + record)
                 self._send_failure(reason, record)
@@ -565,6 +610,7 @@ class GatewayActor(ClusterActor):
             return
         if op == Op.NEW:
             order.done = True
+            self._unanswered.pop(order_id, None)
         order.pending -= 1
         if order.session == OUCH_SESSION:
             self._ouch_reject(order.symbol, order_id, _OP_NAMES.get(op, "new"), reason, order.account)
@@ -584,13 +630,8 @@ class GatewayActor(ClusterActor):
         gate = self.gate
         for offset in offsets:
             if gate.waiting:
-                if is_resend_done(payload, offset):
-                    held = gate.release(payload, offset)
-                    for record in held or ():
-                        self._report(record, 0)
-                    continue
-                if gate.hold(payload, offset, REPORT_SIZE):
-                    continue
+                gate.route(payload, offset, REPORT_SIZE, self._report, self._request_resend)
+                continue
             self._report(payload, offset)
         self._emit()
 
@@ -604,7 +645,20 @@ class GatewayActor(ClusterActor):
         if kind == EventKind.RECOVERED:
             if fields[7] == 1:
                 self.count("books_recovered")
+            elif fields[7] == RISK_RECOVERED and not self.replaying and 0 <= fields[13] < len(self.config.actor_names):
+                self.count("risk_recovered")
+                self._resend_unanswered(None, self.config.actor_names[fields[13]])
             return
+        if kind == EventKind.REJECTED and REASONS_BY_CODE.get(fields[6]) == RejectReason.DUPLICATE_ORDER_ID:
+            # A copy of an order sent again after a restart, which the book had: its answer is elsewhere.
+            self.count("resent_duplicates")
+            return
+        if self._unanswered:
+            self._unanswered.pop(fields[13], None)
+            if kind == EventKind.FILL:
+                self._unanswered.pop(fields[14], None)
+        if self._resent:
+            self._resent.discard(fields[13])
         if self.journal is not None and not self.replaying:
             self.journal.append(_TAG_EVENT + bytes(payload[offset:offset + REPORT_SIZE]))
         if kind == EventKind.FILL:
@@ -716,6 +770,7 @@ class GatewayActor(ClusterActor):
         out.update({f"port_{k}": v for k, v in self.port.stats.items()})
         out["live_orders"] = len(self.orders)
         out["duplicate_reports_dropped"] = self.replays.dropped
+        out["unanswered_orders"] = len(self._unanswered)
         if self.journal is not None:
             out.update({f"journal_{k}": v for k, v in self.journal.stats.items()})
             out["journal_policy"] = self.journal.policy

@@ -34,7 +34,7 @@ import pykka
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import ConfigError
-from actors.durable import ResendGate, commit_and_wait, is_resend_done, open_journal, resend_request_record
+from actors.durable import ResendGate, commit_and_wait, open_journal, resend_request_record
 from actors.transport import Batch
 from exchange.eventbook import EventBook
 from exchange.itch import ItchFileWriter
@@ -335,10 +335,7 @@ class MarketDataActor(ClusterActor):
             # Events the old process took in but had not journaled died with it: ask every book for its
             # events after the last one journaled, and hold its live events until they are in.
             for symbol in self.config.instruments:
-                self.gate.wait_for(symbol)
-                last = self.replays.last.get(symbol.encode().ljust(8, b" "), 0)
-                self.outbox.add(self.config.actor_index[f"book/{symbol}"], MessageKind.REPORTS,  # type: ignore[union-attr]
-                                resend_request_record(symbol, last))
+                self._request_resend(symbol)
             self.flush()
             return
         messages = self.publisher.start_of_day()
@@ -378,6 +375,13 @@ class MarketDataActor(ClusterActor):
             for i, msg in enumerate(messages):
                 self.history[(self.next_seq + i) % size] = msg
         self.next_seq += len(messages)
+
+    def _request_resend(self, symbol: str) -> None:
+        """Ask book ``symbol`` for its events after the last one journaled; hold its events until they come."""
+        self.gate.wait_for(symbol)
+        last = self.replays.last.get(symbol.encode().ljust(8, b" "), 0)
+        self.outbox.add(self.config.actor_index[f"book/{symbol}"], MessageKind.REPORTS,  # type: ignore[union-attr]
+                        resend_request_record(symbol, last))
 
     def on_stop(self) -> None:
         if self.publisher is not None and self.packetizer is not None:
@@ -436,12 +440,8 @@ class MarketDataActor(ClusterActor):
         self.count("events", batch.count)
         for offset in offsets:
             if gate.waiting:
-                if is_resend_done(payload, offset):
-                    for record in gate.release(payload, offset) or ():
-                        self._event(record, 0)
-                    continue
-                if gate.hold(payload, offset, REPORT_SIZE):
-                    continue
+                gate.route(payload, offset, REPORT_SIZE, self._event, self._request_resend)
+                continue
             if journal is not None:
                 self._event(payload, offset)
                 continue

@@ -17,10 +17,10 @@ import time
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import gateway_number_of
-from actors.durable import ResendGate, commit_and_wait, is_resend_done, open_journal, resend_request_record
+from actors.durable import ResendGate, commit_and_wait, open_journal, resend_request_record, risk_recovered_record
 from actors.transport import SendResult
 from exchange.layout import LayoutError
-from exchange.orders import Cancelled, Rejected, Side
+from exchange.orders import Cancelled, Rejected, RejectReason, Side
 from exchange.risk import AccountRisk, RiskOrder
 from exchange.wire import (
     FLAG_ADMIN,
@@ -76,11 +76,16 @@ class RiskActor(ClusterActor):
         self.accounts: dict[str, AccountRisk] = {}
         self.orders: dict[int, RiskOrder] = {}  # every open order of this shard's accounts
         self.down_nodes: set[str] = set()
+        # Durable books whose node went down and which have not said RECOVERED yet: orders for them are
+        # refused until then, even once the node answers pings, or an order sent to the new incarnation
+        # before its RECOVERED arrives would be answered "unavailable" by _book_recovered and still trade.
+        self.recovering: set[str] = set()
         self.pending_source: dict[int, int] = {}  # order id -> the gateway awaiting an answer
         self.replays = ReplayFilter()
         self.durable_books = config.durability.enabled
         self._reject_log_window = 0.0
         self._rejects_logged = 0
+        self.seen_ids: set[int] = set()  # every new order that passed (a gateway may send one again)
         self.journal = None
         self.gate = ResendGate()
         self.replaying = False
@@ -92,15 +97,18 @@ class RiskActor(ClusterActor):
             return
         self.journal, records, report = open_journal(self.config.durability, self.ctx.node, self.name)
         self.recovery = str(report)
+        # Orders that reached the old process but not its journal died with it: the gateways send their
+        # unanswered orders again when they hear this (the ones journaled are recognised by id).
+        for gateway in self.gateway_indices:
+            self.outbox.add(gateway, MessageKind.REPORTS, risk_recovered_record(self.index))  # type: ignore[union-attr]
         if not records:
+            self.flush()
             return
         self._replay(records)
         # What the old process received from the books but had not journaled died with it: ask each
         # book for its events after the last one journaled, and hold its live events until they are in.
-        for symbol, book in self.book_index.items():
-            self.gate.wait_for(symbol)
-            last = self.replays.last.get(symbol.encode().ljust(8, b" "), 0)
-            self.outbox.add(book, MessageKind.REPORTS, resend_request_record(symbol, last))  # type: ignore[union-attr]
+        for symbol in self.book_index:
+            self._request_resend(symbol)
         self.flush()
 
     def _replay(self, records: list[bytes]) -> None:
@@ -123,6 +131,13 @@ class RiskActor(ClusterActor):
             self.replaying = False
         log.warning("%s: recovered %d journal records: %d accounts, %d open orders", self.name, len(records),
                     len(self.accounts), len(self.orders))
+
+    def _request_resend(self, symbol: str) -> None:
+        """Ask book ``symbol`` for its events after the last one journaled; hold its events until they come."""
+        self.gate.wait_for(symbol)
+        last = self.replays.last.get(symbol.encode().ljust(8, b" "), 0)
+        self.outbox.add(self.config.actor_index[f"book/{symbol}"], MessageKind.REPORTS,  # type: ignore[union-attr]
+                        resend_request_record(symbol, last))
 
     def on_stop(self) -> None:
         super().on_stop()
@@ -170,7 +185,15 @@ class RiskActor(ClusterActor):
             if book is None:
                 self._reject(batch.source, symbol, order_id, op, "unknown_symbol", trace_ns)
                 continue
-            if self.book_node[symbol] in self.down_nodes:
+            if op == Op.NEW and order_id in self.seen_ids:
+                # A gateway that restarted sends its unanswered orders again. This one passed before (its
+                # exposure is reserved): it goes on unchecked, and the book answers a copy it has with
+                # duplicate_order_id (ignored). If the book is down, its recovery answers the original.
+                if self.book_node[symbol] not in self.down_nodes and symbol not in self.recovering:
+                    add(book, orders_kind, bytes(payload[offset:offset + ORDER_SIZE]))
+                self.count("orders_resent")
+                continue
+            if self.book_node[symbol] in self.down_nodes or symbol in self.recovering:
                 self._reject(batch.source, symbol, order_id, op, ClusterReason.INSTRUMENT_UNAVAILABLE, trace_ns)
                 continue
             if op == Op.NEW:
@@ -199,6 +222,7 @@ class RiskActor(ClusterActor):
         """The state change of an order that passed its checks (live, or from the journal)."""
         op, side, _, _, _, _, _, _, symbol_b, account_b, order_id, price, qty, _ = _unpack_order(payload, offset)
         if op == Op.NEW:
+            self.seen_ids.add(order_id)
             if order_id not in self.orders:
                 symbol = _text(symbol_b)
                 value_price = price or self.marks.get(symbol, 0)
@@ -270,12 +294,8 @@ class RiskActor(ClusterActor):
         gate = self.gate
         for offset in offsets:
             if gate.waiting:
-                if is_resend_done(payload, offset):
-                    for record in gate.release(payload, offset) or ():
-                        self._report(record, 0)
-                    continue
-                if gate.hold(payload, offset, REPORT_SIZE):
-                    continue
+                gate.route(payload, offset, REPORT_SIZE, self._report, self._request_resend)
+                continue
             self._report(payload, offset)
 
     def _report(self, payload: bytes | memoryview, offset: int) -> None:
@@ -309,6 +329,8 @@ class RiskActor(ClusterActor):
             if order is not None:
                 self.account(order.account).on_accepted(order_id)
         elif kind == EventKind.REJECTED:
+            if REASONS_BY_CODE.get(reason) == RejectReason.DUPLICATE_ORDER_ID:
+                return  # the answer to an order a restarted gateway sent again: the original has its own
             self.pending_source.pop(order_id, None)
             if order is not None:
                 self.account(order.account).on_rejected(order_id, _OP_NAMES.get(op, "new"))
@@ -330,6 +352,7 @@ class RiskActor(ClusterActor):
     def _book_recovered(self, symbol: str) -> None:
         """A restarted book re-sent its events: commands still unanswered never reached its journal."""
         self.count("books_recovered")
+        self.recovering.discard(symbol)
         lost = [oid for oid in self.pending_source if (o := self.orders.get(oid)) is not None and o.symbol == symbol]
         for order_id in lost:
             order = self.orders[order_id]
@@ -346,6 +369,7 @@ class RiskActor(ClusterActor):
         if self.durable_books:
             # Its books are journaled: their orders outlive the process. New orders are refused
             # while it is down; commands in flight are answered when it is back (RECOVERED).
+            self.recovering.update(s for s, n in self.book_node.items() if n == node)
             return
         for order in [o for o in self.orders.values() if self.book_node[o.symbol] == node]:
             source = self.pending_source.get(order.order_id)
@@ -422,6 +446,7 @@ class RiskActor(ClusterActor):
         out["open_orders"] = len(self.orders)
         out["in_flight"] = len(self.pending_source)
         out["down_nodes"] = sorted(self.down_nodes)
+        out["books_recovering"] = sorted(self.recovering)
         out["killed"] = sorted(a.account for a in self.accounts.values() if a.killed)
         out["duplicate_reports_dropped"] = self.replays.dropped
         if self.journal is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import threading
 import time
 from collections import Counter
@@ -14,9 +15,13 @@ import pytest
 from actors.admin import admin_request
 from actors.client import ClusterClient
 from actors.journal_cli import rebuild
+from actors.ouch_client import ConnectionClosed, LoginRejected, OuchClient
+from exchange import ouch
+from exchange.accounts import hash_password
 from exchange.engine import OrderBook
 from exchange.instruments import Instrument
 from exchange.journal import JournalWriter, recover
+from exchange.moldudp64 import parse_packet
 from exchange.orders import Accepted, Cancelled, Fill, Modified, NewOrder, Rejected, Side
 from exchange.wire import command_to_record, record_to_command
 from tests.actors.cluster_helpers import start_cluster, wait_for, write_config
@@ -209,3 +214,285 @@ def _run_crash_trials(cluster, traders: list, trials: int) -> None:  # noqa: ANN
     assert sum(len(t.accepted) for t in traders) > 100
     assert sum(sum(t.fill_keys.values()) for t in traders) > 10
     assert sum(t.rejects["instrument_unavailable"] for t in traders) > 0
+
+
+# -- crash trials of every role, with OUCH clients (issue #10) -----------------------------------------------------
+
+OUCH_USERS = {"TRADA": ("trada-pw", "A1"), "TRADB": ("tradb-pw", "A2"), "TRADC": ("tradc-pw", "A3")}
+SYMBOLS = ("AAPL", "GOOG", "TSLA", "MSFT")
+
+
+class OuchTrader:
+    """An OUCH client with its own account that keeps what it was told, reconnects by sequence number after a
+    drop and sends again the orders it got no answer to (same UserRefNum: the gateway ignores a copy it has)."""
+
+    def __init__(self, address: tuple[str, int], user: str, seed: int) -> None:
+        password, self.account = OUCH_USERS[user]
+        self.client = OuchClient(*address, user, password, next_seq=1)
+        self.rng = random.Random(seed)
+        self.sent: dict[int, bytes] = {}  # UserRefNum -> the Enter Order sent
+        self.answered: set[int] = set()
+        self.accepted: dict[int, int] = {}  # UserRefNum -> Order Reference Number (the book's order id)
+        self.live: dict[int, list] = {}  # UserRefNum -> [symbol, price, leaves]
+        self.executions: Counter = Counter()  # (match number, UserRefNum) -> how often reported
+        self.duplicate_answers = 0
+        self.positions: Counter = Counter()
+        self.sides: dict[int, str] = {}
+        self.symbols: dict[int, str] = {}
+        self.rejects: Counter = Counter()
+        self.seq_regressions = 0  # logins where the server's next message was not the one asked for
+        self.reconnects = 0
+        self.retransmitted = 0
+        self.connected = True
+        self._next_try = 0.0
+
+    def step(self) -> None:
+        if not self.connected:
+            self.recover()
+            return
+        try:
+            if self.rng.random() < 0.2 and self.live:
+                self.client.cancel_order(self.rng.choice(list(self.live)), 0)
+            else:
+                symbol = self.rng.choice(SYMBOLS)
+                side = self.rng.choice("BS")
+                ref = self.client.next_user_ref_num
+                payload = ouch.encode_inbound(
+                    "O", user_ref_num=ref, side=side, quantity=self.rng.randint(1, 5) * 10, symbol=symbol,
+                    price=1_000_000 + self.rng.randint(-3, 3) * 100, time_in_force="0", display="Y", capacity="A",
+                    inter_market_sweep_eligibility="N", cross_type="N", cl_ord_id=f"C{ref}", options={})
+                self.client.next_user_ref_num += 1
+                self.sent[ref] = payload
+                self.sides[ref] = side
+                self.symbols[ref] = symbol
+                self.client.send(payload)
+            self.read()
+        except (ConnectionClosed, OSError):
+            self.connected = False
+
+    def recover(self) -> None:
+        if time.monotonic() < self._next_try:
+            return
+        self._next_try = time.monotonic() + 0.2
+        wanted = self.client.next_seq
+        try:
+            accepted = self.client.reconnect()
+        except (ConnectionClosed, LoginRejected, OSError):
+            return
+        self.reconnects += 1
+        if accepted != wanted:
+            self.seq_regressions += 1  # the server lost (or invented) messages this client had
+        self.connected = True
+        try:
+            self.read()
+            # What the gateway journaled is ignored as a retransmission; what died with it is entered now.
+            for ref in sorted(set(self.sent) - self.answered):
+                self.client.send(self.sent[ref])
+                self.retransmitted += 1
+        except (ConnectionClosed, OSError):
+            self.connected = False
+
+    def read(self, timeout: float = 0.0) -> None:
+        try:
+            self.client.poll(timeout)
+        except ConnectionClosed:
+            self.connected = False
+        while self.client.pending():
+            self._on(self.client.recv(0))
+
+    def _on(self, m: dict) -> None:
+        kind, ref = m["type"], m.get("user_ref_num")
+        if kind == "A":
+            if ref in self.answered:
+                self.duplicate_answers += 1
+            self.answered.add(ref)
+            self.accepted[ref] = m["order_reference_number"]
+            self.live[ref] = [m["symbol"].strip(), m["price"], m["quantity"]]
+        elif kind == "J":
+            if ref in self.answered:
+                self.duplicate_answers += 1
+            self.answered.add(ref)
+            self.rejects[m["reason"]] += 1
+        elif kind == "E":
+            self.executions[(m["match_number"], ref)] += 1
+            self.positions[self.symbols[ref]] += m["quantity"] if self.sides[ref] == "B" else -m["quantity"]
+            order = self.live.get(ref)
+            if order is not None:
+                order[2] -= m["quantity"]
+                if order[2] <= 0:
+                    del self.live[ref]
+        elif kind == "C" and ref in self.live:
+            self.live[ref][2] -= m["quantity"]
+            if self.live[ref][2] <= 0:
+                del self.live[ref]
+
+
+class FeedListener(threading.Thread):
+    """Every MoldUDP64 packet the market-data node sends: a sequence number must never be reused."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.messages: dict[int, bytes] = {}
+        self.sessions: set[str] = set()
+        self.reused = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            packet = parse_packet(data)
+            self.sessions.add(packet.session)
+            for i, message in enumerate(packet.messages):
+                seq = packet.sequence_number + i
+                old = self.messages.setdefault(seq, message)
+                if old != message:
+                    self.reused += 1
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(2)
+        self.sock.close()
+
+
+def test_crash_trials_of_every_role_lose_nothing(tmp_path):
+    # CI: one kill of each role (gateway, risk, market data, a book node); `make crash-trials` runs many
+    # more, each killing a random node.
+    trials = int(os.environ.get("MATCHWIRE_CRASH_TRIALS", "4"))
+    feed = FeedListener()
+    users = "".join(f'[[user]]\nname = "{name}"\npassword_hash = "{hash_password(pw, n=1 << 10)}"\n'
+                    f'accounts = ["{account}"]\n' for name, (pw, account) in OUCH_USERS.items())
+    extra = ('[durability]\nenabled = true\nfsync = "batch"\nbatch_ms = 2.0\nsnapshot_every = 300\n'
+             f'[market_data]\ntargets = ["127.0.0.1:{feed.port}"]\nsession = "TRIALS"\n' + users)
+    path = write_config(tmp_path, extra=extra)
+    cluster = start_cluster(path, tmp_path / "logs")
+    feed.start()
+    traders: list[OuchTrader] = []
+    try:
+        _run_role_trials(cluster, traders, trials, feed)
+    finally:
+        for trader in traders:
+            trader.client.close()
+        cluster.stop()
+        feed.stop()
+
+
+def _run_role_trials(cluster, traders: list, trials: int, feed: FeedListener) -> None:  # noqa: ANN001, C901
+    rng = random.Random(int(os.environ.get("MATCHWIRE_CRASH_SEED", "7")))
+    config = cluster.config
+    address = config.ouch_address()
+    traders.extend(OuchTrader(address, user, seed) for seed, user in enumerate(OUCH_USERS))
+    nodes = ["gateway", "risk", "md", "book1", "book2"]
+    victims = rng.sample(["gateway", "risk", "md", rng.choice(["book1", "book2"])], 4) if trials == 4 else \
+        [rng.choice(nodes) for _ in range(trials)]
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def load() -> None:
+        while not stop.is_set():
+            with lock:
+                for trader in traders:
+                    trader.step()
+            time.sleep(0.003)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    killed: Counter = Counter()
+    try:
+        for victim in victims:
+            time.sleep(rng.uniform(0.6, 1.4))
+            cluster.kill_node(victim)
+            killed[victim] += 1
+            assert wait_for(lambda v=victim: (cluster.pump(0.02), not cluster.alive()[v])[1], timeout=5)
+            time.sleep(rng.uniform(0.0, 0.4))
+            cluster.restart_node(victim, timeout=90)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(10)
+
+    # Quiet point: every client is back, and every order it entered has its answer.
+    def settled(trader: OuchTrader) -> bool:
+        if not trader.connected:
+            trader.recover()
+        trader.read(0.05)
+        return trader.connected and set(trader.sent) <= trader.answered
+
+    wait_for(lambda: all([settled(t) for t in traders]), timeout=40)
+    unanswered = {t.account: sorted(set(t.sent) - t.answered) for t in traders}
+    # Then until a whole second passes without a message to anyone (orders sent again after the last
+    # reconnects may still trade against resting ones).
+    quiet_since = time.monotonic()
+    deadline = quiet_since + 30
+    while time.monotonic() - quiet_since < 1.0 and time.monotonic() < deadline:
+        before = sum(len(t.client._received) + t.client.counters["received"] for t in traders)
+        for trader in traders:
+            trader.read(0.1)
+        if sum(len(t.client._received) + t.client.counters["received"] for t in traders) != before:
+            quiet_since = time.monotonic()
+    twice = sum(sum(n - 1 for n in t.executions.values() if n > 1) for t in traders)
+    regressions = sum(t.seq_regressions for t in traders)
+    duplicates = sum(t.duplicate_answers for t in traders)
+
+    mismatched: list[str] = []
+    for symbol in SYMBOLS:
+        actor = f"book/{symbol}"
+        state = admin_request(config, actor, {"command": "snapshot"})["state"]
+        for trader in traders:
+            # Every order the client saw accepted and not finished is in the book as the client knows it.
+            in_book = sorted((o[0], o[3], o[4]) for o in state["orders"] if o[1] == trader.account)
+            told = sorted((trader.accepted[ref], p, q) for ref, (s, p, q) in trader.live.items() if s == symbol)
+            if in_book != told:
+                mismatched.append(f"{symbol} {trader.account}: only in the book {sorted(set(in_book) - set(told))}, "
+                                  f"only in the client's view {sorted(set(told) - set(in_book))}")
+        node = config.actor_node[actor].name
+        replayed, report = rebuild(str(Path(cluster.state_dir) / node / f"book-{symbol}"))
+        assert replayed is not None and not report.truncated
+        assert replayed.snapshot() == state, f"{symbol}: live book differs from its journal's replay"
+    # Risk rebuilt its state: positions as the clients' executions say, exposure as the open orders say.
+    risk_wrong: list[str] = []
+    for shard in config.risk_shards:
+        for account, check in admin_request(config, shard, {"command": "exposure_check"}).items():
+            trader = next((t for t in traders if t.account == account), None)
+            if check["reserved"] != check["recomputed"]:
+                risk_wrong.append(f"{account}: reserved {check['reserved']} != {check['recomputed']}")
+            if trader is not None and {k: v for k, v in check["positions"].items() if v} != \
+                    {k: v for k, v in trader.positions.items() if v}:
+                risk_wrong.append(f"{account}: risk positions minus the client's "
+                                  f"{ {k: v - trader.positions.get(k, 0) for k, v in check['positions'].items()} }")
+    md = admin_request(config, "md/0", {"command": "stats"})["stats"]
+    md_views = {s: md["books"].get(s, {}).get("bbo") for s in SYMBOLS}
+    book_bbo = {s: admin_request(config, f"book/{s}", {"command": "stats"})["stats"] for s in SYMBOLS}
+    md_wrong = [s for s in SYMBOLS if list(md_views[s] or []) != [book_bbo[s]["bid"], book_bbo[s]["bid_qty"],
+                                                                   book_bbo[s]["ask"], book_bbo[s]["ask_qty"]]]
+    print(f"\ncrash trials: {len(victims)} run, killed {dict(killed)}; orders entered "
+          f"{sum(len(t.sent) for t in traders)}, accepted {sum(len(t.accepted) for t in traders)}, executions "
+          f"{sum(sum(t.executions.values()) for t in traders)}, reconnects {sum(t.reconnects for t in traders)}, "
+          f"orders sent again {sum(t.retransmitted for t in traders)}, feed messages {len(feed.messages)}")
+    print(f"lost: unanswered orders { {a: len(u) for a, u in unanswered.items()} }, executions reported twice "
+          f"{twice}, answers twice {duplicates}, "
+          f"sequence regressions {regressions}, book/client mismatches {len(mismatched)}, risk mismatches "
+          f"{len(risk_wrong)}, market-data view mismatches {md_wrong}, feed sequence numbers reused {feed.reused}, "
+          f"feed sessions {sorted(feed.sessions)}, md gaps {md['gaps']}")
+    waiting = {a: admin_request(config, a, {"command": "stats"})["stats"].get("resend_waiting")
+               for a in ("gateway/0", *config.risk_shards, "md/0")}
+    print(f"re-sends still awaited: {waiting}")
+    assert not mismatched, mismatched
+    assert twice == 0 and duplicates == 0, "a report was delivered twice"
+    assert regressions == 0, "a client's next sequence number went back after a restart"
+    assert not any(unanswered.values()), f"orders never answered: {unanswered}"
+    assert not risk_wrong, risk_wrong
+    assert not md_wrong and md["gaps"] == 0 and md["anomalies"] == 0, (md_views, book_bbo)
+    assert feed.reused == 0 and feed.sessions == {"TRIALS"}
+    assert sum(1 for line in cluster.events if "restarted" in line) == len(victims)
+    # The trials did what they claim: real load, executions, reconnects after gateway kills.
+    assert sum(len(t.accepted) for t in traders) > 100
+    assert sum(sum(t.executions.values()) for t in traders) > 10
+    if killed["gateway"]:
+        assert all(t.reconnects >= killed["gateway"] for t in traders)
