@@ -75,7 +75,7 @@ def cmd_card(args: argparse.Namespace) -> int:
 
     try:
         return serve(port=args.port, host=args.host, simulator=args.simulator, preset=args.matcher,
-                     announce=lambda line: print(line, flush=True))
+                     design=args.design, announce=lambda line: print(line, flush=True))
     except (ValueError, RuntimeError, AssertionError) as exc:
         print(f"matchwire card sim: {exc}", file=sys.stderr)
         return 2
@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="HDL simulator (default verilator)")
     card_sim.add_argument("--matcher", default="default", choices=["default", "medium", "small"],
                           help="matcher size: default (as on the ULX3S-85F), medium (iCESugar-Pro) or small")
+    card_sim.add_argument("--design", default="matcher", choices=["matcher", "itch"],
+                          help="card design: matcher (default) or itch (the ITCH 5.0 decoder card, feed decoder "
+                               "'card'; see docs/itch-hdl.md)")
     card_sim.set_defaults(func=cmd_card)
 
     itch = verbs.add_parser("itch", help="ITCH 5.0 file tools (plain or gzip)")

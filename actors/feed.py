@@ -36,6 +36,7 @@ from actors.base import ClusterActor, NodeContext
 from actors.config import ConfigError
 from actors.marketdata import Address, UdpDatagrams, UdpPump, actor_table, parse_address, udp_socket
 from actors.transport import Batch
+from exchange.card_protocol import CardError
 from exchange.feed_decoder import BookUpdate, FeedHandler, decoder_for
 
 log = logging.getLogger("matchwire.feed")
@@ -51,7 +52,10 @@ class FeedSettings:
     ``retransmit``: the retransmission server, ``"host:port"`` (empty: gaps cannot be recovered and are
     given up after the retries); ``session``: expected MoldUDP64 session (empty: the first packet's);
     ``start``: ``"beginning"`` (recover the whole session from message 1) or ``"live"`` (from the first
-    packet seen); ``file``: read this ITCH file instead of the network; ``decoder``: decoder backend name;
+    packet seen); ``file``: read this ITCH file instead of the network; ``decoder``: decoder backend name
+    (``software``; ``card``: the gateware decoder on the ITCH decoder card, reached over ``link``);
+    ``link``: the card's serial device (``/dev/ttyUSB0``, ``?baud=N``) or pyserial URL
+    (``socket://127.0.0.1:7301`` for ``matchwire card sim --design itch``), only with ``decoder = "card"``;
     ``depth``: levels per side in book updates and statistics; ``retransmit_timeout`` (s), ``max_retries``,
     ``max_request`` (messages per re-request).
     """
@@ -64,6 +68,7 @@ class FeedSettings:
     start: str = "beginning"
     file: str = ""
     decoder: str = "software"
+    link: str = ""
     depth: int = 5
     retransmit_timeout: float = 0.25
     max_retries: int = 20
@@ -93,7 +98,18 @@ class FeedSettings:
         out.max_retries = int(table.get("max_retries", out.max_retries))
         out.max_request = int(table.get("max_request", out.max_request))
         out.receive_buffer = int(table.get("receive_buffer", out.receive_buffer))
-        decoder_for(out.decoder)  # fail at start on an unknown backend
+        out.link = str(table.get("link", ""))
+        if out.decoder == "card":
+            if not out.link:
+                raise ValueError('feed.decoder = "card" needs feed.link: the card\'s serial device or '
+                                 'a socket://HOST:PORT URL (matchwire card sim --design itch)')
+            from host.card import split_link_url
+
+            split_link_url(out.link)  # a malformed link fails here; the card itself is opened at start
+        else:
+            if out.link:
+                raise ValueError(f'feed.link is only used with decoder = "card", not {out.decoder!r}')
+            decoder_for(out.decoder)  # fail at start on an unknown backend
         return out
 
 
@@ -117,8 +133,14 @@ class FeedHandlerActor(ClusterActor):
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{context.config.source}: {exc}") from exc
         s = self.settings
+        try:
+            # The card is identified here: a card that does not answer, or another design, stops the node
+            # at start with the card's own message.
+            decoder = decoder_for(s.decoder, link=s.link) if s.decoder == "card" else decoder_for(s.decoder)
+        except CardError as exc:
+            raise CardError(f"{name}: feed decoder {exc}") from exc
         self.handler = FeedHandler(
-            decoder_for(s.decoder), session=s.session or None,
+            decoder, session=s.session or None,
             first_sequence=1 if s.start == "beginning" else None, depth=s.depth,
             retransmit_timeout=s.retransmit_timeout, max_retries=s.max_retries, max_request=s.max_request,
             on_updates=self._tell_subscribers)
@@ -164,16 +186,23 @@ class FeedHandlerActor(ClusterActor):
             raise
         return sock
 
+    def _close_decoder(self) -> None:
+        close = getattr(self.handler.decoder, "close", None)  # the card decoder holds its link open
+        if close is not None:
+            close()
+
     def on_stop(self) -> None:
         if self.pump is not None:
             self.pump.stop()
             self.pump = None
+        self._close_decoder()
         super().on_stop()
 
     def on_failure(self, exception_type: type, exception_value: BaseException, traceback: object) -> None:
         if self.pump is not None:
             self.pump.stop()
             self.pump = None
+        self._close_decoder()
         super().on_failure(exception_type, exception_value, traceback)
 
     # -- input --------------------------------------------------------------------------------------------

@@ -6,13 +6,16 @@
 #   make bench-decoder        the same on Verilator only (what make bench's gateware section runs)
 #   make test-itch-hdl        the decoder's tests only (amaranth.sim, and cocotb on both simulators)
 #   make report-itch-hdl      its synthesis report at the 156.25 MHz target (make hdl-report: 100 MHz)
+#   make test-itch-card       the ITCH decoder card's tests (amaranth.sim, host, cocotb over TCP)
+#   make itch-card-sim        serve the decoder card on a TCP port ([SIMULATOR=verilator|icarus] [PORT=0]);
+#                             the feed handler reaches it with decoder = "card", link = "socket://..."
 
 # The wrapper folds the 528-bit record through registers so the harness's XOR tree is not the
 # critical path (hdl/itch_report.py); the decoder inside is hdl.itch:ItchDecoder with its defaults.
 HDL_REPORT_COMPONENTS += hdl.itch_report:ItchDecoderReport
 ITCH_HDL_SIMULATOR ?= both
 
-.PHONY: bench-itch-hdl bench-decoder test-itch-hdl report-itch-hdl
+.PHONY: bench-itch-hdl bench-decoder test-itch-hdl report-itch-hdl test-itch-card itch-card-sim
 
 bench-itch-hdl: setup
 	$(PY) -m sim.itch_backend $(ITCH_SAMPLE) --simulator $(ITCH_HDL_SIMULATOR)
@@ -27,3 +30,9 @@ test-itch-hdl: setup
 report-itch-hdl: setup
 	$(PY) -m hdl.report hdl.itch_report:ItchDecoderReport --device $(HDL_REPORT_DEVICE) \
 	  --package $(HDL_REPORT_PACKAGE) --clock-mhz 156.25 $(HDL_REPORT_ARGS)
+
+test-itch-card: setup
+	$(PY) -m pytest -q tests/hdl/test_itch_card.py tests/host/test_itch_card.py tests/sim/test_itch_card.py
+
+itch-card-sim: setup
+	$(VENV)/bin/matchwire card sim --design itch --simulator $(SIMULATOR) --port $(PORT)

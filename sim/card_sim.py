@@ -1,6 +1,7 @@
 """The card in simulation: served on a TCP port, wired to a host port in-process, and line faults.
 
-* :func:`serve` runs the card top (:class:`hdl.card.Card`) under cocotb (Verilator or Icarus,
+* :func:`serve` runs a card top (``design="matcher"``: :class:`hdl.card.Card`; ``design="itch"``: the
+  ITCH decoder card :class:`hdl.itch_card.ItchCard`) under cocotb (Verilator or Icarus,
   through :mod:`sim.runner`) and serves its wire byte stream on a TCP port: what
   ``matchwire card sim`` does. The bench (``sim.benches.test_card_server``) accepts connections
   in a thread and shuttles bytes between the socket and the card's ``rx``/``tx`` streams, one
@@ -34,6 +35,7 @@ from exchange.card_protocol import matcher_preset
 
 __all__ = [
     "ACTIONS",
+    "DESIGNS",
     "CardSimProcess",
     "FrameTamper",
     "SimulatedCardPort",
@@ -45,6 +47,8 @@ __all__ = [
 
 CARD_SIM_NAME = "card"
 BENCH_MODULE = "sim.benches.test_card_server"
+#: Card designs the server can run: both have the same wire ports (rx, tx, busy), so one bench serves either.
+DESIGNS = ("matcher", "itch")
 
 
 # -- Amaranth simulator behind a pyserial-like port ------------------------------------------------
@@ -351,22 +355,41 @@ class TamperRelay:
 # -- the card served on a TCP port by cocotb ---------------------------------------------------------------
 
 
-def _card_top(preset: str):  # noqa: ANN202
+def _card_top(design: str, preset: str):  # noqa: ANN202
+    if design == "itch":
+        from hdl.itch_card import ItchCard
+
+        return ItchCard()
     from hdl.card import Card
 
     return Card(matcher_preset(preset))
 
 
+def _sim_name(design: str, preset: str) -> str:
+    return f"{CARD_SIM_NAME}_itch" if design == "itch" else f"{CARD_SIM_NAME}_{preset}"
+
+
+def _describe(design: str, preset: str) -> str:
+    return "ITCH decoder card" if design == "itch" else f"{preset} card"
+
+
+def _check_design(design: str) -> None:
+    if design not in DESIGNS:
+        raise ValueError(f"unknown card design {design!r}; choose from {', '.join(DESIGNS)}")
+
+
 def start_server(*, port: int = 0, host: str = "127.0.0.1", simulator: str = "verilator", preset: str = "default",
                  ready_file: Path | None = None, stop_file: Path | None = None,
-                 build_root: Path | str | None = None) -> threading.Thread:
+                 build_root: Path | str | None = None, design: str = "matcher") -> threading.Thread:
     """Start serving the card in a thread (the simulation is a child process); the bench writes
     the bound port into ``ready_file`` and ends when ``stop_file`` appears. Raises ValueError for
-    an unknown simulator or preset."""
+    an unknown simulator, design or preset (``preset`` names the matcher's size; the ITCH decoder
+    card has none)."""
     from sim.runner import SUPPORTED_SIMULATORS, run_cocotb
 
     if simulator not in SUPPORTED_SIMULATORS:
         raise ValueError(f"unknown simulator {simulator!r}; choose from {', '.join(SUPPORTED_SIMULATORS)}")
+    _check_design(design)
     matcher_preset(preset)
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
         raise ValueError(f"port must be 0..65535, not {port!r}")
@@ -376,7 +399,7 @@ def start_server(*, port: int = 0, host: str = "127.0.0.1", simulator: str = "ve
 
     def run() -> None:
         try:
-            run_cocotb(lambda: _card_top(preset), name=f"{CARD_SIM_NAME}_{preset}", test_module=BENCH_MODULE,
+            run_cocotb(lambda: _card_top(design, preset), name=_sim_name(design, preset), test_module=BENCH_MODULE,
                        simulator=simulator, params=params, build_root=build_root)
         except BaseException as exc:
             failure.append(exc)
@@ -388,7 +411,7 @@ def start_server(*, port: int = 0, host: str = "127.0.0.1", simulator: str = "ve
 
 
 def serve(*, port: int = 0, host: str = "127.0.0.1", simulator: str = "verilator", preset: str = "default",
-          announce: Callable[[str], None] = print, startup_timeout: float = 900.0) -> int:
+          announce: Callable[[str], None] = print, startup_timeout: float = 900.0, design: str = "matcher") -> int:
     """Serve the simulated card until SIGTERM/SIGINT (``matchwire card sim``); returns an exit code.
 
     ``announce`` gets one line naming the URL once the card listens (the first build of a
@@ -405,7 +428,7 @@ def serve(*, port: int = 0, host: str = "127.0.0.1", simulator: str = "verilator
         old = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             thread = start_server(port=port, host=host, simulator=simulator, preset=preset, ready_file=ready,
-                                  stop_file=stop)
+                                  stop_file=stop, design=design)
             deadline = time.monotonic() + startup_timeout
             while not ready.exists() and thread.is_alive() and not stopping.is_set():
                 if time.monotonic() > deadline:
@@ -414,7 +437,8 @@ def serve(*, port: int = 0, host: str = "127.0.0.1", simulator: str = "verilator
                 time.sleep(0.05)
             if ready.exists():
                 bound = int(ready.read_text())
-                announce(f"matchwire card sim: {preset} card on {simulator}, serving socket://{host}:{bound}")
+                announce(f"matchwire card sim: {_describe(design, preset)} on {simulator}, "
+                         f"serving socket://{host}:{bound}")
             while thread.is_alive() and not stopping.is_set():
                 thread.join(0.2)
             stop.touch()
@@ -442,12 +466,15 @@ class CardSimProcess:
     """``matchwire card sim`` as a child process: started on entry (waiting until it serves),
     :attr:`url` to give a host, stopped (SIGTERM, then SIGKILL) on exit. Its output goes to
     ``log_path`` when given. Raises RuntimeError when it does not come up within
-    ``startup_timeout`` seconds (the first build of a simulator takes a minute or two)."""
+    ``startup_timeout`` seconds (the first build of a simulator takes a minute or two).
+    ``design="itch"`` serves the ITCH decoder card instead of the matcher card."""
 
     def __init__(self, *, simulator: str = "verilator", preset: str = "default", port: int = 0,
-                 startup_timeout: float = 900.0, log_path: Path | str | None = None) -> None:
+                 startup_timeout: float = 900.0, log_path: Path | str | None = None,
+                 design: str = "matcher") -> None:
+        _check_design(design)
         self.command = [sys.executable, "-m", "actors.cli", "card", "sim", "--port", str(port),
-                        "--simulator", simulator, "--matcher", preset]
+                        "--simulator", simulator, "--matcher", preset, "--design", design]
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen[str] | None = None

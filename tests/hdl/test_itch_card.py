@@ -102,7 +102,7 @@ def test_records_and_feed_equal_the_software_decoder():
             assert decoder.card.decode_packet(packet) == reference_records(packet), packet.hex()
         # Through the feed decoder: longer than a DECODE frame (cut into packets of whole frames) and
         # frames longer than a DECODE frame can carry, whole and cut by the end of the payload.
-        long_payload = b"".join(_frame(random_message(rng, rng.choice("AEXDPS"))) for _ in range(60))
+        long_payload = b"".join(_frame(random_message(rng, rng.choice("AEXDPS"))) for _ in range(45))
         over = _frame(b"A" + bytes(rng.getrandbits(8) for _ in range(1499)))
         unknown = _frame(b"\xfe" + bytes(1200))
         for payload in (long_payload, book + over + book, unknown + book, book + over[:1300]):
