@@ -9,6 +9,11 @@ the owning actor's business. The rules shared by all three:
   before anything the batch caused leaves the actor (:func:`commit_and_wait`, the book's rule).
 * **Replay.** At start the journal is read back (a torn or corrupt tail is cut at the last good
   record, and the report names the file and offset) and applied with output switched off.
+* **Whole batches only.** Each commit ends with a commit record (``C``). Records after the last one
+  belong to a batch that was being written when the process died (a buffered file reaches the disk
+  in pieces): nothing that batch caused has left the actor, so recovery drops them too (and cuts
+  them off the file). Without this, a batch's state changes could survive without the client
+  messages they produced.
 * **Closing the gap.** Events a receiver took off its socket but had not journaled when it was
   killed are lost with it. After a recovery the receiver asks every book to re-send its events after
   the last sequence number the journal holds (:func:`resend_request_record`); until the book's answer
@@ -21,16 +26,19 @@ the owning actor's business. The rules shared by all three:
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from actors.config import Durability
-from exchange.journal import JournalWriter, RecoveryReport, recover
+from exchange.journal import FRAME, JournalWriter, RecoveryReport, recover, segments
 from exchange.wire import REPORT, EventKind
 
 log = logging.getLogger("matchwire.durable")
+
+COMMIT = b"C"  # the record that closes a committed batch
 
 RESEND_REQUEST = 2  # op of a RECOVERED-kind record sent *to* a book: re-send my events after ``extra``
 RESEND_DONE = 3  # op of the book's answer: every event up to ``extra`` for you has been re-sent
@@ -43,17 +51,41 @@ def open_journal(durability: Durability, node: str, actor: str) -> tuple[Journal
     directory = Path(durability.directory(node)) / actor.replace("/", "-")
     directory.mkdir(parents=True, exist_ok=True)
     _, records, report = recover(directory)
+    last = max((i for i, record in enumerate(records) if record == COMMIT), default=-1)
+    if last + 1 < len(records):
+        dropped = records[last + 1:]
+        cut = sum(FRAME.size + len(record) for record in dropped)
+        _cut_tail(directory, cut)
+        report.truncated.append(f"{len(dropped)} records of an uncommitted batch ({cut} bytes) dropped")
+        records = records[:last + 1]
     if report.truncated:
-        log.error("%s: journal damaged, recovered to the last good record: %s", actor, report)
+        log.error("%s: journal damaged, recovered to the last committed batch: %s", actor, report)
     elif records:
         log.warning("%s: recovered: %s", actor, report)
     writer = JournalWriter(directory, durability.fsync, durability.batch_ms,
                            next_index=report.snapshot_index + len(records))
-    return writer, records, report
+    return writer, [record for record in records if record != COMMIT], report
+
+
+def _cut_tail(directory: Path, size: int) -> None:
+    """Cut ``size`` bytes of whole records off the end of the journal (the newest segments)."""
+    for path in reversed(segments(directory)):
+        length = path.stat().st_size
+        with open(path, "r+b") as handle:
+            handle.truncate(max(0, length - size))
+            handle.flush()
+            os.fsync(handle.fileno())
+        size -= min(size, length)
+        if not size:
+            return
 
 
 def commit_and_wait(journal: JournalWriter) -> None:
-    """Commit, and under the batch policy wait for the shared fsync: what leaves after this is durable."""
+    """Close the batch with a commit record, commit, and under the batch policy wait for the shared fsync:
+    what leaves after this is durable."""
+    if journal.index != journal.commit_mark:
+        journal.append(COMMIT)
+        journal.commit_mark = journal.index
     journal.commit()
     if not journal.durable():
         wait = journal.sync_due_ns()

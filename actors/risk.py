@@ -86,6 +86,11 @@ class RiskActor(ClusterActor):
         self._reject_log_window = 0.0
         self._rejects_logged = 0
         self.seen_ids: set[int] = set()  # every new order that passed (a gateway may send one again)
+        # New orders sent to a book and not answered yet (id -> record): a book that recovers is sent these
+        # again (it answers a copy of one it has with duplicate_order_id, which everyone ignores), since
+        # one sent to its new incarnation before its RECOVERED arrived cannot be told from one lost.
+        self.in_flight_new: dict[int, bytes] = {}
+        self.copies: set[int] = set()  # ids of copies on their way: a failed copy is no answer
         self.journal = None
         self.gate = ResendGate()
         self.replaying = False
@@ -190,6 +195,7 @@ class RiskActor(ClusterActor):
                 # exposure is reserved): it goes on unchecked, and the book answers a copy it has with
                 # duplicate_order_id (ignored). If the book is down, its recovery answers the original.
                 if self.book_node[symbol] not in self.down_nodes and symbol not in self.recovering:
+                    self.copies.add(order_id)
                     add(book, orders_kind, bytes(payload[offset:offset + ORDER_SIZE]))
                 self.count("orders_resent")
                 continue
@@ -223,6 +229,7 @@ class RiskActor(ClusterActor):
         op, side, _, _, _, _, _, _, symbol_b, account_b, order_id, price, qty, _ = _unpack_order(payload, offset)
         if op == Op.NEW:
             self.seen_ids.add(order_id)
+            self.in_flight_new[order_id] = bytes(payload[offset:offset + ORDER_SIZE])
             if order_id not in self.orders:
                 symbol = _text(symbol_b)
                 value_price = price or self.marks.get(symbol, 0)
@@ -254,6 +261,7 @@ class RiskActor(ClusterActor):
 
     def _forget_rejected(self, order_id: int, op: int) -> None:
         if op == Op.NEW:
+            self.in_flight_new.pop(order_id, None)
             order = self.orders.pop(order_id, None)
             if order is not None:
                 self.account(order.account).on_rejected(order_id, "new")
@@ -278,6 +286,11 @@ class RiskActor(ClusterActor):
                 if op == Op.CANCEL and flags & FLAG_ADMIN:
                     # A kill-switch cancel must get through: keep it for the next flush.
                     self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
+                    continue
+                if op == Op.NEW and order_id in self.copies:
+                    # The original may be in the book, so this is no answer: keep trying until one comes.
+                    if order_id in self.in_flight_new:
+                        self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
                     continue
                 source = self.pending_source.get(order_id, self.gateway_indices[0])
                 self._reject(source, _text(symbol_b), order_id, op, reason, trace_ns)
@@ -311,6 +324,11 @@ class RiskActor(ClusterActor):
             return
         if self.journal is not None and not self.replaying:
             self.journal.append(_TAG_EVENT + bytes(payload[offset:offset + REPORT_SIZE]))
+        if self.in_flight_new:
+            self.in_flight_new.pop(order_id, None)  # any answer from the book settles a new order
+            if kind == EventKind.FILL:
+                self.in_flight_new.pop(order_id2, None)
+        self.copies.discard(order_id)
         if kind == EventKind.FILL:
             symbol = _text(symbol_b)
             self.marks[symbol] = price
@@ -356,6 +374,13 @@ class RiskActor(ClusterActor):
         lost = [oid for oid in self.pending_source if (o := self.orders.get(oid)) is not None and o.symbol == symbol]
         for order_id in lost:
             order = self.orders[order_id]
+            record = self.in_flight_new.get(order_id)
+            if record is not None and not order.accepted:
+                # It may have reached the new incarnation already: send it again rather than guess.
+                self.copies.add(order_id)
+                self.outbox.add(self.book_index[symbol], MessageKind.ORDERS, record)  # type: ignore[union-attr]
+                self.count("orders_resent_to_recovered_book")
+                continue
             self._reject(self.pending_source[order_id], symbol, order_id,
                          Op.NEW if not order.accepted else Op.MODIFY, ClusterReason.INSTRUMENT_UNAVAILABLE, 0,
                          order.account)
@@ -445,6 +470,7 @@ class RiskActor(ClusterActor):
         out = super().stats()
         out["open_orders"] = len(self.orders)
         out["in_flight"] = len(self.pending_source)
+        out["in_flight_new"] = len(self.in_flight_new)
         out["down_nodes"] = sorted(self.down_nodes)
         out["books_recovering"] = sorted(self.recovering)
         out["killed"] = sorted(a.account for a in self.accounts.values() if a.killed)

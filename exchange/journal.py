@@ -190,6 +190,7 @@ class JournalWriter:
             index, _, _ = load_snapshot(self.directory)
             next_index = index + len(records)
         self.index = next_index  # records written so far (including those before any snapshot)
+        self.commit_mark = next_index  # index after the last commit marker (actors/durable.py writes them)
         existing = segments(self.directory)
         if existing and _index_of(existing[-1].name) <= next_index:
             self.path = existing[-1]

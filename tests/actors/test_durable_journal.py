@@ -1,0 +1,53 @@
+"""The journals of gateways, risk shards and market data: whole committed batches only, re-send gating."""
+
+from __future__ import annotations
+
+from actors.config import Durability
+from actors.durable import ResendGate, commit_and_wait, open_journal, resend_done_record
+from exchange.orders import Accepted, NewOrder, Side
+from exchange.wire import REPORT_SIZE, event_to_record
+
+
+def test_only_committed_batches_are_recovered_and_the_rest_is_cut_off(tmp_path):
+    durability = Durability(enabled=True, state_dir=str(tmp_path), fsync="always")
+    journal, records, report = open_journal(durability, "node", "gateway/0")
+    assert records == [] and not report.truncated
+    journal.append_many([b"O-1", b"S-1"])
+    commit_and_wait(journal)
+    commit_and_wait(journal)  # nothing new: no empty batch is written
+    journal.append_many([b"O-2", b"S-2"])
+    commit_and_wait(journal)
+    journal.append_many([b"E-3", b"S-3"])  # a batch the process died in the middle of
+    journal.commit()  # on disk, but never closed by a commit record
+    journal.close()
+
+    journal, records, report = open_journal(durability, "node", "gateway/0")
+    assert records == [b"O-1", b"S-1", b"O-2", b"S-2"]
+    assert report.truncated and "2 records of an uncommitted batch" in report.truncated[0]
+    journal.append(b"O-4")
+    commit_and_wait(journal)
+    journal.close()
+    # The uncommitted batch was cut off the file: what follows it is read back in place.
+    _, records, report = open_journal(durability, "node", "gateway/0")
+    assert records == [b"O-1", b"S-1", b"O-2", b"S-2", b"O-4"] and not report.truncated
+
+
+def _accepted(seq: int, symbol: str = "AAPL") -> bytes:
+    return event_to_record(Accepted(seq, NewOrder(symbol, seq, "A1", Side.BUY, 100, 10)), 0)
+
+
+def test_a_held_book_is_released_in_sequence_order_when_its_re_send_is_complete():
+    gate = ResendGate()
+    gate.wait_for("AAPL")
+    applied: list[int] = []
+    asked: list[str] = []
+
+    def apply(buffer, offset):  # noqa: ANN001
+        applied.append(int.from_bytes(bytes(buffer[offset + 8:offset + 16]), "little"))
+
+    # Live events overtake the re-send; another book's events are not held.
+    for record in (_accepted(12), _accepted(13), _accepted(5, "MSFT"), _accepted(10), _accepted(11)):
+        gate.route(record, 0, REPORT_SIZE, apply, asked.append)
+    assert applied == [5]
+    gate.route(resend_done_record("AAPL", 13), 0, REPORT_SIZE, apply, asked.append)
+    assert applied == [5, 10, 11, 12, 13] and not gate.waiting and asked == []
