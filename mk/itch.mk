@@ -7,6 +7,7 @@
 #   make test-itch-hdl        the decoder's tests only (amaranth.sim, and cocotb on both simulators)
 #   make report-itch-hdl      its synthesis report at the 156.25 MHz target (make hdl-report: 100 MHz)
 #   make test-itch-card       the ITCH decoder card's tests (amaranth.sim, host, cocotb over TCP)
+#   make report-itch-card     the decoder card's synthesis report on the iCESugar-Pro's LFE5U-25F at the boards' 30 MHz
 #   make bench-itch-card      the decoder card's speed behind a FeedHandler (Verilator; sample file's first 1,000)
 #   make itch-card-sim        serve the decoder card on a TCP port ([SIMULATOR=verilator|icarus] [PORT=0]);
 #                             the feed handler reaches it with decoder = "card", link = "socket://..."
@@ -16,7 +17,7 @@
 HDL_REPORT_COMPONENTS += hdl.itch_report:ItchDecoderReport
 ITCH_HDL_SIMULATOR ?= both
 
-.PHONY: bench-itch-hdl bench-decoder test-itch-hdl report-itch-hdl test-itch-card itch-card-sim bench-itch-card
+.PHONY: bench-itch-hdl bench-decoder test-itch-hdl report-itch-hdl test-itch-card itch-card-sim bench-itch-card report-itch-card
 
 bench-itch-hdl: setup
 	$(PY) -m sim.itch_backend $(ITCH_SAMPLE) --simulator $(ITCH_HDL_SIMULATOR)
@@ -40,3 +41,7 @@ itch-card-sim: setup
 
 bench-itch-card: setup
 	$(PY) -m sim.itch_card_bench --simulator verilator --messages 1000
+
+report-itch-card: setup
+	$(PY) -m hdl.report hdl.itch_card:ItchCard --device LFE5U-25F --package CABGA256 --clock-mhz 30 \
+	  --out build/report/itch_card-25f $(HDL_REPORT_ARGS)
