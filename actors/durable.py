@@ -80,18 +80,27 @@ def _cut_tail(directory: Path, size: int) -> None:
             return
 
 
-def commit_and_wait(journal: JournalWriter) -> None:
-    """Close the batch with a commit record, commit, and under the batch policy wait for the shared fsync:
-    what leaves after this is durable."""
+def commit_and_wait(journal: JournalWriter, wait: bool = True) -> bool:
+    """Close the batch with a commit record, commit, and under the batch policy wait for the shared fsync.
+    True when what was journaled is durable, so what it caused may leave.
+
+    With ``wait`` False (the actor has more input queued) a sync that is not due yet is not waited for:
+    False, and the caller keeps its output for a later call. Sleeping instead would stall the actor
+    once per flush (a flush is due every 0.5 ms under load): measured, that cut an OUCH gateway to
+    half its rate under the batch policy.
+    """
     if journal.index != journal.commit_mark:
         journal.append(COMMIT)
         journal.commit_mark = journal.index
     journal.commit()
     if not journal.durable():
-        wait = journal.sync_due_ns()
-        if wait:
-            time.sleep(wait / 1e9)  # more input queues meanwhile and shares the next fsync
+        due = journal.sync_due_ns()
+        if due:
+            if not wait:
+                return False
+            time.sleep(due / 1e9)  # idle anyway: the fsync is shared with whatever arrives meanwhile
         journal.sync()
+    return True
 
 
 def resend_request_record(symbol: str, after_seq: int) -> bytes:

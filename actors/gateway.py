@@ -287,6 +287,7 @@ class GatewayActor(ClusterActor):
         self._minted: list[int] = []
         self._out: list[tuple[str, bytes]] = []  # sequenced messages of the input being handled
         self._committed_index = 0
+        self.stopping = False
         # OUCH new orders sent to risk and not answered yet (order id -> the command record): after a
         # restart of this gateway or of a risk node they are sent again, since they may have died in a
         # socket queue. Books answer a copy of an order they have with duplicate_order_id, which the
@@ -413,6 +414,7 @@ class GatewayActor(ClusterActor):
                         resend_request_record(symbol, last))
 
     def on_stop(self) -> None:
+        self.stopping = True
         super().on_stop()
         if self.soup is not None:
             self.soup.stop()
@@ -751,19 +753,24 @@ class GatewayActor(ClusterActor):
         if journal is not None:
             # Group commit: nothing this batch caused leaves (commands to risk, sequenced messages to
             # clients) before the journal holds it as safely as the fsync policy promises.
-            self._commit()
+            if not self._commit():
+                return  # more input is queued: it joins this batch, and a later flush sends both
         super().flush()
         if journal is not None and journal.index != self._committed_index:
-            self._commit()  # answers to orders risk could not take (handle_send_failures)
+            self._commit(wait=True)  # answers to orders risk could not take (handle_send_failures)
         self._flush_clients()
 
-    def _commit(self) -> None:
+    def _commit(self, wait: bool | None = None) -> bool:
         assert self.journal is not None
         if self.journal.index != self._committed_index or not self.journal.durable():
-            commit_and_wait(self.journal)
+            if wait is None:
+                wait = self.stopping or self.actor_inbox.empty()
+            if not commit_and_wait(self.journal, wait):
+                return False
             self._committed_index = self.journal.index
         if self.soup is not None:
             self.soup.publish_sequenced()
+        return True
 
     def stats(self) -> dict:
         out = super().stats()

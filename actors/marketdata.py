@@ -291,6 +291,7 @@ class MarketDataActor(ClusterActor):
         self.journal = None
         self.gate = ResendGate()
         self.recovery: str | None = None
+        self.stopping = False
         self._unsent: list[bytes] = []  # packets waiting for the journal commit that makes them durable
 
     # -- life cycle ---------------------------------------------------------------------------------------
@@ -384,6 +385,7 @@ class MarketDataActor(ClusterActor):
                         resend_request_record(symbol, last))
 
     def on_stop(self) -> None:
+        self.stopping = True
         if self.publisher is not None and self.packetizer is not None:
             messages = self.publisher.end_of_day()
             if self.journal is not None:
@@ -517,8 +519,10 @@ class MarketDataActor(ClusterActor):
             for packet in self.packetizer.flush():
                 self._send(packet)
         if self._unsent:
-            # Group commit: the journal holds every message numbered so far before any packet goes.
-            commit_and_wait(self.journal)  # type: ignore[arg-type]
+            # Group commit: the journal holds every message numbered so far before any packet goes
+            # (with more input queued, the packets wait for the next flush).
+            if not commit_and_wait(self.journal, self.stopping or self.actor_inbox.empty()):  # type: ignore[arg-type]
+                return
             unsent, self._unsent = self._unsent, []
             for packet in unsent:
                 self._transmit(packet)
@@ -554,7 +558,8 @@ class MarketDataActor(ClusterActor):
     def on_tick(self, now: float) -> None:
         if self.packetizer is not None and time.monotonic() - self._last_send >= self.settings.heartbeat_interval:
             self._flush_packets()
-            if time.monotonic() - self._last_send >= self.settings.heartbeat_interval:
+            # (No heartbeat while packets wait for their commit: it would announce their numbers early.)
+            if time.monotonic() - self._last_send >= self.settings.heartbeat_interval and not self._unsent:
                 self.count("heartbeats")
                 self._transmit(self.packetizer.heartbeat())
         if self._capture_file is not None and now - self._last_capture_flush >= 1.0:

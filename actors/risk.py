@@ -94,6 +94,7 @@ class RiskActor(ClusterActor):
         self.journal = None
         self.gate = ResendGate()
         self.replaying = False
+        self.stopping = False
         self.recovery: str | None = None
 
     def on_start(self) -> None:
@@ -145,6 +146,7 @@ class RiskActor(ClusterActor):
                         resend_request_record(symbol, last))
 
     def on_stop(self) -> None:
+        self.stopping = True
         super().on_stop()
         if self.journal is not None:
             self.journal.close()
@@ -152,8 +154,9 @@ class RiskActor(ClusterActor):
     def flush(self) -> None:
         if self.journal is not None:
             # Group commit: no order goes on to a book and no answer goes back before the journal
-            # holds what it did to this shard's state.
-            commit_and_wait(self.journal)
+            # holds what it did to this shard's state (with more input queued, it joins this batch).
+            if not commit_and_wait(self.journal, self.stopping or self.actor_inbox.empty()):
+                return
         super().flush()
 
     def account(self, name: str) -> AccountRisk:
