@@ -84,3 +84,18 @@ def test_a_silent_link_fails_clearly():
             decoder_for("card", link=url, timeout=0.3, retries=1)
     with pytest.raises(TypeError, match="link"):
         decoder_for("card")
+
+
+def test_the_feed_actor_stops_at_start_when_its_card_cannot_be_reached(tmp_path):
+    from actors.feed import FeedHandlerActor
+    from tests.actors.test_feed import feed_extra
+    from tests.actors.test_marketdata import InProcess
+
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]  # nothing listens there once closed: the connection is refused
+    node = InProcess(tmp_path, feed_extra("", f'[feed]\ndecoder = "card"\nlink = "socket://127.0.0.1:{port}"\n'))
+    try:
+        with pytest.raises(CardError, match=f"feed/0: feed decoder ITCH decoder card at socket://127.0.0.1:{port}"):
+            node.start(FeedHandlerActor, "feed/0")
+    finally:
+        node.close()
