@@ -46,6 +46,7 @@ from exchange.moldudp64 import (
     MoldError,
     MoldPacketizer,
     encode_packet,
+    parse_packet,
     parse_request,
 )
 from exchange.wire import REPORT_SIZE, EventKind, MessageKind, ReplayFilter, iter_records, record_to_event
@@ -580,6 +581,9 @@ class MarketDataActor(ClusterActor):
             self.count("retransmit_wrong_session")
             return
         sent_end = self.packetizer.next_sequence_number  # messages up to here have been sent
+        if self._unsent:
+            # ... except those in packets still waiting for their commit: a crash could take them back.
+            sent_end = parse_packet(self._unsent[0]).sequence_number
         first_kept = max(1, self.next_seq - self.history_size)
         start, count = request.sequence_number, request.requested_count
         if count == 0 or start >= sent_end:
