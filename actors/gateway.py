@@ -27,7 +27,7 @@ from actors.soup_server import DurableSequencedStore, SoupApplication, SoupServe
 from actors.transport import Batch, LocalDirectory
 from exchange.accounts import Users, load_users
 from exchange.layout import LayoutError
-from exchange.orders import CancelReason, NewOrder, Rejected, RejectReason
+from exchange.orders import CancelOrder, CancelReason, NewOrder, Rejected, RejectReason
 from exchange.ouch import OuchTranslator
 from exchange.risk import RiskReason, TokenBucket
 from exchange.wire import (
@@ -294,6 +294,10 @@ class GatewayActor(ClusterActor):
         # gateway and risk ignore; ``_resent`` are never answered "busy" by this gateway (kept instead).
         self._unanswered: dict[int, bytes] = {}
         self._resent: set[int] = set()
+        # Likewise OUCH cancels (by order id): cancelling twice is harmless (the book answers the second
+        # unknown_order, and the translator has forgotten the order by then). Modifies are not sent again:
+        # applied twice around a fill, one would change the order.
+        self._unanswered_cancels: dict[int, bytes] = {}
 
     def on_start(self) -> None:
         super().on_start()
@@ -334,7 +338,7 @@ class GatewayActor(ClusterActor):
         """Send the unanswered new orders again (those whose risk shard is on ``node``, or is ``shard_name``,
         or all)."""
         count = 0
-        for order_id, record in self._unanswered.items():
+        for order_id, record in [*self._unanswered.items(), *self._unanswered_cancels.items()]:
             order = self.orders.get(order_id)
             if order is None:
                 continue
@@ -485,8 +489,11 @@ class GatewayActor(ClusterActor):
                 order.pending += 1
                 account = order.account
             record = command_to_record(command, now)
-            if type(command) is NewOrder and self.journal is not None:
-                self._unanswered[order_id] = record
+            if self.journal is not None:
+                if type(command) is NewOrder:
+                    self._unanswered[order_id] = record
+                elif type(command) is CancelOrder:
+                    self._unanswered_cancels[order_id] = record
             if not replaying:
                 self.outbox.add(self._risk_of(account), MessageKind.ORDERS, record)  # type: ignore[union-attr]
         if self.journal is not None and not replaying:
@@ -595,7 +602,7 @@ class GatewayActor(ClusterActor):
                     self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
                 continue
             for record in records:
-                if record[0] == Op.NEW and _unpack_order(record, 0)[10] in self._resent:
+                if record[0] in (Op.NEW, Op.CANCEL) and _unpack_order(record, 0)[10] in self._resent:
                     self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
                     continue  # the book may have it: only an answer from there settles it
                 if self.journal is not None:
@@ -613,6 +620,8 @@ class GatewayActor(ClusterActor):
         if op == Op.NEW:
             order.done = True
             self._unanswered.pop(order_id, None)
+        elif op == Op.CANCEL:
+            self._unanswered_cancels.pop(order_id, None)
         order.pending -= 1
         if order.session == OUCH_SESSION:
             self._ouch_reject(order.symbol, order_id, _OP_NAMES.get(op, "new"), reason, order.account)
@@ -659,6 +668,9 @@ class GatewayActor(ClusterActor):
             self._unanswered.pop(fields[13], None)
             if kind == EventKind.FILL:
                 self._unanswered.pop(fields[14], None)
+        if self._unanswered_cancels and (kind == EventKind.CANCELLED or
+                                         (kind == EventKind.REJECTED and fields[7] == Op.CANCEL)):
+            self._unanswered_cancels.pop(fields[13], None)  # the order is gone, or the cancel answered
         if self._resent:
             self._resent.discard(fields[13])
         if self.journal is not None and not self.replaying:
@@ -778,6 +790,7 @@ class GatewayActor(ClusterActor):
         out["live_orders"] = len(self.orders)
         out["duplicate_reports_dropped"] = self.replays.dropped
         out["unanswered_orders"] = len(self._unanswered)
+        out["unanswered_cancels"] = len(self._unanswered_cancels)
         if self.journal is not None:
             out.update({f"journal_{k}": v for k, v in self.journal.stats.items()})
             out["journal_policy"] = self.journal.policy

@@ -491,6 +491,12 @@ def _run_role_trials(cluster, traders: list, trials: int, feed: FeedListener) ->
     book_bbo = {s: admin_request(config, f"book/{s}", {"command": "stats"})["stats"] for s in SYMBOLS}
     md_wrong = [s for s in SYMBOLS if list(md_views[s] or []) != [book_bbo[s]["bid"], book_bbo[s]["bid_qty"],
                                                                    book_bbo[s]["ask"], book_bbo[s]["ask_qty"]]]
+    # Nothing the gateway or risk sent on is still without an answer (orders and cancels lost in a socket
+    # with a killed node were sent again).
+    gateway = admin_request(config, "gateway/0", {"command": "stats"})["stats"]
+    in_flight = {"gateway orders": gateway["unanswered_orders"], "gateway cancels": gateway["unanswered_cancels"],
+                 **{f"{r} orders": admin_request(config, r, {"command": "stats"})["stats"]["in_flight_new"]
+                    for r in config.risk_shards}}
     print(f"\ncrash trials: {len(victims)} run, killed {dict(killed)}; orders entered "
           f"{sum(len(t.sent) for t in traders)}, accepted {sum(len(t.accepted) for t in traders)}, executions "
           f"{sum(sum(t.executions.values()) for t in traders)}, reconnects {sum(t.reconnects for t in traders)}, "
@@ -499,7 +505,7 @@ def _run_role_trials(cluster, traders: list, trials: int, feed: FeedListener) ->
           f"{twice}, answers twice {duplicates}, "
           f"sequence regressions {regressions}, book/client mismatches {len(mismatched)}, risk mismatches "
           f"{len(risk_wrong)}, market-data view mismatches {md_wrong}, feed sequence numbers reused {feed.reused}, "
-          f"feed sessions {sorted(feed.sessions)}, md gaps {md['gaps']}")
+          f"feed sessions {sorted(feed.sessions)}, md gaps {md['gaps']}, still in flight {in_flight}")
     book_stats = {s: admin_request(config, f"book/{s}", {"command": "stats"})["stats"] for s in SYMBOLS}
     print(f"re-sends still awaited: {waiting}; re-send requests answered by books "
           f"{ {s: st.get('resend_requests', 0) for s, st in book_stats.items()} }, gaps "
@@ -508,6 +514,7 @@ def _run_role_trials(cluster, traders: list, trials: int, feed: FeedListener) ->
     assert twice == 0 and duplicates == 0, "a report was delivered twice"
     assert regressions == 0, "a client's next sequence number went back after a restart"
     assert not any(unanswered.values()), f"orders never answered: {unanswered}"
+    assert not any(in_flight.values()), in_flight
     assert not risk_wrong, risk_wrong
     assert not md_wrong and md["gaps"] == 0 and md["anomalies"] == 0, (md_views, book_bbo)
     assert feed.reused == 0 and feed.sessions == {"TRIALS"}
