@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Self
 from urllib.parse import parse_qs
 
 import serial
@@ -51,7 +52,10 @@ from exchange.orders import BasePriceSet, Command, Event, SetBasePrice, Side
 from host.framing import Frame, Link, LinkTimeout
 from host.matcher_driver import MatcherDriver, MatcherDriverError
 
-__all__ = ["CardError", "CardLink", "CardLinkStats", "HardwareBook", "initial_base", "open_link", "split_link_url"]
+__all__ = [
+    "CardError", "CardLink", "CardLinkBase", "CardLinkStats", "HardwareBook", "initial_base", "open_link",
+    "split_link_url",
+]
 
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_RETRIES = 5
@@ -102,40 +106,40 @@ class CardLinkStats:
         return self.resends_timeout + self.resends_gap
 
 
-class CardLink:
-    """The card protocol over a framed link (an open :class:`Link` or a URL for :func:`open_link`).
+class CardLinkBase:
+    """What every card's link does before its own protocol: opening with identification, lifecycle,
+    register requests (identification, status) with resends, and counting bad and stale frames.
 
-    Opening identifies the card (:attr:`identity`, :attr:`config`) and refuses anything else with
-    a :class:`CardError`. ``timeout`` is the longest silence tolerated while waiting for an
-    answer before the frame is sent again; ``retries`` bounds the resends of one frame.
-    ``expect_config``, when given, must equal the card's matcher configuration.
+    A subclass names its card in :attr:`card_name` and identifies it in :meth:`_identify` (reading the
+    register with :meth:`_identify_payload` and refusing anything else with a :class:`CardError`).
+    ``timeout`` is the longest silence tolerated while waiting for an answer before the frame is sent
+    again; ``retries`` bounds the resends of one frame.
     """
 
-    def __init__(self, link: Link | str, *, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
-                 expect_config: MatcherConfig | None = None) -> None:
+    card_name = "card"
+
+    def __init__(self, link: Link | str, *, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
         self.url = link if isinstance(link, str) else str(getattr(link.port, "port", None) or "the link")
-        self.link = open_link(link, timeout=timeout) if isinstance(link, str) else link
+        try:
+            self.link = open_link(link, timeout=timeout) if isinstance(link, str) else link
+        except (serial.SerialException, OSError) as exc:
+            raise CardError(f"{self.card_name} at {self.url}: {exc}") from exc
         self.timeout = float(timeout)
         self.retries = retries
         self.stats = CardLinkStats()
         self.link.on_bad_frame = self._bad_frame
         try:
-            self.identity = self.identify()
-            self.identity.check()
-            try:
-                self.config = self.identity.matcher_config()
-            except ValueError as exc:
-                raise CardError(f"card at {self.url} announces an invalid matcher configuration: {exc}") from None
-            if expect_config is not None and expect_config != self.config:
-                raise CardError(f"card at {self.url} holds a matcher of {self.config}, expected {expect_config}")
+            self._identify()
         except BaseException:
             self.close()
             raise
-        self.next_seq = self.identity.next_seq
+
+    def _identify(self) -> None:
+        raise NotImplementedError
 
     # -- lifecycle
 
@@ -143,7 +147,7 @@ class CardLink:
         """Close the link (idempotent)."""
         self.link.close()
 
-    def __enter__(self) -> CardLink:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -159,10 +163,7 @@ class CardLink:
         for _attempt in range(self.retries + 1):
             self.link.send_frame(ask)
             deadline = time.monotonic() + self.timeout
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
+            while (remaining := deadline - time.monotonic()) > 0:
                 try:
                     frame = self.link.recv_frame(timeout=remaining)
                 except LinkTimeout:
@@ -173,17 +174,60 @@ class CardLink:
         raise CardError(f"no {what} answer from the card at {self.url} after {self.retries + 1} attempts "
                         f"of {self.timeout:g} s: is it a matchwire card, powered, at the right baud rate?")
 
-    def identify(self) -> CardIdentity:
-        """Read the identification register (after dropping whatever was half received)."""
+    def _identify_payload(self) -> bytes:
+        """The identification register's bytes (after dropping whatever was half received)."""
         try:
             self.link.resync()
-        except serial.SerialException as exc:
+        except (serial.SerialException, OSError) as exc:
             raise CardError(f"card at {self.url}: {exc}") from exc
-        return CardIdentity.decode(self._request(FrameType.IDENTIFY, FrameType.IDENT, "identification").payload)
+        return self._request(FrameType.IDENTIFY, FrameType.IDENT, "identification").payload
 
     def status(self) -> CardStatus:
-        """Read the card's counters (frames good and rejected, commands, duplicates, errors)."""
+        """Read the card's counters (frames good and rejected, requests, duplicates, errors, answers)."""
         return CardStatus.decode(self._request(FrameType.STATUS, FrameType.STATUS_R, "status").payload)
+
+    def _error_frame(self, frame: Frame) -> tuple[dict[str, int], str] | None:
+        """An ERROR frame's fields and its code's name; None (counted as malformed) when unreadable."""
+        try:
+            err = ERROR_LAYOUT.unpack(frame.payload)
+        except LayoutError:
+            self.stats.malformed_frames += 1
+            return None
+        try:
+            name = ErrorCode(err["code"]).name
+        except ValueError:
+            name = f"code {err['code']}"
+        return err, name
+
+
+class CardLink(CardLinkBase):
+    """The matcher card's protocol over a framed link (an open :class:`Link` or a URL for :func:`open_link`).
+
+    Opening identifies the card (:attr:`identity`, :attr:`config`) and refuses anything else with
+    a :class:`CardError`. ``timeout`` is the longest silence tolerated while waiting for an
+    answer before the frame is sent again; ``retries`` bounds the resends of one frame.
+    ``expect_config``, when given, must equal the card's matcher configuration.
+    """
+
+    def __init__(self, link: Link | str, *, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
+                 expect_config: MatcherConfig | None = None) -> None:
+        self._expect_config = expect_config
+        super().__init__(link, timeout=timeout, retries=retries)
+        self.next_seq = self.identity.next_seq
+
+    def _identify(self) -> None:
+        self.identity = self.identify()
+        self.identity.check()
+        try:
+            self.config = self.identity.matcher_config()
+        except ValueError as exc:
+            raise CardError(f"card at {self.url} announces an invalid matcher configuration: {exc}") from None
+        if self._expect_config is not None and self._expect_config != self.config:
+            raise CardError(f"card at {self.url} holds a matcher of {self.config}, expected {self._expect_config}")
+
+    def identify(self) -> CardIdentity:
+        """Read the identification register (after dropping whatever was half received)."""
+        return CardIdentity.decode(self._identify_payload())
 
     # -- commands
 
@@ -264,19 +308,13 @@ class CardLink:
                 return [cfg.decode_event(r) for r in records]
 
     def _error(self, frame: Frame, seq: int) -> None:
-        try:
-            err = ERROR_LAYOUT.unpack(frame.payload)
-        except LayoutError:
-            self.stats.malformed_frames += 1
+        parsed = self._error_frame(frame)
+        if parsed is None:
             return
-        code = err["code"]
-        if code == ErrorCode.BAD_SEQUENCE and err["seq"] != seq:
+        err, name = parsed
+        if err["code"] == ErrorCode.BAD_SEQUENCE and err["seq"] != seq:
             self.stats.stale_frames += 1  # a late duplicate of an older command: rightly refused
             return
-        try:
-            name = ErrorCode(code).name
-        except ValueError:
-            name = f"code {code}"
         raise CardError(f"card at {self.url} refused command seq {seq}: {name} "
                         f"(frame type 0x{err['frame_type']:02x}, card expects seq {err['expected']})")
 

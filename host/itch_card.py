@@ -27,14 +27,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import serial
-
 from exchange.card_protocol import (
-    ERROR_LAYOUT,
     SEQ_MODULUS,
     CardError,
-    CardStatus,
-    ErrorCode,
     FrameType,
     ItchCardIdentity,
     decode_payload,
@@ -42,94 +37,42 @@ from exchange.card_protocol import (
 )
 from exchange.itch_record import ITCH_RECORD, ItchStatus, records_to_feed, unpack_record
 from exchange.layout import LayoutError
-from host.card import DEFAULT_RETRIES, DEFAULT_TIMEOUT, CardLinkStats, open_link
+from host.card import DEFAULT_RETRIES, DEFAULT_TIMEOUT, CardLinkBase
 from host.framing import Frame, Link, LinkTimeout
 
 __all__ = ["CardFeedDecoder", "ItchCardLink", "split_packets"]
 
 
-class ItchCardLink:
+class ItchCardLink(CardLinkBase):
     """The ITCH decoder card's protocol over a framed link (an open :class:`Link` or a URL).
 
     Opening identifies the card (:attr:`identity`) and refuses anything else with a
     :class:`CardError`. ``timeout`` is the longest silence tolerated while waiting for an answer
-    before the frame is sent again; ``retries`` bounds the resends of one frame.
+    before the frame is sent again; ``retries`` bounds the resends of one frame. :attr:`stats`
+    counts DECODE packets as ``commands``.
     """
 
+    card_name = "ITCH decoder card"
+
     def __init__(self, link: Link | str, *, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES) -> None:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
-        self.url = link if isinstance(link, str) else str(getattr(link.port, "port", None) or "the link")
-        try:
-            self.link = open_link(link, timeout=timeout) if isinstance(link, str) else link
-        except (serial.SerialException, OSError) as exc:
-            raise CardError(f"ITCH decoder card at {self.url}: {exc}") from exc
-        self.timeout = float(timeout)
-        self.retries = retries
-        self.stats = CardLinkStats()  # ``commands`` counts DECODE packets
-        self.link.on_bad_frame = self._bad_frame
         self.seq = 0
+        super().__init__(link, timeout=timeout, retries=retries)
+
+    def _identify(self) -> None:
+        self.identity = self.identify()
         try:
-            self.identity = self.identify()
-            try:
-                self.identity.check(ITCH_RECORD.size)
-            except CardError as exc:
-                raise CardError(f"card at {self.url}: {exc}") from None
-        except BaseException:
-            self.close()
-            raise
-
-    # -- lifecycle
-
-    def close(self) -> None:
-        """Close the link (idempotent)."""
-        self.link.close()
-
-    def __enter__(self) -> ItchCardLink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _bad_frame(self, bad: object) -> None:
-        name = getattr(getattr(bad, "error", None), "value", "bad")
-        self.stats.bad_frames[name] = self.stats.bad_frames.get(name, 0) + 1
+            self.identity.check(ITCH_RECORD.size)
+        except CardError as exc:
+            raise CardError(f"card at {self.url}: {exc}") from None
 
     @property
     def max_packet(self) -> int:
         """Largest packet one ``DECODE`` frame carries, as the card announced it."""
         return self.identity.max_packet
 
-    # -- requests answered from registers
-
-    def _request(self, ask: FrameType, answer: FrameType, what: str) -> Frame:
-        for _attempt in range(self.retries + 1):
-            self.link.send_frame(ask)
-            deadline = time.monotonic() + self.timeout
-            while (remaining := deadline - time.monotonic()) > 0:
-                try:
-                    frame = self.link.recv_frame(timeout=remaining)
-                except LinkTimeout:
-                    break
-                if frame.type == answer:
-                    return frame
-                self.stats.stale_frames += 1
-        raise CardError(f"no {what} answer from the card at {self.url} after {self.retries + 1} attempts "
-                        f"of {self.timeout:g} s: is it a matchwire card, powered, at the right baud rate?")
-
     def identify(self) -> ItchCardIdentity:
         """Read the identification register (after dropping whatever was half received)."""
-        try:
-            self.link.resync()
-        except (serial.SerialException, OSError) as exc:
-            raise CardError(f"card at {self.url}: {exc}") from exc
-        return ItchCardIdentity.decode(self._request(FrameType.IDENTIFY, FrameType.IDENT, "identification").payload)
-
-    def status(self) -> CardStatus:
-        """The card's counters (``commands``: packets decoded, ``events``: records sent)."""
-        return CardStatus.decode(self._request(FrameType.STATUS, FrameType.STATUS_R, "status").payload)
+        return ItchCardIdentity.decode(self._identify_payload())
 
     # -- decoding
 
@@ -205,15 +148,10 @@ class ItchCardLink:
                 return [unpack_record(int.from_bytes(r, "little")) for r in records]
 
     def _error(self, frame: Frame, seq: int) -> None:
-        try:
-            err = ERROR_LAYOUT.unpack(frame.payload)
-        except LayoutError:
-            self.stats.malformed_frames += 1
+        parsed = self._error_frame(frame)
+        if parsed is None:
             return
-        try:
-            name = ErrorCode(err["code"]).name
-        except ValueError:
-            name = f"code {err['code']}"
+        err, name = parsed
         raise CardError(f"ITCH decoder card at {self.url} refused packet seq {seq}: {name} "
                         f"(frame type 0x{err['frame_type']:02x})")
 
