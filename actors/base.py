@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from dataclasses import dataclass
 
@@ -52,6 +53,13 @@ class ClusterActor(pykka.ThreadingActor):
     After each message, when the inbox is empty, buffered output is flushed: under load, many
     records leave in one message.
     """
+
+    @staticmethod
+    def _create_actor_inbox() -> queue.SimpleQueue:  # type: ignore[override]
+        # pykka's default inbox is a queue.Queue: a Python-level Condition per get that allocates
+        # a lock and costs ~10 us of CPU per hand-off between threads. SimpleQueue (C) has the
+        # same put/get/empty and FIFO order at about half that; every batch crosses one inbox.
+        return queue.SimpleQueue()
 
     def __init__(self, context: NodeContext, name: str) -> None:
         super().__init__()

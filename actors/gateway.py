@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import operator
 import struct
 import threading
 import time
@@ -24,7 +25,7 @@ from actors.base import ClusterActor, NodeContext
 from actors.config import cluster_order_id
 from actors.durable import RISK_RECOVERED, ResendGate, commit_and_wait, open_journal, resend_request_record
 from actors.soup_server import DurableSequencedStore, SoupApplication, SoupServer
-from actors.transport import Batch, LocalDirectory
+from actors.transport import Batch, LocalDirectory, recv_frames, send_frames
 from exchange.accounts import Users, load_users
 from exchange.layout import LayoutError
 from exchange.orders import CancelOrder, CancelReason, NewOrder, Rejected, RejectReason
@@ -45,8 +46,9 @@ from exchange.wire import (
     event_to_record,
     iter_records,
     pack_header,
+    parse_header,
     record_to_event,
-    unpack_header,
+    text8,
 )
 
 # A plain int: pyzmq combines Flag members in Python, which costs on every send.
@@ -70,6 +72,9 @@ _unpack_report = REPORT.struct.unpack_from
 _pack_report = REPORT.struct.pack
 _BLANK = b"        "
 _OP_NAMES = {Op.NEW: "new", Op.CANCEL: "cancel", Op.MODIFY: "modify"}
+
+
+_first = operator.itemgetter(0)
 
 
 class ClientPort(threading.Thread):
@@ -118,28 +123,34 @@ class ClientPort(threading.Thread):
         poller = zmq.Poller()
         poller.register(clients, zmq.POLLIN)
         poller.register(pull, zmq.POLLIN)
+        # While the actor is too far behind, clients are not read: poll the reports alone then, or
+        # a waiting client message would make every poll return at once (a spin stealing the CPU
+        # the actor needs to catch up).
+        reports_only = zmq.Poller()
+        reports_only.register(pull, zmq.POLLIN)
+        over = self.local.over
+        stopping = self.stopping
         try:
-            while not self.stopping.is_set():
-                reading = self.local.max_backlog() <= self.max_backlog
-                events = dict(poller.poll(20 if reading else 1))
-                if pull in events:
-                    for _ in range(1024):
+            while not stopping.is_set():
+                reading = not over(self.max_backlog)
+                # One message from each ready socket per poll: with more queued the poll returns at
+                # once, and it costs less than the zmq.Again exception that ends a non-blocking drain.
+                ready = poller.poll(20) if reading else reports_only.poll(1)
+                for socket, _ in ready:
+                    if socket is pull:
                         try:
-                            frames = pull.recv_multipart(flags=NOBLOCK)
+                            frames = recv_frames(pull)
                         except zmq.Again:
-                            break
+                            continue
                         self._to_client(clients, frames)
+                    elif reading:
+                        try:
+                            frames = recv_frames(clients)
+                        except zmq.Again:
+                            continue
+                        self._from_client(frames)
                 if self.queued:
                     self._retry(clients)
-                if reading and clients in events:
-                    for _ in range(256):
-                        try:
-                            frames = clients.recv_multipart(flags=NOBLOCK)
-                        except zmq.Again:
-                            break
-                        self._from_client(frames)
-                        if self.local.max_backlog() > self.max_backlog:
-                            break
         finally:
             clients.close(linger=0)
             pull.close(linger=0)
@@ -150,17 +161,16 @@ class ClientPort(threading.Thread):
             return
         client, header_frame, payload = frames
         try:
-            header = unpack_header(header_frame)
-            if header["kind"] is not MessageKind.ORDERS:
+            kind, count, _, _, _ = parse_header(header_frame)
+            if kind is not MessageKind.ORDERS:
                 raise LayoutError("clients send orders only")
-            iter_records(payload, ORDER_SIZE, header["count"])
+            iter_records(payload, ORDER_SIZE, count)
         except LayoutError:
             self.stats["malformed"] += 1
             return
         self.stats["client_messages"] += 1
-        self.stats["client_records"] += header["count"]
-        self.local.deliver(self.gateway_index, Batch(MessageKind.ORDERS, -1, payload, header["count"],
-                                                     session=client))
+        self.stats["client_records"] += count
+        self.local.deliver(self.gateway_index, Batch(MessageKind.ORDERS, -1, payload, count, session=client))
 
     def _to_client(self, clients: zmq.Socket, frames: list) -> None:
         client = frames[0]
@@ -180,7 +190,7 @@ class ClientPort(threading.Thread):
 
     def _send(self, clients: zmq.Socket, frames: list) -> bool:
         try:
-            clients.send_multipart(frames, flags=NOBLOCK)
+            send_frames(clients, *frames)
         except zmq.Again:
             return False
         except zmq.ZMQError as exc:
@@ -205,10 +215,11 @@ OUCH_SESSION = b"\x00ouch"  # the session marker of orders entered over OUCH (ne
 
 @dataclass(slots=True)
 class OuchInbound:
-    """An OUCH message from a logged-in user, handed from the SoupBinTCP thread to the gateway actor."""
+    """OUCH messages from a logged-in user that arrived together, handed from the SoupBinTCP thread to
+    the gateway actor in one tell (one hand-off between threads per burst, not per message)."""
 
     username: str
-    payload: bytes
+    payloads: list[bytes]
 
 
 class GatewaySoupApplication(SoupApplication):
@@ -229,13 +240,16 @@ class GatewaySoupApplication(SoupApplication):
         return self.users.authenticate(username, password)
 
     def on_message(self, username: str, payload: bytes) -> None:
+        self.on_messages(username, [payload])
+
+    def on_messages(self, username: str, payloads: list[bytes]) -> None:
         local, index = self.local, self.gateway_index
         if local.delivered[index] - local.processed[index] > self.max_backlog:
             self.waits += 1
             deadline = time.monotonic() + 5.0
             while local.delivered[index] - local.processed[index] > self.max_backlog and time.monotonic() < deadline:
                 time.sleep(0.0005)
-        local.deliver(index, OuchInbound(username, payload))
+        local.deliver(index, OuchInbound(username, payloads))
 
 
 class GatewayOrder:
@@ -447,10 +461,12 @@ class GatewayActor(ClusterActor):
     def on_other(self, message: object) -> object:
         if type(message) is OuchInbound:
             try:
-                self._ouch(message.username, message.payload)  # type: ignore[attr-defined]
+                username = message.username  # type: ignore[attr-defined]
+                for payload in message.payloads:  # type: ignore[attr-defined]
+                    self._ouch(username, payload)
             finally:
                 self.ctx.local.done(self.index)
-            self.count("ouch_messages")
+            self.count("ouch_messages", len(message.payloads))  # type: ignore[attr-defined]
         return None
 
     # -- OUCH over SoupBinTCP ---------------------------------------------------------------
@@ -515,8 +531,10 @@ class GatewayActor(ClusterActor):
         self._out = []
         if self.replaying or self.soup is None:
             return  # a replay restores the store from its own records
-        for username, payload in out:
-            self.soup.send_sequenced(username, payload)
+        # One lock and at most one wake-up of the server thread per user's run of messages.
+        send_many = self.soup.send_sequenced_many
+        for username, run in itertools.groupby(out, key=_first):
+            send_many(username, [payload for _, payload in run])
 
     def _ouch_reject(self, symbol: str, order_id: int, op: str, reason: str, account: str) -> None:
         self.count(f"rejected_{reason}")
@@ -538,13 +556,13 @@ class GatewayActor(ClusterActor):
         for offset in range(0, batch.count * ORDER_SIZE, ORDER_SIZE):
             (op, side, order_type, tif, stp, flags, reserved, trace_ns, symbol_b, account_b, client_id, price, qty,
              display) = _unpack_order(payload, offset)
-            symbol = symbol_b.decode("ascii", "replace").rstrip(" ")
+            symbol = text8(symbol_b)
             if op == Op.NEW:
                 key = (session, client_id)
                 if key in self.by_client:
                     self._reject_to(session, symbol, client_id, op, RejectReason.DUPLICATE_ORDER_ID, trace_ns)
                     continue
-                account = account_b.decode("ascii", "replace").rstrip(" ")
+                account = text8(account_b)
                 if not account or account not in self.config.accounts and self.config.accounts:
                     self._reject_to(session, symbol, client_id, op, RejectReason.INVALID_ACCOUNT, trace_ns)
                     continue
@@ -757,7 +775,7 @@ class GatewayActor(ClusterActor):
             header = pack_header(MessageKind.REPORTS, len(records), self.index, 0, 0)
             # The inproc queue is large and drained by the port thread; blocking here only
             # happens when the port is far behind, which is the backpressure we want.
-            self.push.send_multipart([session, header, b"".join(records)])
+            send_frames(self.push, session, header, b"".join(records), 0)
             self.count("reports_out", len(records))
 
     def flush(self) -> None:

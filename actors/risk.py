@@ -36,6 +36,7 @@ from exchange.wire import (
     ReplayFilter,
     event_to_record,
     iter_records,
+    text8,
 )
 
 log = logging.getLogger("matchwire.risk")
@@ -56,8 +57,7 @@ _SOURCE = struct.Struct("<H")
 _REJECT = struct.Struct("<QB")
 
 
-def _text(data: bytes) -> str:
-    return data.decode("ascii", "replace").rstrip(" ")
+_text = text8
 
 
 class RiskActor(ClusterActor):

@@ -224,6 +224,16 @@ class SoupApplication:
     def on_message(self, username: str, payload: bytes) -> None:
         """Unsequenced data from ``username``'s live session, in arrival order."""
 
+    def on_messages(self, username: str, payloads: list[bytes]) -> None:
+        """Several unsequenced messages of ``username``'s live session that arrived together, in order.
+
+        The server calls this (not :meth:`on_message`) for every run of unsequenced packets in one
+        read, so an application can hand a burst on as one unit; the default calls ``on_message`` for
+        each.
+        """
+        for payload in payloads:
+            self.on_message(username, payload)
+
 
 def default_session_name() -> str:
     """Today's session: ``MW`` followed by the UTC date, 10 characters (the SoupBinTCP session field)."""
@@ -564,14 +574,37 @@ class SoupServer:
         self._handle_packets(conn)
 
     def _handle_packets(self, conn: _Conn) -> None:
+        # Unsequenced data of a live session is gathered and handed over in runs (one on_messages
+        # call, so one hand-off to the application's thread instead of one per message); every
+        # other packet first delivers the run before it, so the order of everything is kept.
+        unsequenced: list[bytes] = []
         try:
             for packet in conn.decoder.packets():
                 self._count("packets_in")
+                if packet.type == "U" and conn.state == _LIVE:
+                    unsequenced.append(packet.payload)  # type: ignore[arg-type]
+                    continue
+                if unsequenced:
+                    self._deliver(conn, unsequenced)
+                    unsequenced = []
                 if not self._handle(conn, packet) or conn.ended:
                     return  # stop here: the rest waits in the decoder (login) or is moot (closed)
         except soup.SoupError as exc:
+            if unsequenced:
+                self._deliver(conn, unsequenced)
             self._count("protocol_errors")
             self._close(conn, f"protocol error: {exc}")
+            return
+        if unsequenced:
+            self._deliver(conn, unsequenced)
+
+    def _deliver(self, conn: _Conn, payloads: list[bytes]) -> None:
+        self._count("unsequenced_in", len(payloads))
+        try:
+            self.app.on_messages(conn.username, payloads)  # type: ignore[arg-type]
+        except Exception:
+            self._count("callback_errors")
+            log.exception("on_message failed for %s", conn.username)
 
     def _handle(self, conn: _Conn, packet: soup.Packet) -> bool:
         """Act on one packet; False to stop reading this connection's packets for now."""

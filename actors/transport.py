@@ -27,10 +27,38 @@ import zmq
 
 from actors.config import ClusterConfig
 from exchange.layout import LayoutError
-from exchange.wire import HEADER, MessageKind, pack_header, unpack_header
+from exchange.wire import HEADER, MessageKind, pack_header, parse_header
 
-# A plain int: pyzmq combines Flag members in Python, which costs on every send.
+# Plain ints: pyzmq combines Flag members in Python, which costs on every send.
 NOBLOCK = int(zmq.NOBLOCK)
+MORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
+MORE = int(zmq.SNDMORE)
+
+
+def recv_frames(socket: zmq.Socket, flags: int = NOBLOCK) -> list[bytes]:
+    """One multipart message as bytes, like ``recv_multipart`` at about two thirds of its cost.
+
+    ``Frame.more`` says whether another part follows without a ``getsockopt(RCVMORE)`` per part.
+    """
+    frame = socket.recv(flags, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = socket.recv(flags, copy=False)
+        frames.append(frame.bytes)
+    return frames
+
+
+def send_frames(socket: zmq.Socket, routing_id: bytes, header: bytes, payload: bytes, flags: int = NOBLOCK) -> None:
+    """``send_multipart([routing_id, header, payload], flags)`` by three plain sends.
+
+    pyzmq's ``send_multipart`` checks every part in Python (about 2 us a message); the sends are
+    the same, and a ROUTER refuses a message (EAGAIN, EHOSTUNREACH) on its first part, before
+    anything of it is queued, so errors are as with ``send_multipart``.
+    """
+    more = flags | MORE
+    socket.send(routing_id, more)
+    socket.send(header, more)
+    socket.send(payload, flags)
 
 PING_HEADER_KIND = MessageKind.PING
 
@@ -107,6 +135,14 @@ class LocalDirectory:
 
     def max_backlog(self) -> int:
         return max((self.delivered[i] - self.processed[i] for i in self.refs), default=0)
+
+    def over(self, limit: int) -> bool:
+        """True while some local actor is more than ``limit`` batches behind (``max_backlog() > limit``, cheaper)."""
+        delivered, processed = self.delivered, self.processed
+        for index in self.refs:
+            if delivered[index] - processed[index] > limit:
+                return True
+        return False
 
 
 class SendResult:
@@ -218,7 +254,7 @@ class Outbox:
             return
         header = pack_header(kind, len(records), self.owner_index, destination, next(counter))
         try:
-            self.socket.send_multipart([self.peer_ids[node], header, payload], flags=NOBLOCK)
+            send_frames(self.socket, self.peer_ids[node], header, payload)
         except zmq.Again:
             self.stats["busy"] += 1
             result.busy.append((destination, kind, records))
@@ -240,7 +276,7 @@ class Outbox:
         header = pack_header(PING_HEADER_KIND, 0, self.owner_index, 0, 0)
         for node, routing_id in self.peer_ids.items():
             try:
-                self.socket.send_multipart([routing_id, header, b""], flags=NOBLOCK)
+                send_frames(self.socket, routing_id, header, b"")
                 alive = True
             except zmq.Again:
                 alive = True  # connected, merely full
@@ -306,25 +342,27 @@ class Inbound(threading.Thread):
         self.ready.set()
         poller = zmq.Poller()
         poller.register(socket, zmq.POLLIN)
+        poll = poller.poll
         limit = self.config.max_backlog
+        over = self.local.over
+        stopping = self.stopping
         try:
-            while not self.stopping.is_set():
+            while not stopping.is_set():
                 if self.pending_control:
                     self._answer_control(socket)
-                if self.local.max_backlog() > limit:
+                if over(limit):
                     time.sleep(0.001)
                     self.stats["paused_ms"] += 1
                     continue
-                if not poller.poll(5 if self.pending_control else 50):
+                # One message per poll: with more queued the poll returns at once, and it costs less
+                # than the zmq.Again exception that ends a non-blocking drain (most wake-ups bring one).
+                if not poll(5 if self.pending_control else 50):
                     continue
-                for _ in range(256):  # drain a burst, then re-check the backlog
-                    try:
-                        frames = socket.recv_multipart(flags=NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._dispatch(frames)
-                    if self.local.max_backlog() > limit:
-                        break
+                try:
+                    frames = recv_frames(socket)
+                except zmq.Again:
+                    continue
+                self._dispatch(frames)
         finally:
             socket.close(linger=0)
 
@@ -332,27 +370,24 @@ class Inbound(threading.Thread):
         if len(frames) != 3:
             self.stats["malformed"] += 1
             return
-        sender, header_frame, payload_frame = frames
+        sender, header_frame, payload = frames
         try:
-            header = unpack_header(header_frame)
+            kind, count, source, destination, _ = parse_header(header_frame)
         except LayoutError:
             self.stats["malformed"] += 1
             return
-        kind = header["kind"]
         if kind is MessageKind.PING:
             self.stats["pings"] += 1
             return
         if kind is MessageKind.CONTROL:
-            self._control(sender, payload_frame)
+            self._control(sender, payload)
             return
-        payload = payload_frame
-        count = header["count"]
-        batch = Batch(kind, header["source"], payload, count)
-        if not self.local.deliver(header["destination"], batch):
-            self.stats["misaddressed"] += 1
+        stats = self.stats
+        if not self.local.deliver(destination, Batch(kind, source, payload, count)):
+            stats["misaddressed"] += 1
             return
-        self.stats["messages"] += 1
-        self.stats["records"] += count
+        stats["messages"] += 1
+        stats["records"] += count
 
 
     def _control(self, sender: bytes, payload: bytes) -> None:
@@ -385,7 +420,7 @@ class Inbound(threading.Thread):
                     answer = {"error": repr(exc)}
             header = pack_header(MessageKind.CONTROL, 1, 0, 0, 0)
             try:
-                socket.send_multipart([sender, header, json.dumps(answer).encode()], flags=NOBLOCK)
+                send_frames(socket, sender, header, json.dumps(answer).encode())
             except zmq.ZMQError:
                 pass  # the operator went away
         self.pending_control = waiting

@@ -208,28 +208,74 @@ ORDER_SIZE = ORDER.size
 REPORT_SIZE = REPORT.size
 
 
+# Symbols and accounts are few and repeat on every record: encode/decode each once. Bounded, since
+# clients choose account texts (past the bound, values are converted each time as before).
+_CACHE_LIMIT = 65536
+_ASCII8: dict[object, bytes] = {}
+_TEXT8: dict[bytes, str] = {}
+
+
 def _ascii8(text: str) -> bytes:
-    data = text.encode("ascii", "replace") if isinstance(text, str) else b""
-    return data[:8].ljust(8, b" ")
+    try:
+        return _ASCII8[text]
+    except (KeyError, TypeError):  # TypeError: unhashable junk, packed as blanks below
+        pass
+    data = (text.encode("ascii", "replace") if isinstance(text, str) else b"")[:8].ljust(8, b" ")
+    if isinstance(text, str) and len(_ASCII8) < _CACHE_LIMIT:
+        _ASCII8[text] = data
+    return data
+
+
+def text8(data: bytes) -> str:
+    """An 8-byte ASCII field of a record as text (trailing blanks dropped; bytes outside ASCII as U+FFFD)."""
+    text = _TEXT8.get(data)
+    if text is None:
+        text = data.decode("ascii", "replace").rstrip(" ")
+        if len(_TEXT8) < _CACHE_LIMIT:
+            _TEXT8[data] = text
+    return text
 
 
 def _int(value: object, default: int = 0) -> int:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else default
 
 
+# Every message crosses these twice: the raw Struct, not Layout's generic (dict, per-field enum) path.
+_pack_header = HEADER.struct.pack
+_unpack_header = HEADER.struct.unpack
+HEADER_SIZE = HEADER.size
+_KINDS: dict[int, MessageKind] = {int(k): k for k in MessageKind}
+
+
 def pack_header(kind: MessageKind, count: int, source: int, destination: int, batch: int) -> bytes:
-    """The header frame of a message."""
-    return HEADER.pack_values((WIRE_VERSION, kind, count, source, destination, batch))
+    """The header frame of a message; raises LayoutError on a value the header cannot carry."""
+    try:
+        return _pack_header(WIRE_VERSION, kind, count, source, destination, batch)
+    except struct.error as exc:
+        raise LayoutError(f"header: {exc}") from exc
+
+
+def parse_header(frame: bytes) -> tuple[MessageKind, int, int, int, int]:
+    """``(kind, count, source, destination, batch)`` of a header frame, for the hot paths.
+
+    Raises LayoutError on a short frame, an unknown kind or version, as :func:`unpack_header`.
+    """
+    if len(frame) != HEADER_SIZE:
+        raise LayoutError(f"header is {len(frame)} bytes, expected {HEADER_SIZE}")
+    version, kind, count, source, destination, batch = _unpack_header(frame)
+    if version != WIRE_VERSION:
+        raise LayoutError(f"wire version {version} not supported (this node speaks {WIRE_VERSION})")
+    member = _KINDS.get(kind)
+    if member is None:
+        raise LayoutError(f"header.kind: unknown value {kind}")
+    return member, count, source, destination, batch
 
 
 def unpack_header(frame: bytes) -> dict:
-    """Decode a header frame; raises LayoutError on a short frame, an unknown kind or version."""
-    if len(frame) != HEADER.size:
-        raise LayoutError(f"header is {len(frame)} bytes, expected {HEADER.size}")
-    header = HEADER.unpack(frame)
-    if header["version"] != WIRE_VERSION:
-        raise LayoutError(f"wire version {header['version']} not supported (this node speaks {WIRE_VERSION})")
-    return header
+    """Decode a header frame by field name; raises LayoutError on a short frame, an unknown kind or version."""
+    kind, count, source, destination, batch = parse_header(frame)
+    return {"version": WIRE_VERSION, "kind": kind, "count": count, "source": source, "destination": destination,
+            "batch": batch}
 
 
 def command_to_record(command: Command, trace_ns: int = 0) -> bytes:
@@ -277,10 +323,10 @@ def record_to_command(buffer: bytes | memoryview, offset: int = 0) -> tuple[Comm
          display) = _unpack_order(buffer, offset)
     except Exception as exc:  # struct.error on a short buffer
         raise LayoutError(f"order record at offset {offset}: {exc}") from exc
-    symbol_text = symbol.decode("ascii", "replace").rstrip(" ")
+    symbol_text = text8(symbol)
     if op == Op.NEW:
         # Unknown enum values pass through raw, so the engine rejects them with a reason.
-        return NewOrder(symbol_text, order_id, account.decode("ascii", "replace").rstrip(" "),
+        return NewOrder(symbol_text, order_id, text8(account),
                         _SIDES.get(side, side), price if price else None, qty,  # type: ignore[arg-type]
                         _TYPES.get(order_type, order_type), _TIFS.get(tif, tif),  # type: ignore[arg-type]
                         bool(flags & FLAG_POST_ONLY), display, _STPS.get(stp, stp)), trace_ns  # type: ignore[arg-type]
@@ -354,8 +400,7 @@ def event_to_record(event: Event, trace_ns: int = 0) -> bytes:
 _new_event = tuple.__new__
 
 
-def _text(data: bytes) -> str:
-    return data.decode("ascii", "replace").rstrip(" ")
+_text = text8
 
 
 def record_to_event(buffer: bytes | memoryview, offset: int = 0) -> tuple[Event, int]:

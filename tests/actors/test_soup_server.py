@@ -329,6 +329,44 @@ def test_pipelined_packets_behind_the_login_are_processed():
         assert ouch.decode_outbound(packets[1].payload)["type"] == "A"
 
 
+def test_unsequenced_packets_of_one_read_are_delivered_as_one_run_in_order():
+    """Unsequenced data that arrives together reaches the application in one ``on_messages`` call, and
+    a heartbeat or logout between messages keeps its place (the run before it is delivered first)."""
+    calls: list[tuple[str, list[bytes]]] = []
+    events: list[str] = []
+
+    class Recorder(EngineApp):
+        def on_messages(self, username: str, payloads: list[bytes]) -> None:
+            calls.append((username, list(payloads)))
+            events.append(f"run{len(payloads)}")
+
+        def on_logout(self, username: str) -> None:
+            events.append("logout")
+            super().on_logout(username)
+
+    app = Recorder()
+    server = SoupServer(app, session=SESSION)
+    app.server = server
+    server.start()
+    try:
+        sock = raw_login(server)
+        messages = [f"m{i}".encode() for i in range(5)]
+        sock.sendall(b"".join(soup.unsequenced_data(m) for m in messages[:3]) + soup.CLIENT_HEARTBEAT
+                     + b"".join(soup.unsequenced_data(m) for m in messages[3:]) + soup.LOGOUT_REQUEST)
+        read_until_closed(sock)
+        sock.close()
+        wait_for(lambda: "logout" in events)
+        assert [p for _, run in calls for p in run] == messages
+        assert all(user == "DEMO1" for user, _ in calls)
+        assert events[-1] == "logout"
+        # The heartbeat ends a run (TCP may split one further, never reorder).
+        assert not any(b"m2" in run and b"m3" in run for _, run in calls)
+        assert len(calls) >= 2 and max(len(run) for _, run in calls) > 1
+        assert server.counters()["unsequenced_in"] == 5
+    finally:
+        server.stop(timeout=3)
+
+
 # -- timeouts, limits, slow consumers --------------------------------------------------------------------
 
 

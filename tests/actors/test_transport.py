@@ -1,0 +1,100 @@
+"""The transport's fast paths agree with the generic ones they replace (wire header, frames, backlog)."""
+
+from __future__ import annotations
+
+import queue
+
+import pytest
+import zmq
+
+from actors.base import ClusterActor
+from actors.transport import LocalDirectory, recv_frames, send_frames
+from exchange.layout import LayoutError
+from exchange.wire import HEADER, MessageKind, _ascii8, pack_header, parse_header, text8, unpack_header
+
+
+def test_parse_header_agrees_with_the_layout():
+    frame = pack_header(MessageKind.REPORTS, 512, 3, 65535, 2**64 - 1)
+    assert frame == HEADER.pack_values((1, MessageKind.REPORTS, 512, 3, 65535, 2**64 - 1))
+    assert parse_header(frame) == (MessageKind.REPORTS, 512, 3, 65535, 2**64 - 1)
+    assert parse_header(frame)[0] is MessageKind.REPORTS
+    assert unpack_header(frame) == dict(zip(HEADER.names, HEADER.unpack_values(frame), strict=True))
+
+
+@pytest.mark.parametrize("frame", [
+    b"",
+    b"\x01" * 15,
+    HEADER.struct.pack(2, 1, 0, 0, 0, 0),  # another wire version
+    HEADER.struct.pack(1, 99, 0, 0, 0, 0),  # an unknown kind
+])
+def test_parse_header_refuses_what_unpack_header_refuses(frame: bytes):
+    with pytest.raises(LayoutError):
+        parse_header(frame)
+    with pytest.raises(LayoutError):
+        unpack_header(frame)
+
+
+def test_pack_header_out_of_range_is_a_layout_error():
+    with pytest.raises(LayoutError):
+        pack_header(MessageKind.ORDERS, 1 << 16, 0, 0, 0)
+
+
+def test_cached_field_conversions_match_the_plain_ones():
+    for text in ("AAPL", "ACCOUNT1", "LONGER THAN 8", "", "é"):
+        for _ in range(2):  # a miss, then a hit
+            assert _ascii8(text) == text.encode("ascii", "replace")[:8].ljust(8, b" ")
+    assert _ascii8(None) == b"        "  # type: ignore[arg-type]
+    assert _ascii8(["unhashable"]) == b"        "  # type: ignore[arg-type]
+    for data in (b"AAPL    ", b"        ", b"\xffBAD    "):
+        for _ in range(2):
+            assert text8(data) == data.decode("ascii", "replace").rstrip(" ")
+
+
+def test_frames_round_trip_and_router_errors_come_on_the_first_part():
+    context = zmq.Context()
+    try:
+        server = context.socket(zmq.ROUTER)
+        server.setsockopt(zmq.ROUTING_ID, b"server")
+        server.bind("inproc://frames")
+        client = context.socket(zmq.ROUTER)
+        client.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        client.connect("inproc://frames")
+        header = pack_header(MessageKind.ORDERS, 1, 0, 0, 7)
+        send_frames(client, b"server", header, b"x" * 64)
+        assert server.poll(2000)
+        sender, got_header, payload = recv_frames(server)
+        assert (got_header, payload) == (header, b"x" * 64)
+        send_frames(server, sender, b"", b"")  # empty frames survive too
+        assert client.poll(2000)
+        assert recv_frames(client) == [b"server", b"", b""]
+        with pytest.raises(zmq.ZMQError) as failure:  # unroutable: refused whole, nothing half-sent
+            send_frames(client, b"nobody", header, b"y")
+        assert failure.value.errno == zmq.EHOSTUNREACH
+        send_frames(client, b"server", header, b"z")
+        assert server.poll(2000)
+        assert recv_frames(server)[1:] == [header, b"z"]
+        with pytest.raises(zmq.Again):
+            recv_frames(server)
+        for socket in (server, client):
+            socket.close(linger=0)
+    finally:
+        context.term()
+
+
+def test_over_is_max_backlog_above_a_limit():
+    local = LocalDirectory()
+    assert not local.over(0)
+    for index in (1, 2, 3):
+        local.register(index, None)  # type: ignore[arg-type]
+    local.delivered[2] = 5
+    local.processed[2] = 1
+    for limit in range(-1, 6):
+        assert local.over(limit) == (local.max_backlog() > limit)
+
+
+def test_actor_inbox_is_a_fifo_simple_queue():
+    inbox = ClusterActor._create_actor_inbox()
+    assert isinstance(inbox, queue.SimpleQueue)
+    for n in range(3):
+        inbox.put(n)
+    assert [inbox.get() for _ in range(3)] == [0, 1, 2] and inbox.empty()
