@@ -17,18 +17,19 @@ that disagrees with its type or a zero length is flagged in its record and skipp
 Pipeline (one beat per cycle when the output keeps up and every frame is at least ``lanes`` bytes,
 which all ITCH messages are):
 
-1. *Input register*: the beat, and for every lane ``k`` where a length prefix could start, what the
-   frame tracker would do with it (where that frame ends, whether it ends inside this beat), plus,
-   for every lane, the type/length decode of a frame whose type byte is that lane (its length prefix
-   is the two stream bytes before it). This keeps adders and comparisons out of the tracker.
-2. *Frame tracker*: knows where the current frame ends (``rem1``: lane of its last byte counted from
-   this beat) and so where the next prefix starts, and selects that lane's precomputed values; its
-   next state is a flat one-hot select. It gives each frame a *slot*, in order, and writes the
-   frame's first ``BUFFER_BYTES`` bytes into it through one rotator, so that message byte ``j`` lands
-   in slot byte ``j`` whatever the frame's alignment. The bytes of a frame in the beat where it
-   starts are written one cycle later from a copy of that beat, so slot writes depend on registers
-   only. A beat holding a whole frame plus the start of another (possible only for corrupt frames
-   shorter than a beat) is processed twice.
+1. *Input register*: the beat, and for every lane ``p`` where a length prefix could start (and for a
+   prefix split over the previous beat), the frame tracker's next state if the next prefix is there,
+   as a one-hot vector, plus, for every lane, the type/length decode of a frame whose type byte is
+   that lane (its length prefix is the two stream bytes before it). This keeps adders and
+   comparisons out of the tracker.
+2. *Frame tracker*: its state is one-hot (where the next prefix starts in this beat, or "the frame
+   goes on", or "split prefix"), and its next state is the OR of the precomputed vectors its set bit
+   selects, so its loop has no arithmetic. A beat counter (``rem1``) runs beside it for long frames.
+   It gives each frame a *slot*, in order, and writes the frame's first ``BUFFER_BYTES`` bytes into
+   it through one rotator, so that message byte ``j`` lands in slot byte ``j`` whatever the frame's
+   alignment. The bytes of a frame in the beat where it starts are written one cycle later from a
+   copy of that beat, so slot writes depend on registers only. A beat holding a whole frame plus the
+   start of another (possible only for corrupt frames shorter than a beat) is processed twice.
 3. *Slots* (``slots``, default 3) hold finished frames until the output takes them; their type flags
    were written with the type byte.
 4. *O1* takes the oldest finished slot (its status already decoded), *O2* (the ``o`` register)
@@ -128,33 +129,97 @@ class ItchDecoder(wiring.Component):
         p_lenok = Signal(lanes)  # the length prefix is the type's length
         p_known = Signal(lanes)  # an ITCH type
 
-        def lane_bit(vector, index_value, limit):
-            """vector[index] for a small non-negative index value; 0 when index >= limit."""
-            out = Signal()
-            with m.Switch(index_value):
-                for k in range(limit):
-                    with m.Case(k):
-                        m.d.comb += out.eq(vector[k])
-            return out
-
-        # x_*[k]: a length prefix starts at lane k (k <= lanes - 2, both bytes here). rem1 = lane of the
-        # frame's last byte, counted from this beat (hold: the frame ends in it) or from the next one (adv).
-        x_hold = Signal(max(lanes - 1, 1))  # the whole frame is in this beat: it must be processed again
-        x_hold_rem1 = [Signal(lbits, name=f"x_hrem{k}") for k in range(lanes - 1)]
-        x_adv_rem1 = [Signal(16, name=f"x_arem{k}") for k in range(lanes - 1)]
-        x_adv_ends = Signal(max(lanes - 1, 1))
-        x_zero = Signal(max(lanes - 1, 1))  # a zero length prefix
-        # The same for a prefix split between the previous beat's last lane and this beat's lane 0.
-        s_hold = Signal()
-        s_hold_rem1 = Signal(lbits)
-        s_adv_rem1 = Signal(16)
-        s_adv_ends = Signal()
-        s_zero = Signal()
+        # Per position p where a length prefix can start (p = -1: split over the previous beat's last lane
+        # and this beat's lane 0; p = 0 .. lanes - 2: both bytes here): what the tracker does if the
+        # next prefix is there. Its frame's last byte is lane e = p + 1 + n counted from this beat.
+        # x_nx[p] is the tracker's next state (one-hot, laid out as `state` below), so that the
+        # tracker's loop is a one-hot select of registers with no arithmetic or comparison in it.
+        positions = list(range(-1, lanes - 1))
+        nstate = lanes + 3
+        x_nx = {p: Signal(nstate, name=f"x_nx{p + 1}") for p in positions}
+        x_hold = {p: Signal(name=f"x_hold{p + 1}") for p in positions}  # whole frame here: see beat again
+        x_adv = {p: Signal(name=f"x_adv{p + 1}") for p in positions}  # frame goes on into the next beat
+        x_rem1 = {p: Signal(16, name=f"x_rem{p + 1}") for p in positions}  # e - lanes
+        x_last = {p: Signal(name=f"x_last{p + 1}") for p in positions}  # e - lanes is in the next beat
+        x_zero = {p: Signal(name=f"x_zero{p + 1}") for p in positions}  # a zero length prefix
+        s_trunc = Signal()  # a split prefix whose packet ends before its frame does
 
         advance = Signal()  # the tracker is done with the precomputed beat
         m.d.comb += self.i.ready.eq(~p_valid | advance)
         load = Signal()
         m.d.comb += load.eq(self.i.valid & self.i.ready & (therm[0] | beat.last))
+        # The precompute is combinational outside `load`'s enable, so the enable (which waits for the
+        # tracker through i.ready) only gates the registers and stays out of these paths.
+        in_eop = Signal()
+        m.d.comb += in_eop.eq(beat.last | ~therm[lanes - 1])
+
+        def at_most(value, high_zero, bound):
+            """value <= bound (a small constant) as a lookup, not a carry chain; high_zero: value[5:] == 0
+            (bounds stay below 32)."""
+            low = Signal(name=f"le{bound}")
+            with m.Switch(value[:5]):
+                with m.Case(*range(bound + 1)):
+                    m.d.comb += low.eq(1)
+            out = Signal(name=f"at_most{bound}", attrs={"keep": 1})
+            m.d.comb += out.eq(low & high_zero)
+            return out
+
+        lb = (lanes - 1).bit_length()  # log2(lanes): lane bits of a byte index
+        pre_nx, pre_hold, pre_adv, pre_rem1, pre_last, pre_zero = {}, {}, {}, {}, {}, {}
+        for p in positions:
+            n = Cat(in_bytes[0], hist[1]) if p < 0 else Cat(in_bytes[p + 1], in_bytes[p])
+            # The high bits' zero test is kept as a net of its own: left to itself, abc chains it through
+            # the other comparisons of the same n, two LUT levels deeper.
+            high_zero = Signal(name=f"pre_hz{p + 1}", attrs={"keep": 1})
+            m.d.comb += high_zero.eq(n[5:] == 0)
+            lt1, lt2, lt3 = (at_most(n, high_zero, bound)
+                             for bound in (lanes - 2 - p, 2 * lanes - 2 - p, 3 * lanes - 2 - p))
+            present = Signal(name=f"pre_present{p + 1}")  # therm[e], for e < lanes
+            with m.Switch(n[:lb] if lb else Const(0, 1)):
+                for v in range(lanes):
+                    if v + p + 1 < lanes:
+                        with m.Case(v):
+                            m.d.comb += present.eq(therm[v + p + 1])
+            hold = Signal(name=f"pre_hold{p + 1}")
+            m.d.comb += hold.eq(lt1 & present)
+            nx = Signal(nstate, name=f"pre_nx{p + 1}")
+            ends_soon = Signal(name=f"pre_soon{p + 1}")  # the frame ends in this beat or the next one
+            m.d.comb += ends_soon.eq(Mux(in_eop, hold, lt2))
+            for k in range(lanes):
+                target = Signal(name=f"pre_tgt{p + 1}_{k}")
+                if lb:
+                    m.d.comb += target.eq(n[:lb] == (k - p - 1) % lanes)
+                else:
+                    m.d.comb += target.eq(1)
+                m.d.comb += nx[k + 1].eq(target & ends_soon)
+            m.d.comb += [nx[0].eq(in_eop & ~hold), nx[lanes + 1].eq(~in_eop & ~lt2)]
+            pre_nx[p], pre_hold[p] = nx, hold
+            pre_adv[p] = ~hold & ~in_eop
+            pre_rem1[p] = (n + (p + 1 - lanes))[:16]
+            pre_last[p] = ~lt2 & lt3
+            pre_zero[p] = n == 0
+
+        pre_book, pre_lenok, pre_known = [], [], []
+        stream = [*hist, *in_bytes]
+        for t in range(lanes):
+            n = Cat(stream[t + 1], stream[t])
+            expected = Signal(6, name=f"explen{t}")  # the type's length (all ITCH lengths < 64)
+            book = Signal(len(BOOK_TYPES), name=f"bmatch{t}")
+            known = Signal(name=f"known{t}")
+            with m.Switch(in_bytes[t]):
+                for code, spec in MESSAGE_SPECS.items():
+                    with m.Case(ord(code)):
+                        m.d.comb += [expected.eq(spec.length), known.eq(1)]
+                        if code in BOOK_TYPES:
+                            m.d.comb += book.eq(1 << BOOK_TYPES.index(code))
+            # Kept nets again, so the length's high-bit test and the per-bit comparison stay two
+            # shallow trees instead of one chain.
+            n_high_zero = Signal(name=f"pre_nhz{t}", attrs={"keep": 1})
+            n_low_eq = Signal(name=f"pre_neq{t}", attrs={"keep": 1})
+            m.d.comb += [n_high_zero.eq(n[6:] == 0), n_low_eq.eq(n[:6] == expected)]
+            pre_book.append(book)
+            pre_lenok.append(n_high_zero & n_low_eq)
+            pre_known.append(known)
         with m.If(advance):
             m.d.sync += p_valid.eq(0)
         with m.If(load):
@@ -162,50 +227,22 @@ class ItchDecoder(wiring.Component):
                 p_valid.eq(1),
                 p_therm.eq(therm),
                 p_count.eq(in_count),
-                p_eop.eq(beat.last | ~therm[lanes - 1]),
+                p_eop.eq(in_eop),
                 p_prev.eq(hist[1]),
                 *[p_bytes[k].eq(in_bytes[k]) for k in range(lanes)],
             ]
             with m.If(therm[lanes - 1]):  # a full beat: the frame may go on into the next one
                 stream = [*hist, *in_bytes]
                 m.d.sync += [hist[0].eq(stream[-2]), hist[1].eq(stream[-1])]
-            stream = [*hist, *in_bytes]
             for t in range(lanes):
-                n = Cat(stream[t + 1], stream[t])
-                expected = Signal(6, name=f"explen{t}")  # the type's length (all ITCH lengths < 64)
-                book = Signal(len(BOOK_TYPES), name=f"bmatch{t}")
-                known = Signal(name=f"known{t}")
-                with m.Switch(in_bytes[t]):
-                    for code, spec in MESSAGE_SPECS.items():
-                        with m.Case(ord(code)):
-                            m.d.comb += [expected.eq(spec.length), known.eq(1)]
-                            if code in BOOK_TYPES:
-                                m.d.comb += book.eq(1 << BOOK_TYPES.index(code))
+                m.d.sync += [p_book[t].eq(pre_book[t]), p_lenok[t].eq(pre_lenok[t]), p_known[t].eq(pre_known[t])]
+            for p in positions:
                 m.d.sync += [
-                    p_book[t].eq(book),
-                    p_lenok[t].eq((n[6:] == 0) & (n[:6] == expected)),
-                    p_known[t].eq(known),
+                    x_nx[p].eq(pre_nx[p]), x_hold[p].eq(pre_hold[p]), x_adv[p].eq(pre_adv[p]),
+                    x_rem1[p].eq(pre_rem1[p]), x_last[p].eq(pre_last[p]), x_zero[p].eq(pre_zero[p]),
                 ]
-            for k in range(lanes - 1):
-                n = Cat(in_bytes[k + 1], in_bytes[k])
-                # The whole body is here: n + k + 2 <= count, i.e. its last byte (lane k + 1 + n) is present.
-                fits = (n <= lanes - k - 2) & lane_bit(therm, (n + k + 1)[: lbits + 1], lanes)
-                m.d.sync += [
-                    x_hold[k].eq(therm[k + 1] & fits),
-                    x_hold_rem1[k].eq(n + (k + 1)),
-                    x_adv_rem1[k].eq(n + (k + 1 - lanes)),
-                    x_adv_ends[k].eq(n < 2 * lanes - k - 1),
-                    x_zero[k].eq(n == 0),
-                ]
-            n = Cat(in_bytes[0], hist[1])
-            m.d.sync += [
-                s_hold.eq((n < lanes) & lane_bit(therm, n[: lbits + 1], lanes)),
-                s_hold_rem1.eq(n),
-                s_adv_rem1.eq(n - lanes),
-                s_adv_ends.eq(n < 2 * lanes),
-                s_zero.eq(n == 0),
-            ]
-        x_n = [Cat(p_bytes[k + 1], p_bytes[k]) for k in range(lanes - 1)]
+            m.d.sync += s_trunc.eq(~(therm[0] & (pre_hold[-1] | ~in_eop)))
+        x_n = {p: Cat(p_bytes[p + 1], p_bytes[p]) for p in positions if p >= 0}
         s_n = Cat(p_bytes[0], p_prev)
 
         # -- 3. slot registers (declared before the tracker, which writes them) ------------------------
@@ -228,10 +265,16 @@ class ItchDecoder(wiring.Component):
         free = Signal(init=1)  # slot `wr` may be allocated this cycle (registered, conservative)
 
         # -- 2. frame tracker --------------------------------------------------------------------------
-        active = Signal()  # inside a frame whose length prefix has been read
-        half = Signal()  # the previous beat ended with a prefix's high byte
-        ends = Signal()  # active and the frame's last byte is in this beat (rem1 < lanes)
-        rem1 = Signal(16)
+        # One-hot state: pos[p] (p = 0 .. lanes): the next prefix would start at lane p of this beat, the
+        # current frame (if any, p > 0) ends at lane p - 1; pos[0] is also idle. cont: the current frame
+        # goes on past this beat. half: the previous beat ended with a prefix's high byte. Every next
+        # state is a one-hot select of precomputed one-hot vectors (x_nx), i.e. a shallow AND-OR.
+        state = Signal(nstate, init=1)
+        pos = [state[p] for p in range(lanes + 1)]
+        cont, half = state[lanes + 1], state[lanes + 2]
+        sel = {p: (half if p < 0 else pos[p]) for p in positions}  # where the next prefix is
+        rem1 = Signal(16)  # in cont: lane of the frame's last byte, counted from this beat
+        cont_last = Signal()  # in cont: that byte is in the next beat
         cur_off = Signal(signed(18))  # message index of lane 0 of this beat, for the current frame
         cur_rot = Signal(lbits)  # cur_off mod lanes: the current frame's rotation
         cur_win = Signal(nwords + 2)  # one-hot of cur_off // lanes + 2 (the slot word lane 0 falls in)
@@ -240,75 +283,40 @@ class ItchDecoder(wiring.Component):
         woff = Signal(16)  # offset of lane 0 of this beat within the packet (a multiple of lanes)
 
         count, eop = p_count, p_eop
-        lane = Signal(lbits)
-        m.d.comb += lane.eq(rem1[:lbits] if lanes > 1 else 0)
+        active = Signal()  # inside a frame whose length prefix has been read
+        m.d.comb += active.eq(~pos[0] & ~half)
 
-        idle = Signal()
-        c_end = Signal()
-        c_trunc = Signal()
-        c_cont = Signal()
-        endok = Signal()  # the current frame's last byte (lane) is in this beat's bytes
-        m.d.comb += [
-            endok.eq(~eop | lane_bit(p_therm, lane, lanes)),
-            idle.eq(~half & ~active),
-            c_end.eq(active & ends & endok),
-            c_trunc.eq(active & eop & ~(ends & endok)),
-            c_cont.eq(active & ~ends & ~eop),
-        ]
+        def one_hot_sum(terms):
+            acc = 0
+            for on, value in terms:
+                acc = acc | Mux(on, value, 0)
+            return acc
 
-        def next_prefix(values, width, name):
-            """values[pos], pos being where the next prefix would start: 0 when idle, else lane + 1
-            (values[k] exists for k <= lanes - 2; 0 beyond)."""
-            after = Signal(width, name=f"{name}_after")
-            with m.Switch(lane):
-                for k in range(lanes - 2):
-                    with m.Case(k):
-                        m.d.comb += after.eq(values[k + 1])
-            out = Signal(width, name=name)
-            m.d.comb += out.eq(Mux(idle, values[0], after) if lanes > 1 else 0)
-            return out, after
-
-        # Where the next prefix starts: lane 0 when idle, else lane + 1 (lanes: in the next beat). The
-        # values derived from it are small lookups on the registered lane rather than adders, which
-        # yosys would build from carry chains in series.
         def by_pos(name, width, fn, *, signed_=False):
-            """fn(pos) as a lookup on (idle, lane)."""
+            """fn(p) for the position p of the next prefix, as an OR of constants."""
             out = Signal(signed(width) if signed_ else width, name=name)
-            with m.If(idle):
-                m.d.comb += out.eq(fn(0))
-            with m.Else():
-                with m.Switch(lane):
-                    for k in range(lanes):
-                        with m.Case(k):
-                            m.d.comb += out.eq(fn(k + 1))
+            m.d.comb += out.eq(one_hot_sum([(pos[p], Const(fn(p), out.shape())) for p in range(lanes + 1)]))
             return out
-
-        therm_next = Cat(p_therm[1:], Const(0, 1))
-        new_start = Signal()
-        new_full = Signal()
-        m.d.comb += [
-            new_start.eq(Mux(idle, p_therm[0], lane_bit(therm_next, lane, lanes))),
-            new_full.eq(Mux(idle, p_therm[1] if lanes > 1 else 0, lane_bit(therm_next[1:], lane, lanes - 1)
-                            if lanes > 1 else 0)),
-        ]
-        new_hold, hold_after = next_prefix(x_hold, 1, "new_hold")
-        new_n, _ = next_prefix(x_n, 16, "new_n")
-        new_zero, _ = next_prefix(x_zero, 1, "new_zero")
-        new_hold_rem1, _ = next_prefix(x_hold_rem1, lbits, "new_hold_rem1")
-        new_adv_rem1, _ = next_prefix(x_adv_rem1, 16, "new_adv_rem1")
-        new_adv_ends, _ = next_prefix(x_adv_ends, 1, "new_adv_ends")
 
         start = Signal()  # a frame starts in this beat
         full = Signal()  # ... and both bytes of its prefix are here
-        m.d.comb += [start.eq((c_end | idle) & new_start), full.eq((c_end | idle) & new_full)]
+        new_hold = Signal()  # ... and all of it: the beat is seen again
+        hold = Signal()  # a whole frame (new or with a split prefix) is in this beat
+        m.d.comb += [
+            start.eq(Cat(*[pos[p] & p_therm[p] for p in range(lanes)]).any()),
+            full.eq(Cat(*[pos[p] & p_therm[p + 1] for p in positions if p >= 0]).any()),
+            new_hold.eq(Cat(*[pos[p] & x_hold[p] for p in positions if p >= 0]).any()),
+            hold.eq(Cat(*[sel[p] & x_hold[p] for p in positions]).any()),
+        ]
+        new_n = Signal(16)
+        new_zero = Signal()
+        m.d.comb += [
+            new_n.eq(one_hot_sum([(pos[p], x_n[p]) for p in positions if p >= 0])),
+            new_zero.eq(Cat(*[pos[p] & x_zero[p] for p in positions if p >= 0]).any()),
+        ]
 
         go = Signal()
         m.d.comb += go.eq(p_valid & free)
-        # hold: a whole frame starts and ends in this beat, so the beat must be seen again. (A frame of
-        # x_hold also has its last byte present, so the current frame's end is too: no endok here.)
-        hold = Signal()
-        m.d.comb += hold.eq((active & ends & hold_after) | (idle & (x_hold[0] if lanes > 1 else 0))
-                            | (half & s_hold))
         m.d.comb += advance.eq(go & ~hold)
 
         # Slot events of this cycle.
@@ -320,10 +328,9 @@ class ItchDecoder(wiring.Component):
         wr_next = Signal(nslots)
         m.d.comb += wr_next.eq(wr.rotate_left(1))
 
-        # New frame at lane pos: message index of lane 0 = -(pos + 2), so its rotation is that mod lanes.
+        # New frame at lane p: message index of lane 0 = -(p + 2), so its rotation is that mod lanes.
         new_rot = by_pos("new_rot", lbits, lambda p: -(p + 2) % lanes)
         new_off_hold = by_pos("new_off_hold", 18, lambda p: -(p + 2), signed_=True)
-        new_off_adv = by_pos("new_off_adv", 18, lambda p: lanes - p - 2, signed_=True)
         new_lane = by_pos("new_lane", lbits, lambda p: p % lanes)
         new_off = Signal(16)  # the new frame's offset in the packet (woff is a multiple of lanes)
         m.d.comb += new_off.eq(Cat(new_lane, woff[lbits:]) if lanes > 1 else woff)
@@ -331,57 +338,52 @@ class ItchDecoder(wiring.Component):
         def win_onehot(cw: int) -> Const:
             return Const(1 << (cw + 2), nwords + 2)
 
-        # The tracker's next state as flat selects (one-hot, from registers and lane lookups), so each
-        # state bit is a shallow AND-OR. Holds keep the beat; every other select consumes it, and at the
-        # end of a packet no continuing select is set, so the state returns to idle by itself.
-        new_advok, advok_after = next_prefix([~x_hold[k] for k in range(lanes - 1)], 1, "new_advok")
-        is_penult = Signal()  # the current frame ends at lane lanes - 2: the next prefix is split
-        m.d.comb += is_penult.eq(lane == lanes - 2 if lanes > 1 else 0)
         sel_s_hold = Signal()  # split prefix completed, whole frame in this beat
         sel_s_adv = Signal()  # split prefix completed, frame continues
         sel_s_trunc = Signal()  # split prefix, packet ends
         sel_cont = Signal()  # frame continues through this beat
-        sel_new_hold = Signal()  # new frame wholly in this beat
         sel_new_adv = Signal()  # new frame continues into the next beat
         sel_new_half = Signal()  # new frame's prefix split over this beat and the next
+        c_trunc = Signal()  # the current frame is cut by the packet's end
         m.d.comb += [
-            sel_s_hold.eq(half & s_hold),
-            sel_s_adv.eq(half & p_therm[0] & ~s_hold & ~eop),
-            sel_s_trunc.eq(half & ~(p_therm[0] & (s_hold | ~eop))),
-            sel_cont.eq(active & ~ends & ~eop),
-            sel_new_hold.eq(hold & ~half),
-            sel_new_adv.eq(~eop & ((active & ends & advok_after)
-                                   | (idle & (new_advok if lanes > 1 else 0)))),
-            sel_new_half.eq(~eop & ((active & ends & is_penult) | (idle & (lanes == 1)))),
+            sel_s_hold.eq(half & x_hold[-1]),
+            sel_s_adv.eq(half & x_adv[-1]),
+            sel_s_trunc.eq(half & s_trunc),
+            sel_cont.eq(cont & ~eop),
+            sel_new_adv.eq(Cat(*[pos[p] & x_adv[p] for p in positions if p >= 0]).any()),
+            sel_new_half.eq(pos[lanes - 1] & ~eop),
+            c_trunc.eq(Cat(*[pos[p] & ~p_therm[p - 1] for p in range(1, lanes + 1)], cont & eop).any()),
         ]
 
-        def one_hot_sum(terms):
-            acc = 0
-            for sel, value in terms:
-                acc = acc | Mux(sel, value, 0)
-            return acc
-
-        cont_ends = Signal()  # after this beat, the continuing frame's last byte is in the next one
-        m.d.comb += cont_ends.eq(rem1[lbits:] == 1 if lanes > 1 else rem1 == 1)
+        rem_pos = Signal(nstate)  # in cont: the state of the beat holding the frame's last byte
+        for k in range(lanes):
+            m.d.comb += rem_pos[k + 1].eq(rem1[:lb] == k if lb else 1)
         with m.If(go):
             m.d.sync += [
-                active.eq(sel_s_hold | sel_s_adv | sel_cont | sel_new_hold | sel_new_adv),
-                half.eq(sel_new_half),
-                ends.eq(sel_s_hold | sel_new_hold | (sel_s_adv & s_adv_ends) | (sel_cont & cont_ends)
-                        | (sel_new_adv & new_adv_ends)),
-                rem1.eq(one_hot_sum([
-                    (sel_s_hold, s_hold_rem1), (sel_s_adv, s_adv_rem1), (sel_cont, rem1 - lanes),
-                    (sel_new_hold, new_hold_rem1), (sel_new_adv, new_adv_rem1),
+                state.eq(one_hot_sum([
+                    *[(sel[p], x_nx[p]) for p in positions],
+                    (pos[lanes - 1], Mux(eop, Const(1, nstate), Const(1 << (lanes + 2), nstate))),
+                    (pos[lanes], Const(1, nstate)),
+                    (cont, Mux(eop, Const(1, nstate), Mux(cont_last, rem_pos, Const(1 << (lanes + 1), nstate)))),
                 ])),
+                rem1.eq(Mux(cont, Cat(rem1[:lb], (rem1[lb:] - 1)[: 16 - lb]),
+                            one_hot_sum([(sel[p], x_rem1[p]) for p in positions]))),
+                cont_last.eq(Mux(cont, rem1[lb:] == 2, Cat(*[sel[p] & x_last[p] for p in positions]).any())),
             ]
-            with m.If(sel_s_adv | sel_cont):
+            # The current frame's window, written on every step without an enable: in the states where
+            # none of these applies the next beat writes no slot bytes (it is idle), so the value is
+            # free. A split prefix's frame keeps its window (-1) while its beat is held.
+            start_off = [Mux(x_hold[p], -(p + 2), lanes - p - 2) for p in positions if p >= 0]
+            start_win = [Mux(x_hold[p], win_onehot(-1), win_onehot(0)) for p in positions if p >= 0]
+            with m.If(cont | half & ~x_hold[-1]):
                 m.d.sync += [cur_off.eq(cur_off + lanes), cur_win.eq(cur_win << 1)]
-            with m.If(sel_new_hold):
-                m.d.sync += [cur_off.eq(new_off_hold), cur_win.eq(win_onehot(-1))]
-            with m.If(sel_new_adv):
-                m.d.sync += [cur_off.eq(new_off_adv), cur_win.eq(win_onehot(0))]
-            with m.If(sel_new_half):  # the body starts at lane 1 of the next beat
-                m.d.sync += [cur_off.eq(-1), cur_win.eq(win_onehot(-1))]
+            with m.Elif(~half):
+                m.d.sync += [
+                    cur_off.eq(one_hot_sum([*[(pos[p], start_off[p]) for p in positions if p >= 0],
+                                            (pos[lanes - 1], Const(-1, signed(18)))])),
+                    cur_win.eq(one_hot_sum([*[(pos[p], start_win[p]) for p in positions if p >= 0],
+                                            (pos[lanes - 1], win_onehot(-1))])),
+                ]
             with m.If(start):
                 m.d.sync += [cur.eq(wr), wr.eq(wr_next), cur_rot.eq(new_rot)]
             with m.If(advance):
@@ -389,9 +391,9 @@ class ItchDecoder(wiring.Component):
 
         m.d.comb += [
             alloc.eq(go & start),
-            fin_cur.eq(go & (c_end | c_trunc | sel_s_trunc)),
+            fin_cur.eq(go & (Cat(*pos[1:]).any() | (cont & eop) | sel_s_trunc)),
             trunc_cur.eq(Mux(half & ~p_therm[0], 2, Mux(c_trunc | sel_s_trunc, 1, 0))),
-            fin_new.eq(go & start & eop & ~(full & new_hold)),
+            fin_new.eq(go & start & eop & ~new_hold),
             trunc_new.eq(Mux(full, 1, 2)),
         ]
 
@@ -422,7 +424,7 @@ class ItchDecoder(wiring.Component):
         # Written whenever a beat is present, even in a stalled cycle: the beat and the tracker state are
         # then unchanged, so the same bytes are written again.
         cur_writes = Signal()
-        m.d.comb += cur_writes.eq(p_valid & (half | active))
+        m.d.comb += cur_writes.eq(p_valid & active | p_valid & half)
         # Which slot bytes this beat covers: lane t holds message index cur_off + t.
         rot_ge = Signal(lanes)
         for t in range(lanes):
@@ -494,7 +496,7 @@ class ItchDecoder(wiring.Component):
                     slot_count[s].eq(count),
                 ]
             with m.If(is_cur & half & p_therm[0]):
-                m.d.sync += [slot_n[s].eq(s_n), zero.eq(s_zero)]
+                m.d.sync += [slot_n[s].eq(s_n), zero.eq(x_zero[-1])]
             with m.If((fin_new & wr[s]) | (fin_cur & cur[s])):
                 m.d.sync += slot_pend[s].eq(1)
 
