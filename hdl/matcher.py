@@ -22,11 +22,14 @@ Pipeline, one command per cycle when commands are simple:
   entry, the level it names, its new level (modify), the best opposite level, and its price
   position's occupancy bit.
 * F (fetch): the read data are registered.
-* X (execute): decisions from registers only (block RAM outputs are slow on ECP5), writes.
+* X (execute): decisions from registers only (block RAM outputs are slow on ECP5).
+* W (write): the block RAM writes X decided, from registers, a cycle later.
 
 Read data wait in up to two hold slots while a long command executes; every slot *snoops* the
-write ports and takes any write to an address it holds, so held data never go stale. Read
-ports are also transparent, so a read issued in the cycle of a write sees it.
+writes in W and takes any write to an address it holds, so held data never go stale. Read
+ports are also transparent, so a read issued in the cycle of a write sees it. A command whose
+data a write still in W changes waits one cycle in X (a hazard, known from registers), so no
+forwarding mux sits in front of the decisions.
 
 A crossing order sweeps: a fetcher chases the makers' linked list through its own read ports
 (one maker per cycle, the successor's address coming straight from the read data), with the
@@ -75,10 +78,11 @@ class State(enum.Enum, shape=4):
     FIXUP = 2  # a best level emptied: the walker finds the next best
     RE_ENTER = 3  # a modify that lost priority comes back as an incoming order
     SW_LOAD = 4  # read the best opposite level before a sweep
-    SW_INIT = 5  # start the fetcher at the best opposite level
+    SW_INIT = 5  # register the level SW_LOAD read
     SWEEP = 6  # one maker per cycle
     SW_END = 7  # the taker finished a level exactly: find the new best level
     REMAINDER = 8  # what is left of the taker rests or is cancelled
+    SW_GO = 9  # start the fetcher at the best opposite level (after SW_LOAD/SW_INIT)
 
 
 class Matcher(wiring.Component):
@@ -141,6 +145,18 @@ class Matcher(wiring.Component):
         nxtf_r = nexts.read_port(transparent_for=(nxt_w,))
         lvlw_r = levels.read_port(transparent_for=(lvl_w,))
 
+        # Writes are decided in X and performed a cycle later from registers (the W stage): the
+        # decision logic then ends at flip-flops next to it instead of at block RAMs across the
+        # die. ``*_d`` is this cycle's decision, ``*_q`` the write being performed.
+        def write_bundle(name, addr_width, data_shape):
+            return Signal(data.StructLayout({"en": 1, "addr": addr_width, "data": data_shape}), name=name)
+
+        ord_d, ord_q = write_bundle("ord_d", hb, order_shape), write_bundle("ord_q", hb, order_shape)
+        nxt_d, nxt_q = write_bundle("nxt_d", hb, hb), write_bundle("nxt_q", hb, hb)
+        prv_d, prv_q = write_bundle("prv_d", hb, hb), write_bundle("prv_q", hb, hb)
+        lvl_d, lvl_q = write_bundle("lvl_d", lb, level_shape), write_bundle("lvl_q", lb, level_shape)
+        w_stage = ((ord_d, ord_q, ord_w), (nxt_d, nxt_q, nxt_w), (prv_d, prv_q, prv_w), (lvl_d, lvl_q, lvl_w))
+
         m.submodules.bitmap = bitmap = LevelBitmap(cfg.levels, cfg.group_width)
         m.submodules.walker = walker = LevelWalker(cfg.levels, cfg.group_width)
         m.submodules.alloc = alloc = HandleAllocator(n_orders)
@@ -172,6 +188,13 @@ class Matcher(wiring.Component):
         go_slot_c, go_slot_h, go, go_mem = go_copies
         go_in = go_ev = go
         go_walk = go_fetch = go_mem
+        # W advances with the core: a write decided while ``go`` is performed in the next cycle
+        # that has ``go`` again, when every slot that snoops it is updated too.
+        for decided, performed, port in w_stage:
+            with m.If(go_mem):
+                m.d.sync += performed.eq(decided)
+            m.d.comb += [port.en.eq(performed.en & go_mem), port.addr.eq(performed.addr),
+                         port.data.eq(performed.data)]
 
         # -- command slots ----------------------------------------------------------------------
         slot_shape = data.StructLayout({
@@ -199,22 +222,23 @@ class Matcher(wiring.Component):
         def in_window(price):
             return (price >= -window) & (price < window)
 
-        # Writes of this cycle, as the slots see them (the enables include ``go``).
+        # Writes of this cycle, as the slots see them: the block RAM writes in W, the bitmap's
+        # update as decided (it is not delayed).
         def snoop(name, src):
             """``src`` slot with every data field replaced by this cycle's write to its address."""
             new = Signal(slot_shape, name=name)
             m.d.comb += new.eq(src)
             h = src.cmd.handle[:hb]
             l1 = Mux(src.cmd.op == MatcherOp.NEW, src.level, src.ref_level)
-            with m.If(ord_w.en & (ord_w.addr == h)):
-                m.d.comb += new.ord.eq(ord_w.data)
-            with m.If(nxt_w.en & (nxt_w.addr == h)):
-                m.d.comb += new.nxt.eq(nxt_w.data)
-            with m.If(prv_w.en & (prv_w.addr == h)):
-                m.d.comb += new.prv.eq(prv_w.data)
+            with m.If(ord_q.en & (ord_q.addr == h)):
+                m.d.comb += new.ord.eq(ord_q.data)
+            with m.If(nxt_q.en & (nxt_q.addr == h)):
+                m.d.comb += new.nxt.eq(nxt_q.data)
+            with m.If(prv_q.en & (prv_q.addr == h)):
+                m.d.comb += new.prv.eq(prv_q.data)
             for field_, addr in (("lvl1", l1), ("lvl2", src.rd2_level), ("lvl3", src.level)):
-                with m.If(lvl_w.en & (lvl_w.addr == addr)):
-                    m.d.comb += getattr(new, field_).eq(lvl_w.data)
+                with m.If(lvl_q.en & (lvl_q.addr == addr)):
+                    m.d.comb += getattr(new, field_).eq(lvl_q.data)
             with m.If(bitmap.upd_en & (bitmap.upd_level == src.level)):
                 m.d.comb += new.occ.eq(bitmap.upd_set)
             return new
@@ -312,6 +336,11 @@ class Matcher(wiring.Component):
         tk_lvl3 = Signal(level_shape)  # the modify's new level
         tk_occ = Signal()  # its occupancy
 
+        # A write still in W that slot C depends on: EXEC waits a cycle (slot C takes the write
+        # meanwhile), so decisions never need a forwarding mux in front of them.
+        hazard = Signal()
+        below_fresh = Signal()  # cmd.handle < alloc.fresh for slot C
+
         fix_sell = Signal()  # which side's best FIXUP repairs
         fix_return = Signal()  # FIXUP goes on to RE_ENTER (else the command is done)
 
@@ -357,13 +386,14 @@ class Matcher(wiring.Component):
         # -- write ports (enables gated by go) ---------------------------------------------------
         rest_lvl = Signal(level_shape)  # head/tail of the level a rest appends to
         ord_we, nxt_we, prv_we, lvl_we = Signal(), Signal(), Signal(), Signal()
-        upd_en, alloc_take, free_en, walk_start, clear = Signal(), Signal(), Signal(), Signal(), Signal()
+        upd_en, alloc_take, free_en, clear = Signal(), Signal(), Signal(), Signal()
         m.d.comb += [
-            ord_w.en.eq(ord_we & go_mem), nxt_w.en.eq(nxt_we & go_mem), prv_w.en.eq(prv_we & go_mem),
-            lvl_w.en.eq(lvl_we & go_mem),
+            ord_d.en.eq(ord_we), nxt_d.en.eq(nxt_we), prv_d.en.eq(prv_we), lvl_d.en.eq(lvl_we),
             bitmap.upd_en.eq(upd_en & go_mem),
             alloc.alloc.eq(alloc_take & go_mem), alloc.free.eq(free_en & go_mem),
-            walker.start.eq(walk_start & go_walk),
+            # The walker starts in every state that may need it, whatever the decision: its start
+            # is then a function of the state register, not of the deep decision logic.
+            walker.start.eq(go_walk & ((state == State.EXEC) | (state == State.RE_ENTER) | (state == State.SW_GO))),
             bitmap.clear.eq(clear & go_mem), alloc.clear.eq(clear & go_mem),
         ]
 
@@ -371,15 +401,15 @@ class Matcher(wiring.Component):
         # command kind alone (see "port addressing" below), so the deep decisions only drive
         # enables and data.
         def write_order(entry, **fields):
-            m.d.comb += [ord_w.data.eq(entry), ord_we.eq(1)]
-            m.d.comb += [getattr(ord_w.data, name).eq(value) for name, value in fields.items()]
+            m.d.comb += [ord_d.data.eq(entry), ord_we.eq(1)]
+            m.d.comb += [getattr(ord_d.data, name).eq(value) for name, value in fields.items()]
 
         def free_order(entry):
             m.d.comb += free_en.eq(1)
             write_order(entry, valid=0)
 
         def write_level(head, tail):
-            m.d.comb += [lvl_w.data.head.eq(head), lvl_w.data.tail.eq(tail), lvl_we.eq(1)]
+            m.d.comb += [lvl_d.data.head.eq(head), lvl_d.data.tail.eq(tail), lvl_we.eq(1)]
 
         def rest(handle, level, qty, sell, post_only, occupied):
             """Rest a new order (``handle``) at the back of ``level``; the level's head/tail come
@@ -403,8 +433,8 @@ class Matcher(wiring.Component):
 
         def unlink(handle, level, sell, slot, fixup, *, then_re_enter):
             """Take ``handle`` out of its level's list (``slot`` holds its entries and the
-            level's head/tail); drives ``fixup`` and starts the walker when its side's best
-            level emptied."""
+            level's head/tail); drives ``fixup`` when its side's best level emptied (the walker
+            started in EXEC then finds the next best)."""
             lvl = slot.lvl1
             is_head = lvl.head == handle
             is_tail = lvl.tail == handle
@@ -416,7 +446,7 @@ class Matcher(wiring.Component):
                 m.d.comb += upd_en.eq(1)
                 with m.If(level == Mux(sell, ask, bid)):
                     # The best level emptied: walk away from it for the next best.
-                    m.d.comb += [fixup.eq(1), walk_start.eq(1)]
+                    m.d.comb += fixup.eq(1)
                     m.d.sync += [fix_sell.eq(sell), fix_return.eq(then_re_enter)]
             with m.Elif(is_head):
                 write_level(slot.nxt, lvl.tail)
@@ -442,7 +472,7 @@ class Matcher(wiring.Component):
             m.d.comb += [lvlw_r.addr.eq(opp_best(tk_sell)), lvlw_r.en.eq(go_walk)]
         with m.Else():
             m.d.comb += [lvlw_r.addr.eq(feed_level), lvlw_r.en.eq(walk_read)]
-        queue_flush, bypass_take, queue_pop = Signal(), Signal(), Signal()
+        queue_flush, queue_pop = Signal(), Signal()
         with m.If(go_walk):
             m.d.sync += [inflight.eq(walk_read & ~queue_flush), inflight_level.eq(feed_level)]
             with m.If(queue_flush):
@@ -454,18 +484,13 @@ class Matcher(wiring.Component):
             inflight_entry.head.eq(lvlw_r.data.head),
             inflight_entry.tail.eq(lvlw_r.data.tail),
             queue.data.eq(inflight_entry),
-            queue.push.eq(inflight & go_walk & ~queue_flush & ~bypass_take),
+            queue.push.eq(inflight & go_walk & ~queue_flush),
             queue.pop.eq(queue_pop & go_walk),
             queue.flush.eq(queue_flush & go_walk),
             queue_head.eq(queue.head),
         ]
-        # The next opposite level in walk order with its head and tail: queued, else in flight.
-        next_known = Signal()
-        next_entry = Signal(entry_shape)
-        m.d.comb += [
-            next_known.eq(queue.nonempty | inflight),
-            next_entry.eq(Mux(queue.nonempty, queue_head, inflight_entry)),
-        ]
+        # The fetcher takes the next level only from the queue: a level still in flight on lvlw_r
+        # waits a cycle there, so no block RAM output drives a block RAM address.
 
         def level_crosses(level):
             """The taker still trades at this opposite level."""
@@ -491,10 +516,19 @@ class Matcher(wiring.Component):
                                       "tail": hb, "is_tail": 1, "first": 1})
         mk = Signal(mk_shape)
 
+        # Outside the sweep states the fetch ports read the start level's head every cycle, so
+        # that the decision to sweep (deep) only loads fetcher registers and never reaches a
+        # block RAM address; a sweep from SWEEP itself (a fill-or-kill dry run that succeeded)
+        # goes through SW_LOAD.
         fe_addr = Signal(hb)
         fe_issue = Signal()
-        m.d.comb += [ordf_r.addr.eq(fe_addr), nxtf_r.addr.eq(fe_addr),
-                     ordf_r.en.eq(fe_issue & go_fetch), nxtf_r.en.eq(fe_issue & go_fetch)]
+        chasing = Signal()
+        m.d.comb += chasing.eq((state == State.SWEEP) | (state == State.SW_END))
+        m.d.comb += [
+            ordf_r.addr.eq(Mux(chasing, fe_addr, fe_start_entry.head)),
+            nxtf_r.addr.eq(Mux(chasing, fe_addr, fe_start_entry.head)),
+            ordf_r.en.eq((fe_issue | ~chasing) & go_fetch), nxtf_r.en.eq((fe_issue | ~chasing) & go_fetch),
+        ]
 
         def fetch(handle, level, tail, first):
             m.d.comb += [fe_addr.eq(handle), fe_issue.eq(1)]
@@ -503,23 +537,23 @@ class Matcher(wiring.Component):
 
         def fetch_next_level():
             """At a level boundary: fetch the next crossing level's head, stop, or wait."""
-            with m.If(next_known & level_crosses(next_entry.level)):
-                with m.If(queue.nonempty):
-                    m.d.comb += queue_pop.eq(1)
-                with m.Else():
-                    m.d.comb += bypass_take.eq(1)
-                fetch(next_entry.head, next_entry.level, next_entry.tail, 1)
-            with m.Elif(next_known | walker.done | (walker.valid & ~level_crosses(walker.level))):
+            with m.If(queue.nonempty & level_crosses(queue_head.level)):
+                m.d.comb += queue_pop.eq(1)
+                fetch(queue_head.head, queue_head.level, queue_head.tail, 1)
+            with m.Elif(queue.nonempty | (inflight & ~level_crosses(inflight_level))):
                 m.d.sync += [fe_valid.eq(0), fe_wait.eq(0), fe_end.eq(1),
-                             fe_end_level.eq(Mux(next_known, next_entry.level, walker.level)),
-                             fe_end_ok.eq(next_known | walker.valid)]
+                             fe_end_level.eq(Mux(queue.nonempty, queue_head.level, inflight_level)),
+                             fe_end_ok.eq(1)]
+            with m.Elif(~inflight & (walker.done | (walker.valid & ~level_crosses(walker.level)))):
+                m.d.sync += [fe_valid.eq(0), fe_wait.eq(0), fe_end.eq(1),
+                             fe_end_level.eq(walker.level), fe_end_ok.eq(walker.valid)]
             with m.Else():
                 m.d.sync += [fe_valid.eq(0), fe_wait.eq(1)]
 
         with m.If(go_fetch):
             with m.If(fe_start):
-                # The first level's head/tail are given: fetch its head, start the walker beyond it.
-                m.d.comb += [walk_start.eq(1), queue_flush.eq(1)]
+                # The first level's head/tail are given: fetch its head (the walker starts beyond it).
+                m.d.comb += queue_flush.eq(1)
                 m.d.sync += [fe_end.eq(0), mk.valid.eq(0)]
                 fetch(fe_start_entry.head, fe_start_level, fe_start_entry.tail, 1)
             with m.Elif(fe_run):
@@ -550,7 +584,7 @@ class Matcher(wiring.Component):
         c_ioc = cmd.tif == TIF_IOC
         c_fok = cmd.tif == TIF_FOK
         c_handle = cmd.handle[:hb]
-        live = (c.handle_ok & c.ref_in_window & o.valid & (o.level == c.ref_level) & (cmd.handle < alloc.fresh)
+        live = (c.handle_ok & c.ref_in_window & o.valid & (o.level == c.ref_level) & below_fresh
                 & (o.sell == c_sell))
         new_crosses = crosses(c_sell, c.level, c_market)
 
@@ -561,15 +595,29 @@ class Matcher(wiring.Component):
         def cancelled(reason, qty):
             record(RecordKind.CANCELLED, reason=reason, sell=c_sell, price=cmd.price, qty=qty)
 
-        def begin_sweep():
-            """Sweep the opposite side from its best level: straight away when slot C's read of
-            that level is still the right one, else after reading it again."""
+        def begin_sweep(*, direct):
+            """Sweep the opposite side from its best level: straight away (``direct``) when slot
+            C's read of that level is still the right one, else after reading it again."""
             m.d.sync += sweep_rem.eq(tk_qty)  # the whole quantity (again, after a dry run)
-            with m.If(tk_rd2_level == opp_best(tk_sell)):
-                m.d.comb += fe_start.eq(1)
-                m.d.sync += state.eq(State.SWEEP)
-            with m.Else():
+            if direct:
+                with m.If(tk_rd2_level == opp_best(tk_sell)):
+                    m.d.comb += fe_start.eq(1)
+                    m.d.sync += state.eq(State.SWEEP)
+                with m.Else():
+                    m.d.sync += state.eq(State.SW_LOAD)
+            else:
                 m.d.sync += state.eq(State.SW_LOAD)
+
+        # The levels a continuing command keeps take the writes in W, like the slots; RE_ENTER
+        # straight after EXEC sees the unlink EXEC decided (a quantity-up modify re-enters the
+        # level it left) through ``tk_lvl3_now``.
+        with m.If(go):
+            with m.If(lvl_q.en & (lvl_q.addr == tk_rd2_level)):
+                m.d.sync += tk_lvl2.eq(lvl_q.data)
+            with m.If(lvl_q.en & (lvl_q.addr == tk_limit)):
+                m.d.sync += tk_lvl3.eq(lvl_q.data)
+        tk_lvl3_now = Signal(level_shape)
+        m.d.comb += tk_lvl3_now.eq(Mux(lvl_q.en & (lvl_q.addr == tk_limit), lvl_q.data, tk_lvl3))
 
         # Everything below is gated by ``go``: when the output FIFO is full the core holds.
         with m.If(go):
@@ -578,118 +626,119 @@ class Matcher(wiring.Component):
                     m.d.comb += finishing.eq(1)
 
                 with m.Case(State.EXEC):
-                    # A continuing command keeps what it needs of its slot (with this cycle's writes).
-                    m.d.sync += [tk_rd2_level.eq(c.rd2_level), tk_lvl2.eq(c_next.lvl2), tk_lvl3.eq(c_next.lvl3),
-                                 tk_occ.eq(c_next.occ)]
-                    with m.Switch(cmd.op):
-                        with m.Case(MatcherOp.NEW):
-                            with m.If(c.bad):
-                                reject(MatcherReason.INVALID_COMMAND)
-                            with m.Elif(~c_market & ~(c.in_window & base_ok)):
-                                reject(MatcherReason.PRICE_OUTSIDE_WINDOW)
-                            with m.Elif(~new_crosses):
-                                with m.If(c_fok):
-                                    cancelled(MatcherReason.FOK, cmd.qty)
-                                with m.Elif(c_ioc | c_market):
-                                    cancelled(MatcherReason.IOC, cmd.qty)
-                                with m.Elif(alloc.full):
-                                    cancelled(MatcherReason.BOOK_FULL, cmd.qty)
-                                with m.Else():
-                                    rest(alloc.handle, c.level, cmd.qty, c_sell, c_post, c.occ)
-                                m.d.comb += finishing.eq(1)
-                            with m.Elif(c_post):
-                                cancelled(MatcherReason.POST_ONLY, cmd.qty)
-                                m.d.comb += finishing.eq(1)
-                            with m.Else():
-                                with m.If(go):
-                                    m.d.sync += [
-                                        tk_sell.eq(c_sell), tk_limit.eq(c.level), tk_price.eq(cmd.price),
-                                        tk_market.eq(c_market), tk_qty.eq(cmd.qty), sweep_rem.eq(cmd.qty),
-                                        tk_ioc.eq(c_ioc), tk_post.eq(0), tk_modify.eq(0), dry.eq(c_fok),
-                                    ]
-                                with m.If(c.rd2_level == opp_best(c_sell)):
-                                    m.d.comb += fe_start.eq(1)
-                                    m.d.sync += state.eq(State.SWEEP)
-                                    m.d.comb += continuing.eq(1)
-                                with m.Else():
-                                    m.d.sync += state.eq(State.SW_LOAD)
-                                    m.d.comb += continuing.eq(1)
-
-                        with m.Case(MatcherOp.CANCEL):
-                            with m.If(~live):
-                                reject(MatcherReason.UNKNOWN_ORDER)
-                            with m.Else():
-                                fixup = Signal()
-                                unlink(c_handle, c.ref_level, o.sell, c, fixup, then_re_enter=0)
-                                free_order(o)
-                                record(RecordKind.CANCELLED, reason=MatcherReason.REQUESTED, sell=o.sell,
-                                       handle=c_handle, level=o.level, qty=o.qty)
-                                with m.If(fixup):
-                                    m.d.sync += state.eq(State.FIXUP)
-                                    m.d.comb += continuing.eq(1)
-                                with m.Else():
+                    with m.If(~hazard):
+                        # A continuing command keeps what it needs of its slot (with this cycle's writes).
+                        m.d.sync += [tk_rd2_level.eq(c.rd2_level), tk_lvl2.eq(c_next.lvl2), tk_lvl3.eq(c_next.lvl3),
+                                     tk_occ.eq(c_next.occ)]
+                        with m.Switch(cmd.op):
+                            with m.Case(MatcherOp.NEW):
+                                with m.If(c.bad):
+                                    reject(MatcherReason.INVALID_COMMAND)
+                                with m.Elif(~c_market & ~(c.in_window & base_ok)):
+                                    reject(MatcherReason.PRICE_OUTSIDE_WINDOW)
+                                with m.Elif(~new_crosses):
+                                    with m.If(c_fok):
+                                        cancelled(MatcherReason.FOK, cmd.qty)
+                                    with m.Elif(c_ioc | c_market):
+                                        cancelled(MatcherReason.IOC, cmd.qty)
+                                    with m.Elif(alloc.full):
+                                        cancelled(MatcherReason.BOOK_FULL, cmd.qty)
+                                    with m.Else():
+                                        rest(alloc.handle, c.level, cmd.qty, c_sell, c_post, c.occ)
                                     m.d.comb += finishing.eq(1)
-
-                        with m.Case(MatcherOp.MODIFY):
-                            new_qty = Signal(qw)
-                            new_level = Signal(lb)
-                            # cmd.price is the target price even when unchanged (then it equals ref).
-                            m.d.comb += [new_qty.eq(Mux(c_has_qty, cmd.qty, o.qty)), new_level.eq(c.level)]
-                            same_level = new_level == c.ref_level
-                            with m.If(~live):
-                                reject(MatcherReason.UNKNOWN_ORDER)
-                            with m.Elif(c.bad):
-                                reject(MatcherReason.INVALID_COMMAND)
-                            with m.Elif(~c.in_window):
-                                reject(MatcherReason.PRICE_OUTSIDE_WINDOW)
-                            with m.Elif(same_level & (new_qty == o.qty)):
-                                reject(MatcherReason.NO_CHANGE)
-                            with m.Elif(same_level & (new_qty < o.qty)):
-                                # Quantity down in place keeps time priority.
-                                write_order(o, qty=new_qty)
-                                record(RecordKind.REDUCED, sell=o.sell, handle=c_handle, level=o.level,
-                                       qty=o.qty - new_qty, leaves=new_qty)
-                                m.d.comb += finishing.eq(1)
-                            with m.Else():
-                                # Price change or quantity up: leave the level and come back as an
-                                # incoming order. The handle is freed now and allocated again if the
-                                # order rests, so a fully filled re-entry leaves nothing behind and the
-                                # rest never finds the book full (as in the engine).
-                                fixup = Signal(name="fixup_modify")
-                                unlink(c_handle, c.ref_level, o.sell, c, fixup, then_re_enter=1)
-                                free_order(o)
-                                record(RecordKind.REMOVED, sell=o.sell, handle=c_handle, level=o.level, qty=o.qty,
-                                       leaves=new_qty, last=False)
-                                with m.If(go):
-                                    m.d.sync += [
-                                        tk_sell.eq(o.sell), tk_limit.eq(new_level), tk_price.eq(new_level - window),
-                                        tk_market.eq(0), tk_qty.eq(new_qty), tk_ioc.eq(0), tk_post.eq(o.post_only),
-                                        tk_modify.eq(1), tk_handle.eq(c_handle), dry.eq(0),
-                                    ]
-                                with m.If(fixup):
-                                    m.d.sync += state.eq(State.FIXUP)
-                                    m.d.comb += continuing.eq(1)
+                                with m.Elif(c_post):
+                                    cancelled(MatcherReason.POST_ONLY, cmd.qty)
+                                    m.d.comb += finishing.eq(1)
                                 with m.Else():
-                                    m.d.sync += state.eq(State.RE_ENTER)
-                                    m.d.comb += continuing.eq(1)
+                                    with m.If(go):
+                                        m.d.sync += [
+                                            tk_sell.eq(c_sell), tk_limit.eq(c.level), tk_price.eq(cmd.price),
+                                            tk_market.eq(c_market), tk_qty.eq(cmd.qty), sweep_rem.eq(cmd.qty),
+                                            tk_ioc.eq(c_ioc), tk_post.eq(0), tk_modify.eq(0), dry.eq(c_fok),
+                                        ]
+                                    with m.If(c.rd2_level == opp_best(c_sell)):
+                                        m.d.comb += fe_start.eq(1)
+                                        m.d.sync += state.eq(State.SWEEP)
+                                        m.d.comb += continuing.eq(1)
+                                    with m.Else():
+                                        m.d.sync += state.eq(State.SW_LOAD)
+                                        m.d.comb += continuing.eq(1)
 
-                        with m.Case(MatcherOp.SET_BASE):
-                            with m.If(alloc.empty):
+                            with m.Case(MatcherOp.CANCEL):
+                                with m.If(~live):
+                                    reject(MatcherReason.UNKNOWN_ORDER)
+                                with m.Else():
+                                    fixup = Signal()
+                                    unlink(c_handle, c.ref_level, o.sell, c, fixup, then_re_enter=0)
+                                    free_order(o)
+                                    record(RecordKind.CANCELLED, reason=MatcherReason.REQUESTED, sell=o.sell,
+                                           handle=c_handle, level=o.level, qty=o.qty)
+                                    with m.If(fixup):
+                                        m.d.sync += state.eq(State.FIXUP)
+                                        m.d.comb += continuing.eq(1)
+                                    with m.Else():
+                                        m.d.comb += finishing.eq(1)
+
+                            with m.Case(MatcherOp.MODIFY):
+                                new_qty = Signal(qw)
+                                new_level = Signal(lb)
+                                # cmd.price is the target price even when unchanged (then it equals ref).
+                                m.d.comb += [new_qty.eq(Mux(c_has_qty, cmd.qty, o.qty)), new_level.eq(c.level)]
+                                same_level = new_level == c.ref_level
+                                with m.If(~live):
+                                    reject(MatcherReason.UNKNOWN_ORDER)
+                                with m.Elif(c.bad):
+                                    reject(MatcherReason.INVALID_COMMAND)
+                                with m.Elif(~c.in_window):
+                                    reject(MatcherReason.PRICE_OUTSIDE_WINDOW)
+                                with m.Elif(same_level & (new_qty == o.qty)):
+                                    reject(MatcherReason.NO_CHANGE)
+                                with m.Elif(same_level & (new_qty < o.qty)):
+                                    # Quantity down in place keeps time priority.
+                                    write_order(o, qty=new_qty)
+                                    record(RecordKind.REDUCED, sell=o.sell, handle=c_handle, level=o.level,
+                                           qty=o.qty - new_qty, leaves=new_qty)
+                                    m.d.comb += finishing.eq(1)
+                                with m.Else():
+                                    # Price change or quantity up: leave the level and come back as an
+                                    # incoming order. The handle is freed now and allocated again if the
+                                    # order rests, so a fully filled re-entry leaves nothing behind and the
+                                    # rest never finds the book full (as in the engine).
+                                    fixup = Signal(name="fixup_modify")
+                                    unlink(c_handle, c.ref_level, o.sell, c, fixup, then_re_enter=1)
+                                    free_order(o)
+                                    record(RecordKind.REMOVED, sell=o.sell, handle=c_handle, level=o.level, qty=o.qty,
+                                           leaves=new_qty, last=False)
+                                    with m.If(go):
+                                        m.d.sync += [
+                                            tk_sell.eq(o.sell), tk_limit.eq(new_level), tk_price.eq(new_level - window),
+                                            tk_market.eq(0), tk_qty.eq(new_qty), tk_ioc.eq(0), tk_post.eq(o.post_only),
+                                            tk_modify.eq(1), tk_handle.eq(c_handle), dry.eq(0),
+                                        ]
+                                    with m.If(fixup):
+                                        m.d.sync += state.eq(State.FIXUP)
+                                        m.d.comb += continuing.eq(1)
+                                    with m.Else():
+                                        m.d.sync += state.eq(State.RE_ENTER)
+                                        m.d.comb += continuing.eq(1)
+
+                            with m.Case(MatcherOp.SET_BASE):
+                                with m.If(alloc.empty):
+                                    with m.If(go):
+                                        m.d.sync += base_ok.eq(1)
+                                    record(RecordKind.BASE_SET, price=cmd.price)
+                                    m.d.comb += finishing.eq(1)
+                                with m.Else():
+                                    reject(MatcherReason.BOOK_NOT_EMPTY)
+
+                            with m.Case(MatcherOp.RESET):
+                                m.d.comb += [clear.eq(1), bid_ok_n.eq(0), ask_ok_n.eq(0), finishing.eq(1)]
                                 with m.If(go):
-                                    m.d.sync += base_ok.eq(1)
-                                record(RecordKind.BASE_SET, price=cmd.price)
-                                m.d.comb += finishing.eq(1)
-                            with m.Else():
-                                reject(MatcherReason.BOOK_NOT_EMPTY)
+                                    m.d.sync += base_ok.eq(0)
+                                record(RecordKind.RESET_DONE)
 
-                        with m.Case(MatcherOp.RESET):
-                            m.d.comb += [clear.eq(1), bid_ok_n.eq(0), ask_ok_n.eq(0), finishing.eq(1)]
-                            with m.If(go):
-                                m.d.sync += base_ok.eq(0)
-                            record(RecordKind.RESET_DONE)
-
-                        with m.Default():
-                            reject(MatcherReason.INVALID_COMMAND)
+                            with m.Default():
+                                reject(MatcherReason.INVALID_COMMAND)
 
                 with m.Case(State.FIXUP):
                     # The walker's first position straight from its current word (a cycle before
@@ -711,7 +760,7 @@ class Matcher(wiring.Component):
                                    handle=tk_handle, level=tk_limit, qty=tk_qty)
                             m.d.comb += finishing.eq(1)
                         with m.Else():
-                            begin_sweep()
+                            begin_sweep(direct=True)
                     with m.Else():
                         rest(alloc.handle, tk_limit, tk_qty, tk_sell, tk_post, tk_occ)
                         m.d.comb += finishing.eq(1)
@@ -721,6 +770,11 @@ class Matcher(wiring.Component):
                     m.d.sync += state.eq(State.SW_INIT)
 
                 with m.Case(State.SW_INIT):
+                    # Registered first: the level read must not drive the fetch address directly.
+                    m.d.sync += [tk_lvl2.eq(lvlw_r.data), tk_rd2_level.eq(opp_best(tk_sell)),
+                                 state.eq(State.SW_GO)]
+
+                with m.Case(State.SW_GO):
                     m.d.comb += fe_start.eq(1)
                     m.d.sync += state.eq(State.SWEEP)
 
@@ -761,7 +815,7 @@ class Matcher(wiring.Component):
                                 # The dry run found enough: sweep for real from the best level.
                                 with m.If(go):
                                     m.d.sync += dry.eq(0)
-                                begin_sweep()
+                                begin_sweep(direct=False)
                             with m.Elif(~maker_done | ~mk.is_tail):
                                 # The level survives; its head moves to the first maker left.
                                 with m.If(maker_done | ~mk.first):
@@ -819,12 +873,12 @@ class Matcher(wiring.Component):
             with m.Case(State.EXEC):
                 m.d.comb += [
                     rest_lvl.eq(c.lvl1),
-                    ord_w.addr.eq(Mux(is_new, alloc.handle, c_handle)),
-                    nxt_w.addr.eq(Mux(is_new, c.lvl1.tail, c.prv)),
-                    nxt_w.data.eq(Mux(is_new, alloc.handle, c.nxt)),
-                    prv_w.addr.eq(Mux(is_new, alloc.handle, c.nxt)),
-                    prv_w.data.eq(Mux(is_new, c.lvl1.tail, c.prv)),
-                    lvl_w.addr.eq(Mux(is_new, c.level, c.ref_level)),
+                    ord_d.addr.eq(Mux(is_new, alloc.handle, c_handle)),
+                    nxt_d.addr.eq(Mux(is_new, c.lvl1.tail, c.prv)),
+                    nxt_d.data.eq(Mux(is_new, alloc.handle, c.nxt)),
+                    prv_d.addr.eq(Mux(is_new, alloc.handle, c.nxt)),
+                    prv_d.data.eq(Mux(is_new, c.lvl1.tail, c.prv)),
+                    lvl_d.addr.eq(Mux(is_new, c.level, c.ref_level)),
                     bitmap.upd_level.eq(Mux(is_new, c.level, c.ref_level)),
                     bitmap.upd_set.eq(is_new),
                     alloc.free_handle.eq(c_handle),
@@ -837,8 +891,8 @@ class Matcher(wiring.Component):
                 ]
             with m.Case(State.SWEEP):
                 m.d.comb += [
-                    ord_w.addr.eq(mk.handle),
-                    lvl_w.addr.eq(mk.level),
+                    ord_d.addr.eq(mk.handle),
+                    lvl_d.addr.eq(mk.level),
                     bitmap.upd_level.eq(mk.level),
                     bitmap.upd_set.eq(0),
                     alloc.free_handle.eq(mk.handle),
@@ -849,17 +903,17 @@ class Matcher(wiring.Component):
                 ]
             with m.Default():  # RE_ENTER, REMAINDER rest at tk_limit; SW_INIT/RE_ENTER start sweeps
                 m.d.comb += [
-                    rest_lvl.eq(tk_lvl3),
-                    ord_w.addr.eq(alloc.handle),
-                    nxt_w.addr.eq(tk_lvl3.tail),
-                    nxt_w.data.eq(alloc.handle),
-                    prv_w.addr.eq(alloc.handle),
-                    prv_w.data.eq(tk_lvl3.tail),
-                    lvl_w.addr.eq(tk_limit),
+                    rest_lvl.eq(tk_lvl3_now),
+                    ord_d.addr.eq(alloc.handle),
+                    nxt_d.addr.eq(tk_lvl3_now.tail),
+                    nxt_d.data.eq(alloc.handle),
+                    prv_d.addr.eq(alloc.handle),
+                    prv_d.data.eq(tk_lvl3_now.tail),
+                    lvl_d.addr.eq(tk_limit),
                     bitmap.upd_level.eq(tk_limit),
                     bitmap.upd_set.eq(1),
                     fe_start_level.eq(opp_best(tk_sell)),
-                    fe_start_entry.eq(Mux(state == State.SW_INIT, lvlw_r.data, tk_lvl2)),
+                    fe_start_entry.eq(tk_lvl2),
                     walker.start_level.eq(opp_best(tk_sell)),
                     walker.desc.eq(tk_sell),
                 ]
@@ -869,7 +923,41 @@ class Matcher(wiring.Component):
         # the tk_* registers), so the slots advance on the state register alone: this keeps the
         # enables of several hundred flip-flops off the deep decision logic.
         advance = Signal()
-        m.d.comb += advance.eq((state == State.IDLE) | (state == State.EXEC))
+        m.d.comb += advance.eq((state == State.IDLE) | ((state == State.EXEC) & ~hazard))
+
+        # Hazards, from registers only: which of this cycle's write addresses (chosen by state and
+        # command kind, never by the deep decisions) hit next cycle's slot C, registered; next
+        # cycle, the write enables in W say whether the write really happens.
+        nc = Signal(slot_shape)
+        m.d.comb += nc.eq(Mux(advance, Mux(slot_h0.valid, slot_h0, slot_f), slot_c))
+        nc_handle = nc.cmd.handle[:hb]
+        nc_new = nc.cmd.op == MatcherOp.NEW
+        hit_ord, hit_nxt, hit_prv, hit_lvl = Signal(), Signal(), Signal(), Signal()
+        with m.If(go):
+            m.d.sync += [
+                hit_ord.eq(ord_d.addr == nc_handle),
+                hit_nxt.eq(nxt_d.addr == nc_handle),
+                hit_prv.eq(prv_d.addr == nc_handle),
+                # lvl3 and a modify's lvl2 only reach the tk_* registers, which snoop W themselves.
+                hit_lvl.eq((lvl_d.addr == Mux(nc_new, nc.level, nc.ref_level))
+                           | (nc_new & (lvl_d.addr == nc.rd2_level))),
+            ]
+        m.d.comb += hazard.eq((state == State.EXEC) & ((hit_ord & ord_q.en) | (hit_nxt & nxt_q.en)
+                                                       | (hit_prv & prv_q.en) | (hit_lvl & lvl_q.en)))
+
+        # ``cmd.handle < alloc.fresh`` (a wide comparison) a cycle ahead, against this cycle's
+        # ``fresh``; the allocator says how ``fresh`` changed at the edge. Every cycle, since the
+        # allocator refills its ready pair from ``fresh`` whether or not the core goes.
+        nc_now = Signal(self.command_shape.size)
+        m.d.comb += nc_now.eq(Mux(go_slot_c, nc.cmd.as_value(), slot_c.cmd.as_value()))
+        nc_cmd = self.command_shape(nc_now)
+        fresh_lt, fresh_eq, prefill_lt = Signal(), Signal(), Signal()
+        m.d.sync += [
+            fresh_lt.eq(nc_cmd.handle < alloc.fresh),
+            fresh_eq.eq(nc_cmd.handle == alloc.fresh),
+            prefill_lt.eq(nc_cmd.handle < alloc.prefill),
+        ]
+        m.d.comb += below_fresh.eq(Mux(alloc.cleared, prefill_lt, fresh_lt | (fresh_eq & alloc.grew)))
         next_valid = Signal()
         m.d.comb += next_valid.eq(slot_h0.valid | slot_f.valid)
         with m.If(go_slot_c):

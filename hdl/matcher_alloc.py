@@ -32,12 +32,14 @@ class HandleAllocator(wiring.Component):
 
     ``handle`` is what an ``alloc`` takes this cycle (valid unless ``full``). ``full``: every
     handle is in use; ``empty``: none is. ``fresh``: handles below it have been used since the
-    last ``clear``.
+    last ``clear``. ``grew``/``cleared``: at the last clock edge ``fresh`` went up by one / was
+    reset by ``clear`` (so a user can compare against ``fresh`` a cycle ahead).
     """
 
     def __init__(self, max_orders: int) -> None:
         self.max_orders = max_orders
         self.handle_bits = max(1, (max_orders - 1).bit_length())
+        self.prefill = min(2, max_orders)  # after a clear the ready pair holds handles 0 and 1
         super().__init__({
             "alloc": In(1),
             "free": In(1),
@@ -48,13 +50,15 @@ class HandleAllocator(wiring.Component):
             "empty": Out(1),
             "fresh": Out(range(max_orders + 1)),
             "in_use": Out(range(max_orders + 1)),
+            "grew": Out(1),
+            "cleared": Out(1),
         })
 
     def elaborate(self, platform) -> Module:
         m = Module()
         n = self.max_orders
         hb = self.handle_bits
-        prefill = min(2, n)  # after a reset the ready pair already holds handles 0 and 1
+        prefill = self.prefill
         m.submodules.queue = queue = Memory(shape=hb, depth=n, init=[])
         read = queue.read_port()
         write = queue.write_port()
@@ -66,11 +70,20 @@ class HandleAllocator(wiring.Component):
         count = Signal(range(3), init=prefill)  # ready registers holding a handle
         fresh = Signal(range(n + 1), init=prefill)
         landing = Signal()  # a queue read issued last cycle: its handle arrives now
+        # Full and empty are registers, and every counter's next value is a choice between
+        # values computed from registers alone: the alloc and free requests come late in the
+        # cycle (the matcher's decisions), so no adder or comparator may follow them.
+        full = Signal()
+        empty = Signal(init=1)
+        in_use_up = Signal(range(n + 2))
+        in_use_down = Signal(range(n + 1))
         m.d.comb += [
             self.fresh.eq(fresh),
             self.handle.eq(ready0),
-            self.full.eq(self.in_use == n),
-            self.empty.eq(self.in_use == 0),
+            self.full.eq(full),
+            self.empty.eq(empty),
+            in_use_up.eq(self.in_use + 1),
+            in_use_down.eq(self.in_use - 1),
         ]
 
         take = Signal()
@@ -92,7 +105,11 @@ class HandleAllocator(wiring.Component):
         # Otherwise a free joins the queue's tail; a read of its head is issued when the fresh
         # handles are used up and the pair will have room when the read lands.
         enqueue, dequeue = Signal(), Signal()
+        queued_up = Signal(range(n + 2))
+        queued_down = Signal(range(n + 1))
         m.d.comb += [
+            queued_up.eq(queued + 1),
+            queued_down.eq(queued - 1),
             enqueue.eq(self.free & ~free_in),
             dequeue.eq(~fresh_left & (queued != 0) & (after_take + incoming < 2)),
             read.addr.eq(head),
@@ -104,16 +121,21 @@ class HandleAllocator(wiring.Component):
         def advance(pointer):
             return Mux(pointer == n - 1, 0, pointer + 1)
 
+        m.d.sync += [self.grew.eq(fresh_in & ~self.clear), self.cleared.eq(self.clear)]
         with m.If(self.clear):
             m.d.sync += [head.eq(0), tail.eq(0), queued.eq(0), fresh.eq(prefill), count.eq(prefill),
-                         landing.eq(0), self.in_use.eq(0), ready0.eq(0), ready1.eq(1 % (1 << hb))]
+                         landing.eq(0), self.in_use.eq(0), ready0.eq(0), ready1.eq(1 % (1 << hb)),
+                         full.eq(0), empty.eq(1)]
         with m.Else():
             m.d.sync += [landing.eq(dequeue), count.eq(after_take + incoming)]
             with m.If(enqueue):
                 m.d.sync += tail.eq(advance(tail))
             with m.If(dequeue):
                 m.d.sync += head.eq(advance(head))
-            m.d.sync += queued.eq(queued + enqueue - dequeue)
+            with m.If(enqueue & ~dequeue):
+                m.d.sync += queued.eq(queued_up)
+            with m.Elif(dequeue & ~enqueue):
+                m.d.sync += queued.eq(queued_down)
             with m.If(fresh_in):
                 m.d.sync += fresh.eq(fresh + 1)
             # Shift ready1 into ready0 on a take, then append the incoming handle.
@@ -125,7 +147,7 @@ class HandleAllocator(wiring.Component):
                 with m.Else():
                     m.d.sync += ready1.eq(incoming_handle)
             with m.If(self.alloc & ~self.free):
-                m.d.sync += self.in_use.eq(self.in_use + 1)
+                m.d.sync += [self.in_use.eq(in_use_up), full.eq(self.in_use == n - 1), empty.eq(0)]
             with m.Elif(self.free & ~self.alloc):
-                m.d.sync += self.in_use.eq(self.in_use - 1)
+                m.d.sync += [self.in_use.eq(in_use_down), full.eq(0), empty.eq(self.in_use == 1)]
         return m
