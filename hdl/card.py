@@ -28,7 +28,6 @@ frames is :mod:`exchange.card_protocol`; summary::
 
 from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -39,7 +38,6 @@ from exchange.card_protocol import (
     EVENTS_HEADER,
     IDENT_LAYOUT,
     MAGIC,
-    STATUS_LAYOUT,
     VERSION,
     ErrorCode,
     FrameType,
@@ -47,8 +45,8 @@ from exchange.card_protocol import (
 )
 from exchange.framing_spec import MAX_PAYLOAD
 from exchange.matcher_format import EVENT_LAST, MatcherConfig
+from hdl.card_shell import check_int, fixed_answers, link_ends, status_register
 from hdl.formats import struct_layout
-from hdl.link import FrameDecoder, FrameEncoder
 from hdl.matcher import Matcher
 
 __all__ = ["Card"]
@@ -59,12 +57,6 @@ class _TxKind(enum.Enum, shape=2):
     EVENTS = 1
     STATUS = 2
     ERROR = 3
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in {low}..{high}, not {value!r}")
-    return value
 
 
 class Card(wiring.Component):
@@ -108,16 +100,16 @@ class Card(wiring.Component):
         self.config = config
         header = EVENTS_HEADER.size
         most = (MAX_PAYLOAD - header) // config.event_layout.size  # an EVENTS frame fits any receiver
-        self.records_per_frame = _check_int("records_per_frame", records_per_frame, 1, min(255, most))
+        self.records_per_frame = check_int("records_per_frame", records_per_frame, 1, min(255, most))
         least = replay_depth_for(config)
-        self.replay_depth = least if replay_depth is None else _check_int("replay_depth", replay_depth, least, 1 << 22)
-        self.clock_hz = _check_int("clock_hz", int(clock_hz) if isinstance(clock_hz, float) else clock_hz,
+        self.replay_depth = least if replay_depth is None else check_int("replay_depth", replay_depth, least, 1 << 22)
+        self.clock_hz = check_int("clock_hz", int(clock_hz) if isinstance(clock_hz, float) else clock_hz,
                                    0, (1 << 32) - 1)
-        self.magic = _check_int("magic", magic, 0, (1 << 32) - 1)
+        self.magic = check_int("magic", magic, 0, (1 << 32) - 1)
         if not isinstance(version, tuple) or len(version) != 2:
             raise ValueError(f"version must be a (major, minor) tuple, not {version!r}")
-        self.version = (_check_int("version major", version[0], 0, 255),
-                        _check_int("version minor", version[1], 0, 255))
+        self.version = (check_int("version major", version[0], 0, 255),
+                        check_int("version minor", version[1], 0, 255))
 
     def elaborate(self, platform):
         m = Module()
@@ -127,21 +119,8 @@ class Card(wiring.Component):
         per_frame = self.records_per_frame
         depth = self.replay_depth
 
-        # A small byte FIFO in front of the decoder: ``rx.ready`` comes from flip-flops (a UART
-        # cannot wait, and the simulated card relies on it not depending on ``rx.valid``).
-        m.submodules.rx_fifo = rx_fifo = SyncFIFOBuffered(width=8, depth=16)
-        m.submodules.decoder = dec = FrameDecoder(CARD_MAX_PAYLOAD)
-        m.submodules.encoder = enc = FrameEncoder()
+        dec, enc, rx_fifo = link_ends(m, self, CARD_MAX_PAYLOAD)
         m.submodules.matcher = matcher = Matcher(cfg)
-        m.d.comb += [
-            rx_fifo.w_data.eq(self.rx.payload),
-            rx_fifo.w_en.eq(self.rx.valid),
-            self.rx.ready.eq(rx_fifo.w_rdy),
-            dec.i.payload.eq(rx_fifo.r_data),
-            dec.i.valid.eq(rx_fifo.r_rdy),
-            rx_fifo.r_en.eq(dec.i.ready),
-        ]
-        wiring.connect(m, enc.o, wiring.flipped(self.tx))
 
         # -- state shared by dispatcher and transmitter ------------------------------------------
         last_seq = Signal(16)
@@ -261,42 +240,14 @@ class Card(wiring.Component):
             ident.replay_depth.eq(depth),
             ident.clock_hz.eq(self.clock_hz),
         ]
-        status = Signal(struct_layout(STATUS_LAYOUT))
-        m.d.comb += [
-            status.frames_good.eq(dec.stats.good),
-            status.frames_crc.eq(dec.stats.crc),
-            status.frames_oversize.eq(dec.stats.oversize),
-            status.frames_truncated.eq(dec.stats.truncated),
-            status.commands.eq(commands),
-            status.duplicates.eq(duplicates),
-            status.errors.eq(errors),
-            status.events.eq(events),
-        ]
-        # A rejected frame shows as a step of one of the decoder's error counters.
-        bad_total = Signal(16)
-        bad_seen = Signal(16)
-        m.d.comb += bad_total.eq(dec.stats.crc + dec.stats.oversize + dec.stats.truncated)
-        m.d.sync += bad_seen.eq(bad_total)
-        m.d.comb += self.link_error.eq(bad_total != bad_seen)
-
-        fixed_bytes = max(IDENT_LAYOUT.size, STATUS_LAYOUT.size, ERROR_LAYOUT.size)
-        fixed = Signal(8 * fixed_bytes)
-        fixed_len = Signal(range(fixed_bytes + 1))
-        frame_type = Signal(8)
-        with m.Switch(tx_kind):
-            with m.Case(_TxKind.IDENT):
-                m.d.comb += [fixed.eq(ident), fixed_len.eq(IDENT_LAYOUT.size), frame_type.eq(FrameType.IDENT)]
-            with m.Case(_TxKind.STATUS):
-                m.d.comb += [fixed.eq(status), fixed_len.eq(STATUS_LAYOUT.size), frame_type.eq(FrameType.STATUS_R)]
-            with m.Case(_TxKind.ERROR):
-                m.d.comb += [fixed.eq(err), fixed_len.eq(ERROR_LAYOUT.size), frame_type.eq(FrameType.ERROR)]
-            with m.Case(_TxKind.EVENTS):
-                m.d.comb += frame_type.eq(FrameType.EVENTS)
+        status = status_register(m, dec, commands=commands, duplicates=duplicates, errors=errors, events=events)
+        answer = fixed_answers(m, tx_kind, ident=(_TxKind.IDENT, ident, IDENT_LAYOUT), status=(_TxKind.STATUS, status),
+                               error=(_TxKind.ERROR, err), burst=(_TxKind.EVENTS, FrameType.EVENTS))
 
         # Every payload chunk (a fixed answer, an EVENTS header, one event record) is loaded into a
         # shift register and leaves from its low byte: the encoder sees flip-flops only, and the
         # replay memory's (slow) output goes no further than this register.
-        chunk_bytes = max(fixed_bytes, rec_bytes, EVENTS_HEADER.size)
+        chunk_bytes = max(answer.size, rec_bytes, EVENTS_HEADER.size)
         sreg = Signal(8 * chunk_bytes)
         left = Signal(range(chunk_bytes + 1))  # bytes of the chunk still to send
         chunk_ends_frame = Signal()
@@ -316,13 +267,13 @@ class Card(wiring.Component):
                     m.d.sync += [index.eq(0), in_frame.eq(0), rd_ptr.eq(0)]
                     m.next = "TYPE"
             with m.State("TYPE"):
-                m.d.comb += [out.valid.eq(1), out.payload.data.eq(frame_type)]
+                m.d.comb += [out.valid.eq(1), out.payload.data.eq(answer.frame_type)]
                 with m.If(out.ready):
                     with m.If(tx_kind == _TxKind.EVENTS):
                         m.d.sync += [sreg.eq(Cat(last_seq, index)), left.eq(EVENTS_HEADER.size),
                                      chunk_ends_frame.eq(0), chunk_is_record.eq(0)]
                     with m.Else():
-                        m.d.sync += [sreg.eq(fixed), left.eq(fixed_len), chunk_ends_frame.eq(1),
+                        m.d.sync += [sreg.eq(answer.payload), left.eq(answer.length), chunk_ends_frame.eq(1),
                                      chunk_is_record.eq(0), ends_burst.eq(1)]
                     m.next = "CHUNK"
             with m.State("CHUNK"):

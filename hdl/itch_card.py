@@ -43,15 +43,14 @@ from exchange.card_protocol import (
     ITCH_RECORDS_PER_FRAME,
     ITCH_VERSION,
     RECORDS_HEADER,
-    STATUS_LAYOUT,
     ErrorCode,
     FrameType,
 )
 from exchange.framing_spec import MAX_PAYLOAD
 from exchange.itch_record import ITCH_RECORD, ItchStatus
+from hdl.card_shell import check_int, fixed_answers, link_ends, status_register
 from hdl.formats import struct_layout
 from hdl.itch import ItchDecoder
-from hdl.link import FrameDecoder, FrameEncoder
 
 __all__ = ["ItchCard"]
 
@@ -61,12 +60,6 @@ class _TxKind(enum.Enum, shape=2):
     RECORDS = 1
     STATUS = 2
     ERROR = 3
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in {low}..{high}, not {value!r}")
-    return value
 
 
 class ItchCard(wiring.Component):
@@ -98,15 +91,15 @@ class ItchCard(wiring.Component):
             raise
         try:
             self.lanes, self.slots = lanes, slots
-            self.records_per_frame = _check_int("records_per_frame", records_per_frame, 1,
+            self.records_per_frame = check_int("records_per_frame", records_per_frame, 1,
                                                 ITCH_MAX_RECORDS_PER_FRAME)
-            self.clock_hz = _check_int("clock_hz", int(clock_hz) if isinstance(clock_hz, float) else clock_hz,
+            self.clock_hz = check_int("clock_hz", int(clock_hz) if isinstance(clock_hz, float) else clock_hz,
                                        0, (1 << 32) - 1)
-            self.magic = _check_int("magic", magic, 0, (1 << 32) - 1)
+            self.magic = check_int("magic", magic, 0, (1 << 32) - 1)
             if not isinstance(version, tuple) or len(version) != 2:
                 raise ValueError(f"version must be a (major, minor) tuple, not {version!r}")
-            self.version = (_check_int("version major", version[0], 0, 255),
-                            _check_int("version minor", version[1], 0, 255))
+            self.version = (check_int("version major", version[0], 0, 255),
+                            check_int("version minor", version[1], 0, 255))
         except ValueError:
             self._MustUse__silence = True
             self._decoder._MustUse__silence = True
@@ -119,22 +112,11 @@ class ItchCard(wiring.Component):
         per_frame = self.records_per_frame
         rec_bytes = ITCH_RECORD.size
 
-        m.submodules.rx_fifo = rx_fifo = SyncFIFOBuffered(width=8, depth=16)
-        m.submodules.framer = dec = FrameDecoder(MAX_PAYLOAD)
-        m.submodules.encoder = enc = FrameEncoder()
+        dec, enc, rx_fifo = link_ends(m, self, MAX_PAYLOAD)
         m.submodules.itch = itch = self._decoder
         # The record FIFO must hold a whole frame's worth, or the transmitter (which waits for
         # ``per_frame`` records) and the stalled decoder would wait on each other.
         m.submodules.records = records = SyncFIFOBuffered(width=ITCH_RECORD.width, depth=per_frame + 1)
-        m.d.comb += [
-            rx_fifo.w_data.eq(self.rx.payload),
-            rx_fifo.w_en.eq(self.rx.valid),
-            self.rx.ready.eq(rx_fifo.w_rdy),  # from flip-flops: a UART cannot wait
-            dec.i.payload.eq(rx_fifo.r_data),
-            dec.i.valid.eq(rx_fifo.r_rdy),
-            rx_fifo.r_en.eq(dec.i.ready),
-        ]
-        wiring.connect(m, enc.o, wiring.flipped(self.tx))
 
         # -- shared state ------------------------------------------------------------------------
         tx_kind = Signal(_TxKind)
@@ -274,40 +256,14 @@ class ItchCard(wiring.Component):
             ident.max_packet.eq(ITCH_CARD_MAX_PACKET),
             ident.clock_hz.eq(self.clock_hz),
         ]
-        status = Signal(struct_layout(STATUS_LAYOUT))
-        m.d.comb += [
-            status.frames_good.eq(dec.stats.good),
-            status.frames_crc.eq(dec.stats.crc),
-            status.frames_oversize.eq(dec.stats.oversize),
-            status.frames_truncated.eq(dec.stats.truncated),
-            status.commands.eq(packets),
-            status.duplicates.eq(0),
-            status.errors.eq(errors),
-            status.events.eq(sent_records),
-        ]
-        bad_total = Signal(16)
-        bad_seen = Signal(16)
-        m.d.comb += bad_total.eq(dec.stats.crc + dec.stats.oversize + dec.stats.truncated)
-        m.d.sync += bad_seen.eq(bad_total)
-        m.d.comb += self.link_error.eq(bad_total != bad_seen)
-
-        fixed_bytes = max(ITCH_IDENT_LAYOUT.size, STATUS_LAYOUT.size, ERROR_LAYOUT.size)
-        fixed = Signal(8 * fixed_bytes)
-        fixed_len = Signal(range(fixed_bytes + 1))
-        frame_type = Signal(8)
-        with m.Switch(tx_kind):
-            with m.Case(_TxKind.IDENT):
-                m.d.comb += [fixed.eq(ident), fixed_len.eq(ITCH_IDENT_LAYOUT.size), frame_type.eq(FrameType.IDENT)]
-            with m.Case(_TxKind.STATUS):
-                m.d.comb += [fixed.eq(status), fixed_len.eq(STATUS_LAYOUT.size), frame_type.eq(FrameType.STATUS_R)]
-            with m.Case(_TxKind.ERROR):
-                m.d.comb += [fixed.eq(err), fixed_len.eq(ERROR_LAYOUT.size), frame_type.eq(FrameType.ERROR)]
-            with m.Case(_TxKind.RECORDS):
-                m.d.comb += frame_type.eq(FrameType.RECORDS)
+        status = status_register(m, dec, commands=packets, duplicates=0, errors=errors, events=sent_records)
+        answer = fixed_answers(m, tx_kind, ident=(_TxKind.IDENT, ident, ITCH_IDENT_LAYOUT),
+                               status=(_TxKind.STATUS, status), error=(_TxKind.ERROR, err),
+                               burst=(_TxKind.RECORDS, FrameType.RECORDS))
 
         # Every chunk (a fixed answer, a RECORDS header, one record) goes through a shift register
         # and leaves from its low byte: the encoder sees flip-flops only.
-        chunk_bytes = max(fixed_bytes, rec_bytes, RECORDS_HEADER.size)
+        chunk_bytes = max(answer.size, rec_bytes, RECORDS_HEADER.size)
         sreg = Signal(8 * chunk_bytes)
         left = Signal(range(chunk_bytes + 1))
         chunk_ends_frame = Signal()
@@ -338,13 +294,14 @@ class ItchCard(wiring.Component):
                                  flast.eq(done & (records.level <= per_frame))]
                     m.next = "TYPE"
             with m.State("TYPE"):
-                m.d.comb += [out.valid.eq(1), out.payload.data.eq(frame_type)]
+                m.d.comb += [out.valid.eq(1), out.payload.data.eq(answer.frame_type)]
                 with m.If(out.ready):
                     with m.If(tx_kind == _TxKind.RECORDS):
                         m.d.sync += [sreg.eq(Cat(seq, index, nrec8, flast, Const(0, 7))),
                                      left.eq(RECORDS_HEADER.size), chunk_ends_frame.eq(nrec == 0)]
                     with m.Else():
-                        m.d.sync += [sreg.eq(fixed), left.eq(fixed_len), chunk_ends_frame.eq(1), flast.eq(1)]
+                        m.d.sync += [sreg.eq(answer.payload), left.eq(answer.length), chunk_ends_frame.eq(1),
+                                     flast.eq(1)]
                     m.next = "CHUNK"
             with m.State("CHUNK"):
                 m.d.comb += [
