@@ -276,7 +276,11 @@ class ItchDecoder(wiring.Component):
         rem1 = Signal(16)  # in cont: lane of the frame's last byte, counted from this beat
         cont_last = Signal()  # in cont: that byte is in the next beat
         cur_off = Signal(signed(18))  # message index of lane 0 of this beat, for the current frame
-        cur_rot = Signal(lbits)  # cur_off mod lanes: the current frame's rotation
+        # cur_off mod lanes, the current frame's rotation, as one-hot (the rotator is then an AND-OR of
+        # pairs, two LUT levels, rather than a decode and a mux tree) and as a thermometer (rot_ge[t]:
+        # rotation <= t, for the write enables), both registered from constants by position.
+        cur_rot = Signal(lanes, init=1)
+        rot_ge = Signal(lanes, init=(1 << lanes) - 1)
         cur_win = Signal(nwords + 2)  # one-hot of cur_off // lanes + 2 (the slot word lane 0 falls in)
         cur = Signal(nslots, init=1)  # one-hot: slot of the current frame
         wr = Signal(nslots, init=1)  # one-hot: slot the next frame gets
@@ -293,8 +297,10 @@ class ItchDecoder(wiring.Component):
             return acc
 
         def by_pos(name, width, fn, *, signed_=False):
-            """fn(p) for the position p of the next prefix, as an OR of constants."""
-            out = Signal(signed(width) if signed_ else width, name=name)
+            """fn(p) for the position p of the next prefix, as an OR of constants. A kept net: abc9 would
+            otherwise build these from one another (the rotation is the low bits of the offset) and chain
+            them into the slot metadata's selects, 5 LUT levels from the state."""
+            out = Signal(signed(width) if signed_ else width, name=name, attrs={"keep": 1})
             m.d.comb += out.eq(one_hot_sum([(pos[p], Const(fn(p), out.shape())) for p in range(lanes + 1)]))
             return out
 
@@ -329,7 +335,8 @@ class ItchDecoder(wiring.Component):
         m.d.comb += wr_next.eq(wr.rotate_left(1))
 
         # New frame at lane p: message index of lane 0 = -(p + 2), so its rotation is that mod lanes.
-        new_rot = by_pos("new_rot", lbits, lambda p: -(p + 2) % lanes)
+        new_rot = by_pos("new_rot", lanes, lambda p: 1 << (-(p + 2) % lanes))
+        new_ge = by_pos("new_ge", lanes, lambda p: sum(1 << t for t in range(lanes) if -(p + 2) % lanes <= t))
         new_off_hold = by_pos("new_off_hold", 18, lambda p: -(p + 2), signed_=True)
         new_lane = by_pos("new_lane", lbits, lambda p: p % lanes)
         new_off = Signal(16)  # the new frame's offset in the packet (woff is a multiple of lanes)
@@ -385,7 +392,7 @@ class ItchDecoder(wiring.Component):
                                             (pos[lanes - 1], win_onehot(-1))])),
                 ]
             with m.If(start):
-                m.d.sync += [cur.eq(wr), wr.eq(wr_next), cur_rot.eq(new_rot)]
+                m.d.sync += [cur.eq(wr), wr.eq(wr_next), cur_rot.eq(new_rot), rot_ge.eq(new_ge)]
             with m.If(advance):
                 m.d.sync += woff.eq(Mux(eop, 0, woff + lanes))
 
@@ -401,12 +408,11 @@ class ItchDecoder(wiring.Component):
         # written, through one rotator (rotation cur_rot). A frame's bytes in the beat where it starts
         # (its head) are written one cycle later, from a copy of that beat with the same rotation, so no
         # slot write depends on this cycle's tracker decisions: only on registers.
-        rot_a = [Signal(8, name=f"rot_a{t}") for t in range(lanes)]
+        # The rotator's outputs are kept nets: left to itself, abc9 shares terms between the 8:1 muxes,
+        # the head select and the write enables and builds 4 LUT levels where 2 do.
+        rot_a = [Signal(8, name=f"rot_a{t}", attrs={"keep": 1}) for t in range(lanes)]
         for t in range(lanes):
-            with m.Switch(cur_rot):
-                for r in range(lanes):
-                    with m.Case(r):
-                        m.d.comb += rot_a[t].eq(p_bytes[(t - r) % lanes])
+            m.d.comb += rot_a[t].eq(one_hot_sum([(cur_rot[r], p_bytes[(t - r) % lanes]) for r in range(lanes)]))
         head = max(lanes - 2, 0)  # body bytes of a frame that can be in the beat where it starts
         prev_bytes = [Signal(8, name=f"prev_b{k}") for k in range(lanes)]
         head_flag = Signal()  # the current frame started in the previous beat: write its head now
@@ -414,21 +420,15 @@ class ItchDecoder(wiring.Component):
             m.d.sync += [prev_bytes[k].eq(p_bytes[k]) for k in range(lanes)]
         with m.If(go):
             m.d.sync += head_flag.eq(sel_new_adv)
-        rot_h = [Signal(8, name=f"rot_h{t}") for t in range(head)]
+        rot_h = [Signal(8, name=f"rot_h{t}", attrs={"keep": 1}) for t in range(head)]
         for t in range(head):
-            with m.Switch(cur_rot):
-                for r in range(lanes):
-                    with m.Case(r):
-                        m.d.comb += rot_h[t].eq(prev_bytes[(t - r) % lanes])
+            m.d.comb += rot_h[t].eq(one_hot_sum([(cur_rot[r], prev_bytes[(t - r) % lanes]) for r in range(lanes)]))
 
         # Written whenever a beat is present, even in a stalled cycle: the beat and the tracker state are
         # then unchanged, so the same bytes are written again.
         cur_writes = Signal()
         m.d.comb += cur_writes.eq(p_valid & active | p_valid & half)
         # Which slot bytes this beat covers: lane t holds message index cur_off + t.
-        rot_ge = Signal(lanes)
-        for t in range(lanes):
-            m.d.comb += rot_ge[t].eq(cur_rot <= t)
         cur_hit = Signal(nbuf)
         for j in range(nbuf):
             b, t = j // lanes, j % lanes
@@ -450,18 +450,22 @@ class ItchDecoder(wiring.Component):
         dec_book = Signal(len(BOOK_TYPES))
         dec_lenok = Signal()
         dec_known = Signal()
-        with m.Switch(cur_rot):
-            for r in range(lanes):
-                with m.Case(r):
-                    t = -r % lanes  # the lane rot_a[0] takes
-                    if head:
-                        m.d.comb += [
-                            dec_book.eq(Mux(head_hit[0], prev_book[t], p_book[t])),
-                            dec_lenok.eq(Mux(head_hit[0], prev_lenok[t], p_lenok[t])),
-                            dec_known.eq(Mux(head_hit[0], prev_known[t], p_known[t])),
-                        ]
-                    else:
-                        m.d.comb += [dec_book.eq(p_book[t]), dec_lenok.eq(p_lenok[t]), dec_known.eq(p_known[t])]
+        # The lane rot_a[0] takes is -r mod lanes.
+        m.d.comb += [
+            dec_book.eq(one_hot_sum([(cur_rot[r], p_book[-r % lanes]) for r in range(lanes)])),
+            dec_lenok.eq(one_hot_sum([(cur_rot[r], p_lenok[-r % lanes]) for r in range(lanes)])),
+            dec_known.eq(one_hot_sum([(cur_rot[r], p_known[-r % lanes]) for r in range(lanes)])),
+        ]
+        if head:
+            with m.If(head_hit[0]):
+                m.d.comb += [
+                    dec_book.eq(one_hot_sum([(cur_rot[r], prev_book[-r % lanes]) for r in range(lanes)])),
+                    dec_lenok.eq(one_hot_sum([(cur_rot[r], prev_lenok[-r % lanes]) for r in range(lanes)])),
+                    dec_known.eq(one_hot_sum([(cur_rot[r], prev_known[-r % lanes]) for r in range(lanes)])),
+                ]
+        pend_set = Signal(nslots)  # the slot's frame is finished this cycle
+        for s in range(nslots):
+            m.d.comb += pend_set[s].eq((fin_new & wr[s]) | (fin_cur & cur[s]))
         kinds = []
         for s in range(nslots):
             is_cur = Signal(name=f"slot{s}_is_cur")
@@ -497,18 +501,23 @@ class ItchDecoder(wiring.Component):
                 ]
             with m.If(is_cur & half & p_therm[0]):
                 m.d.sync += [slot_n[s].eq(s_n), zero.eq(x_zero[-1])]
-            with m.If((fin_new & wr[s]) | (fin_cur & cur[s])):
+            with m.If(pend_set[s]):
                 m.d.sync += slot_pend[s].eq(1)
 
         # -- 4. output: O1 takes the oldest finished slot, O2 (the output register) builds the record --
         rd = Signal(nslots, init=1)  # one-hot: oldest slot
+        # eligible = slot_pend[rd], kept as a register of its own (computed from both registers' next
+        # values): o1_take enables some 450 flip-flops of O1, and selecting the pending bit through rd
+        # in front of that fanout was a critical path (4 LUT levels).
         eligible = Signal()
-        m.d.comb += eligible.eq((slot_pend & rd).any())
         o1_valid = Signal()
         o2_take = Signal()  # O1 moves into the output register
         m.d.comb += o2_take.eq(o1_valid & (~self.o.valid | self.o.ready))
         o1_take = Signal()  # the oldest slot moves into O1
         m.d.comb += o1_take.eq(eligible & (~o1_valid | o2_take))
+        pend_next = Signal(nslots)  # slot_pend's next value (the taken clear, then the tracker's set)
+        m.d.comb += pend_next.eq(pend_set | (slot_pend & ~taken))
+        m.d.sync += eligible.eq((pend_next & Mux(o1_take, rd.rotate_left(1), rd)).any())
 
         def one_hot_select(values):
             acc = 0
