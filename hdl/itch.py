@@ -145,7 +145,8 @@ class ItchDecoder(wiring.Component):
         s_trunc = Signal()  # a split prefix whose packet ends before its frame does
 
         advance = Signal()  # the tracker is done with the precomputed beat
-        m.d.comb += self.i.ready.eq(~p_valid | advance)
+        in_ready = Signal()  # ~p_valid | advance, built shallow (below)
+        m.d.comb += self.i.ready.eq(in_ready)
         load = Signal()
         m.d.comb += load.eq(self.i.valid & self.i.ready & (therm[0] | beat.last))
         # The precompute is combinational outside `load`'s enable, so the enable (which waits for the
@@ -153,45 +154,50 @@ class ItchDecoder(wiring.Component):
         in_eop = Signal()
         m.d.comb += in_eop.eq(beat.last | ~therm[lanes - 1])
 
-        def at_most(value, high_zero, bound):
-            """value <= bound (a small constant) as a lookup, not a carry chain; high_zero: value[5:] == 0
-            (bounds stay below 32)."""
-            low = Signal(name=f"le{bound}")
-            with m.Switch(value[:5]):
-                with m.Case(*range(bound + 1)):
-                    m.d.comb += low.eq(1)
-            out = Signal(name=f"at_most{bound}", attrs={"keep": 1})
-            m.d.comb += out.eq(low & high_zero)
-            return out
-
         lb = (lanes - 1).bit_length()  # log2(lanes): lane bits of a byte index
         pre_nx, pre_hold, pre_adv, pre_rem1, pre_last, pre_zero = {}, {}, {}, {}, {}, {}
         for p in positions:
             n = Cat(in_bytes[0], hist[1]) if p < 0 else Cat(in_bytes[p + 1], in_bytes[p])
-            # The high bits' zero test is kept as a net of its own: left to itself, abc chains it through
-            # the other comparisons of the same n, two LUT levels deeper.
-            high_zero = Signal(name=f"pre_hz{p + 1}", attrs={"keep": 1})
-            m.d.comb += high_zero.eq(n[5:] == 0)
-            lt1, lt2, lt3 = (at_most(n, high_zero, bound)
-                             for bound in (lanes - 2 - p, 2 * lanes - 2 - p, 3 * lanes - 2 - p))
+            # n <= bound for the three bounds lanes * q + b1 (q = 0, 1, 2; b1 = lanes - 2 - p < lanes): split
+            # into n's lane bits (lo) and the rest (hi), whose tests against 0, 1 and 2 are kept nets, so
+            # abc builds them as three shallow trees instead of chaining them through one another.
+            lo, hi = n[:lb], n[lb:]
+            b1 = lanes - 2 - p
+            hi_eq = []
+            for q in range(3):
+                eq = Signal(name=f"pre_hi{p + 1}_{q}", attrs={"keep": 1})
+                m.d.comb += eq.eq(hi == q)
+                hi_eq.append(eq)
+            lo_le = Signal(name=f"pre_lole{p + 1}")  # lo <= b1
+            if lb:
+                with m.Switch(lo):
+                    with m.Case(*range(b1 + 1)):
+                        m.d.comb += lo_le.eq(1)
+            else:
+                m.d.comb += lo_le.eq(1)
+            lt2 = hi_eq[0] | hi_eq[1] & lo_le
+            lt3 = hi_eq[0] | hi_eq[1] | hi_eq[2] & lo_le
             present = Signal(name=f"pre_present{p + 1}")  # therm[e], for e < lanes
-            with m.Switch(n[:lb] if lb else Const(0, 1)):
+            with m.Switch(lo if lb else Const(0, 1)):
                 for v in range(lanes):
                     if v + p + 1 < lanes:
                         with m.Case(v):
                             m.d.comb += present.eq(therm[v + p + 1])
             hold = Signal(name=f"pre_hold{p + 1}")
-            m.d.comb += hold.eq(lt1 & present)
+            m.d.comb += hold.eq(hi_eq[0] & present)
             nx = Signal(nstate, name=f"pre_nx{p + 1}")
-            ends_soon = Signal(name=f"pre_soon{p + 1}")  # the frame ends in this beat or the next one
-            m.d.comb += ends_soon.eq(Mux(in_eop, hold, lt2))
+            # Next prefix at lane k: n's lane bits are then the constant c, so the frame's end lane
+            # c + p + 1 and the comparisons with the bounds are known per k, and each bit is one small
+            # function of hi's tests, the end-of-packet flag and one thermometer bit (no mux on lo).
             for k in range(lanes):
+                c = (k - p - 1) % lanes
                 target = Signal(name=f"pre_tgt{p + 1}_{k}")
-                if lb:
-                    m.d.comb += target.eq(n[:lb] == (k - p - 1) % lanes)
+                m.d.comb += target.eq(lo == c if lb else 1)
+                if c + p + 1 < lanes:
+                    soon = Mux(in_eop, hi_eq[0] & therm[c + p + 1], hi_eq[0] | hi_eq[1])
                 else:
-                    m.d.comb += target.eq(1)
-                m.d.comb += nx[k + 1].eq(target & ends_soon)
+                    soon = ~in_eop & hi_eq[0]
+                m.d.comb += nx[k + 1].eq(target & soon)
             m.d.comb += [nx[0].eq(in_eop & ~hold), nx[lanes + 1].eq(~in_eop & ~lt2)]
             pre_nx[p], pre_hold[p] = nx, hold
             pre_adv[p] = ~hold & ~in_eop
@@ -258,7 +264,7 @@ class ItchDecoder(wiring.Component):
         slot_n = [Signal(16, name=f"slot{s}_n") for s in range(nslots)]
         slot_off = [Signal(16, name=f"slot{s}_off") for s in range(nslots)]
         slot_trunc = [Signal(2, name=f"slot{s}_trunc") for s in range(nslots)]  # 1 body, 2 prefix
-        # A truncated frame's body bytes = base + count (added in O1, off the tracker's paths).
+        # A truncated frame's body bytes = base + count (added in O2, off the tracker's and O1's paths).
         slot_base = [Signal(signed(18), name=f"slot{s}_base") for s in range(nslots)]
         slot_count = [Signal(range(lanes + 1), name=f"slot{s}_count") for s in range(nslots)]
         slot_buf = [[Signal(8, name=f"slot{s}_b{j}") for j in range(nbuf)] for s in range(nslots)]
@@ -324,6 +330,18 @@ class ItchDecoder(wiring.Component):
         go = Signal()
         m.d.comb += go.eq(p_valid & free)
         m.d.comb += advance.eq(go & ~hold)
+        # i.ready and the input register's enable (some 450 flip-flops) wait for `hold`. Built as kept
+        # groups of two (state, hold) pairs, one LUT each, then one LUT over the groups and one for the
+        # enable: three levels, where abc9 left to itself chained five.
+        hold_groups = []
+        pairs = [sel[p] & x_hold[p] for p in positions]
+        for g in range(0, len(pairs), 2):
+            grp = Signal(name=f"hold_grp{g // 2}", attrs={"keep": 1})
+            m.d.comb += grp.eq(Cat(*pairs[g : g + 2]).any())
+            hold_groups.append(grp)
+        stall = Signal(attrs={"keep": 1})  # with a beat present: it stays (no free slot, or held)
+        m.d.comb += stall.eq(~free | Cat(*hold_groups).any())
+        m.d.comb += in_ready.eq(~p_valid | ~stall)
 
         # Slot events of this cycle.
         fin_cur = Signal()  # the current frame is finished (normally or truncated)
@@ -528,7 +546,11 @@ class ItchDecoder(wiring.Component):
         o1_buf = [Signal(8, name=f"o1_b{j}") for j in range(nbuf)]
         o1_n = Signal(16)
         o1_off = Signal(16)
-        o1_detail = Signal(16)
+        # A truncated frame's body bytes (the record's detail) = base + count, added in O2: the adder
+        # behind the slot select was a critical path of O1.
+        o1_base = Signal(signed(18))
+        o1_count = Signal(range(lanes + 1))
+        o1_trunc_body = Signal()
         o1_status = Signal(8)  # final unless NON_ASCII applies (decided in O2)
         o1_book = Signal(len(BOOK_TYPES))  # one-hot type of a well-formed, untruncated book message
         o1_type_ok = Signal()  # an untruncated frame with a type byte
@@ -577,7 +599,9 @@ class ItchDecoder(wiring.Component):
                 *[o1_buf[j].eq(sel_buf[j]) for j in range(nbuf)],
                 o1_n.eq(one_hot_select(slot_n)),
                 o1_off.eq(one_hot_select(slot_off)),
-                o1_detail.eq(Mux(sel_trunc_body, one_hot_select(slot_base) + one_hot_select(slot_count), 0)),
+                o1_base.eq(one_hot_select(slot_base)),
+                o1_count.eq(one_hot_select(slot_count)),
+                o1_trunc_body.eq(sel_trunc_body),
                 o1_status.eq(one_hot_select(slot_status)),
                 o1_book.eq(one_hot_select(slot_book)),
                 o1_type_ok.eq(one_hot_select(slot_typed)),
@@ -622,7 +646,7 @@ class ItchDecoder(wiring.Component):
             record.type.eq(Mux(o1_type_ok, o1_buf[0], 0)),
             record.offset.eq(o1_off),
             record.length.eq(o1_n),
-            record.detail.eq(o1_detail),
+            record.detail.eq(Mux(o1_trunc_body, o1_base + o1_count, 0)),
         ]
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
