@@ -156,6 +156,9 @@ class Matcher(wiring.Component):
         prv_d, prv_q = write_bundle("prv_d", hb, hb), write_bundle("prv_q", hb, hb)
         lvl_d, lvl_q = write_bundle("lvl_d", lb, level_shape), write_bundle("lvl_q", lb, level_shape)
         w_stage = ((ord_d, ord_q, ord_w), (nxt_d, nxt_q, nxt_w), (prv_d, prv_q, prv_w), (lvl_d, lvl_q, lvl_w))
+        # The occupancy bitmap's update goes through W as well (its walker view forwards it).
+        bm_shape = data.StructLayout({"en": 1, "level": lb, "set": 1})
+        bm_d, bm_q = Signal(bm_shape, name="bm_d"), Signal(bm_shape, name="bm_q")
 
         m.submodules.bitmap = bitmap = LevelBitmap(cfg.levels, cfg.group_width)
         m.submodules.walker = walker = LevelWalker(cfg.levels, cfg.group_width)
@@ -164,7 +167,7 @@ class Matcher(wiring.Component):
         m.submodules.queue = queue = LevelQueue(entry_shape.size, self.queue_depth)
         m.submodules.out = out = SyncFIFO(width=self.event_shape.size, depth=self.out_depth)
         m.d.comb += [
-            walker.summary.eq(bitmap.summary),
+            walker.summary.eq(bitmap.walk_summary),
             bitmap.rd_group.eq(walker.word_group),
             walker.word.eq(bitmap.rd_word),
             bitmap.start_group.eq(walker.start_group),
@@ -195,6 +198,10 @@ class Matcher(wiring.Component):
                 m.d.sync += performed.eq(decided)
             m.d.comb += [port.en.eq(performed.en & go_mem), port.addr.eq(performed.addr),
                          port.data.eq(performed.data)]
+        with m.If(go_mem):
+            m.d.sync += bm_q.eq(bm_d)
+        m.d.comb += [bitmap.upd_en.eq(bm_q.en & go_mem), bitmap.upd_level.eq(bm_q.level),
+                     bitmap.upd_set.eq(bm_q.set)]
 
         # -- command slots ----------------------------------------------------------------------
         slot_shape = data.StructLayout({
@@ -206,6 +213,7 @@ class Matcher(wiring.Component):
             "ref_in_window": 1,
             "handle_ok": 1,
             "bad": 1,  # a record the host never sends (checked at accept, off the execute path)
+            "same_level": 1,  # price and ref name the same position (a modify keeping its price)
             "rd2_level": lb,  # the opposite best position lvl2 was read at
             "ord": order_shape,
             "nxt": hb,
@@ -239,8 +247,8 @@ class Matcher(wiring.Component):
             for field_, addr in (("lvl1", l1), ("lvl2", src.rd2_level), ("lvl3", src.level)):
                 with m.If(lvl_q.en & (lvl_q.addr == addr)):
                     m.d.comb += getattr(new, field_).eq(lvl_q.data)
-            with m.If(bitmap.upd_en & (bitmap.upd_level == src.level)):
-                m.d.comb += new.occ.eq(bitmap.upd_set)
+            with m.If(bm_q.en & (bm_q.level == src.level)):
+                m.d.comb += new.occ.eq(bm_q.set)
             return new
 
         slot_c = Signal(slot_shape)  # executing
@@ -309,6 +317,7 @@ class Matcher(wiring.Component):
                     slot_f.ref_in_window.eq(in_window(p.ref)),
                     slot_f.handle_ok.eq(p.handle < n_orders),
                     slot_f.bad.eq(record_bad(p)),
+                    slot_f.same_level.eq(level_of(p.price) == level_of(p.ref)),
                     slot_f.rd2_level.eq(opp_best(p_sell)),
                 ]
 
@@ -340,6 +349,14 @@ class Matcher(wiring.Component):
         # meanwhile), so decisions never need a forwarding mux in front of them.
         hazard = Signal()
         below_fresh = Signal()  # cmd.handle < alloc.fresh for slot C
+        # A modify's quantity checks, made a cycle before X needs them, off the head of the
+        # decisions. They need the order's entry, which for a command coming straight from F is a
+        # block RAM output, too late for a 32-bit comparison in the same cycle: they are made from
+        # slot C itself (with W's writes), so a modify spends its first cycle in X waiting for
+        # them (``c_settled``: slot C held the same command last cycle).
+        c_settled = Signal()
+        qty_eq, qty_lt = Signal(), Signal()
+        qty_cut = Signal(qw)  # the order's qty minus cmd.qty (a modify's reduction)
 
         fix_sell = Signal()  # which side's best FIXUP repairs
         fix_return = Signal()  # FIXUP goes on to RE_ENTER (else the command is done)
@@ -389,7 +406,7 @@ class Matcher(wiring.Component):
         upd_en, alloc_take, free_en, clear = Signal(), Signal(), Signal(), Signal()
         m.d.comb += [
             ord_d.en.eq(ord_we), nxt_d.en.eq(nxt_we), prv_d.en.eq(prv_we), lvl_d.en.eq(lvl_we),
-            bitmap.upd_en.eq(upd_en & go_mem),
+            bm_d.en.eq(upd_en),
             alloc.alloc.eq(alloc_take & go_mem), alloc.free.eq(free_en & go_mem),
             # The walker starts in every state that may need it, whatever the decision: its start
             # is then a function of the state register, not of the deep decision logic.
@@ -496,8 +513,8 @@ class Matcher(wiring.Component):
             """The taker still trades at this opposite level."""
             return tk_market | Mux(tk_sell, level >= tk_limit, level <= tk_limit)
 
-        # Fetcher: ``fe_valid`` = the maker ``fe_handle`` is on ordf_r/nxtf_r this cycle.
-        fe_run = Signal()  # fetching is on (sweep states)
+        # Fetcher: ``fe_valid`` = the maker ``fe_handle``'s successor is on nxtf_r this cycle;
+        # ordf_r reads its order entry now, for ``f2``.
         fe_valid = Signal()
         fe_handle = Signal(hb)
         fe_level = Signal(lb)
@@ -507,7 +524,6 @@ class Matcher(wiring.Component):
         fe_end = Signal()  # no more crossing level: fe_end_level (if fe_end_ok) is the first beyond
         fe_end_level = Signal(lb)
         fe_end_ok = Signal()
-        fe_start = Signal()
         fe_start_level = Signal(lb)
         fe_start_entry = Signal(level_shape)
 
@@ -515,23 +531,34 @@ class Matcher(wiring.Component):
         mk_shape = data.StructLayout({"valid": 1, "handle": hb, "entry": order_shape, "nxt": hb, "level": lb,
                                       "tail": hb, "is_tail": 1, "first": 1})
         mk = Signal(mk_shape)
+        # A chased maker waits here a cycle for its order entry.
+        f2_shape = data.StructLayout({"valid": 1, "handle": hb, "nxt": hb, "level": lb, "tail": hb, "first": 1})
+        f2 = Signal(f2_shape)
 
-        # Outside the sweep states the fetch ports read the start level's head every cycle, so
-        # that the decision to sweep (deep) only loads fetcher registers and never reaches a
-        # block RAM address; a sweep from SWEEP itself (a fill-or-kill dry run that succeeded)
-        # goes through SW_LOAD.
+        # Outside the sweep states the fetch ports read the start level's head every cycle (see
+        # below), so the decision to sweep never reaches a block RAM address; a sweep from SWEEP
+        # itself (a fill-or-kill dry run that succeeded) goes through SW_LOAD. While sweeping,
+        # only the successor chase runs block RAM to block RAM (the three next-pointer RAMs); a
+        # maker's order entry is read a cycle after its successor, from a register
+        # (``fe_handle``): one more cycle per sweep, none per fill.
         fe_addr = Signal(hb)
         fe_issue = Signal()
         chasing = Signal()
         m.d.comb += chasing.eq((state == State.SWEEP) | (state == State.SW_END))
+        # Within a level the successor goes from the read data to the address through one 2:1
+        # mux whose select comes from registers only.
+        chase_next = Signal()
         m.d.comb += [
-            ordf_r.addr.eq(Mux(chasing, fe_addr, fe_start_entry.head)),
-            nxtf_r.addr.eq(Mux(chasing, fe_addr, fe_start_entry.head)),
-            ordf_r.en.eq((fe_issue | ~chasing) & go_fetch), nxtf_r.en.eq((fe_issue | ~chasing) & go_fetch),
+            chase_next.eq(chasing & fe_valid & (fe_handle != fe_tail)),
+            ordf_r.addr.eq(fe_handle),
+            nxtf_r.addr.eq(Mux(chase_next, nxtf_r.data, Mux(chasing, fe_addr, fe_start_entry.head))),
+            ordf_r.en.eq(chasing & fe_valid & go_fetch),
+            nxtf_r.en.eq((chase_next | fe_issue | ~chasing) & go_fetch),
         ]
 
-        def fetch(handle, level, tail, first):
-            m.d.comb += [fe_addr.eq(handle), fe_issue.eq(1)]
+        def fetch(handle, level, tail, first, *, start=False, chase=False):
+            if not (start or chase):  # those reads are the ports' defaults (above)
+                m.d.comb += [fe_addr.eq(handle), fe_issue.eq(1)]
             m.d.sync += [fe_valid.eq(1), fe_handle.eq(handle), fe_level.eq(level), fe_tail.eq(tail),
                          fe_first.eq(first), fe_wait.eq(0)]
 
@@ -550,26 +577,30 @@ class Matcher(wiring.Component):
             with m.Else():
                 m.d.sync += [fe_valid.eq(0), fe_wait.eq(1)]
 
-        with m.If(go_fetch):
-            with m.If(fe_start):
-                # The first level's head/tail are given: fetch its head (the walker starts beyond it).
-                m.d.comb += queue_flush.eq(1)
-                m.d.sync += [fe_end.eq(0), mk.valid.eq(0)]
-                fetch(fe_start_entry.head, fe_start_level, fe_start_entry.tail, 1)
-            with m.Elif(fe_run):
-                m.d.sync += mk.valid.eq(fe_valid)
-                with m.If(fe_valid):
-                    m.d.sync += [mk.handle.eq(fe_handle), mk.entry.eq(ordf_r.data), mk.nxt.eq(nxtf_r.data),
-                                 mk.level.eq(fe_level), mk.tail.eq(fe_tail), mk.is_tail.eq(fe_handle == fe_tail),
-                                 mk.first.eq(fe_first)]
-                    with m.If(fe_handle != fe_tail):
-                        fetch(nxtf_r.data, fe_level, fe_tail, 0)
-                    with m.Else():
-                        fetch_next_level()
-                with m.Elif(fe_wait):
+        # The chase depends on the state register and its own registers only (a sweep never starts
+        # from a sweep state), so its read enables and addresses stay off the decisions.
+        # Outside the sweep states the fetcher is always set up to start at the start level (its
+        # head is read every cycle, the queue kept empty): whether a sweep follows is the state
+        # register's business, so the deep decision to sweep reaches no fetcher register.
+        m.d.comb += queue_flush.eq(~chasing)
+        with m.If(go_fetch & ~chasing):
+            m.d.sync += [fe_end.eq(0), mk.valid.eq(0), f2.valid.eq(0)]
+            fetch(fe_start_entry.head, fe_start_level, fe_start_entry.tail, 1, start=True)
+        with m.If(go_fetch & chasing):
+            m.d.sync += [
+                f2.valid.eq(fe_valid), f2.handle.eq(fe_handle), f2.nxt.eq(nxtf_r.data), f2.level.eq(fe_level),
+                f2.tail.eq(fe_tail), f2.first.eq(fe_first),
+                mk.valid.eq(f2.valid), mk.handle.eq(f2.handle), mk.entry.eq(ordf_r.data), mk.nxt.eq(f2.nxt),
+                mk.level.eq(f2.level), mk.tail.eq(f2.tail), mk.is_tail.eq(f2.handle == f2.tail),
+                mk.first.eq(f2.first),
+            ]
+            with m.If(fe_valid):
+                with m.If(fe_handle != fe_tail):
+                    fetch(nxtf_r.data, fe_level, fe_tail, 0, chase=True)
+                with m.Else():
                     fetch_next_level()
-            with m.Else():
-                m.d.sync += [fe_valid.eq(0), fe_wait.eq(0), mk.valid.eq(0)]
+            with m.Elif(fe_wait):
+                fetch_next_level()
 
         # -- execute ------------------------------------------------------------------------------
         # From the slot's registers (the snooped values only feed the registers: using them here
@@ -601,7 +632,6 @@ class Matcher(wiring.Component):
             m.d.sync += sweep_rem.eq(tk_qty)  # the whole quantity (again, after a dry run)
             if direct:
                 with m.If(tk_rd2_level == opp_best(tk_sell)):
-                    m.d.comb += fe_start.eq(1)
                     m.d.sync += state.eq(State.SWEEP)
                 with m.Else():
                     m.d.sync += state.eq(State.SW_LOAD)
@@ -616,8 +646,14 @@ class Matcher(wiring.Component):
                 m.d.sync += tk_lvl2.eq(lvl_q.data)
             with m.If(lvl_q.en & (lvl_q.addr == tk_limit)):
                 m.d.sync += tk_lvl3.eq(lvl_q.data)
+            with m.If(bm_q.en & (bm_q.level == tk_limit)):
+                m.d.sync += tk_occ.eq(bm_q.set)
         tk_lvl3_now = Signal(level_shape)
-        m.d.comb += tk_lvl3_now.eq(Mux(lvl_q.en & (lvl_q.addr == tk_limit), lvl_q.data, tk_lvl3))
+        tk_occ_now = Signal()
+        m.d.comb += [
+            tk_lvl3_now.eq(Mux(lvl_q.en & (lvl_q.addr == tk_limit), lvl_q.data, tk_lvl3)),
+            tk_occ_now.eq(Mux(bm_q.en & (bm_q.level == tk_limit), bm_q.set, tk_occ)),
+        ]
 
         # Everything below is gated by ``go``: when the output FIFO is full the core holds.
         with m.If(go):
@@ -657,7 +693,6 @@ class Matcher(wiring.Component):
                                             tk_ioc.eq(c_ioc), tk_post.eq(0), tk_modify.eq(0), dry.eq(c_fok),
                                         ]
                                     with m.If(c.rd2_level == opp_best(c_sell)):
-                                        m.d.comb += fe_start.eq(1)
                                         m.d.sync += state.eq(State.SWEEP)
                                         m.d.comb += continuing.eq(1)
                                     with m.Else():
@@ -684,20 +719,22 @@ class Matcher(wiring.Component):
                                 new_level = Signal(lb)
                                 # cmd.price is the target price even when unchanged (then it equals ref).
                                 m.d.comb += [new_qty.eq(Mux(c_has_qty, cmd.qty, o.qty)), new_level.eq(c.level)]
-                                same_level = new_level == c.ref_level
+                                # new_qty == o.qty and new_qty < o.qty
+                                qty_same = ~c_has_qty | qty_eq
+                                qty_down = c_has_qty & qty_lt
                                 with m.If(~live):
                                     reject(MatcherReason.UNKNOWN_ORDER)
                                 with m.Elif(c.bad):
                                     reject(MatcherReason.INVALID_COMMAND)
                                 with m.Elif(~c.in_window):
                                     reject(MatcherReason.PRICE_OUTSIDE_WINDOW)
-                                with m.Elif(same_level & (new_qty == o.qty)):
+                                with m.Elif(c.same_level & qty_same):
                                     reject(MatcherReason.NO_CHANGE)
-                                with m.Elif(same_level & (new_qty < o.qty)):
+                                with m.Elif(c.same_level & qty_down):
                                     # Quantity down in place keeps time priority.
                                     write_order(o, qty=new_qty)
                                     record(RecordKind.REDUCED, sell=o.sell, handle=c_handle, level=o.level,
-                                           qty=o.qty - new_qty, leaves=new_qty)
+                                           qty=qty_cut, leaves=new_qty)
                                     m.d.comb += finishing.eq(1)
                                 with m.Else():
                                     # Price change or quantity up: leave the level and come back as an
@@ -762,7 +799,7 @@ class Matcher(wiring.Component):
                         with m.Else():
                             begin_sweep(direct=True)
                     with m.Else():
-                        rest(alloc.handle, tk_limit, tk_qty, tk_sell, tk_post, tk_occ)
+                        rest(alloc.handle, tk_limit, tk_qty, tk_sell, tk_post, tk_occ_now)
                         m.d.comb += finishing.eq(1)
 
                 with m.Case(State.SW_LOAD):
@@ -775,11 +812,10 @@ class Matcher(wiring.Component):
                                  state.eq(State.SW_GO)]
 
                 with m.Case(State.SW_GO):
-                    m.d.comb += fe_start.eq(1)
                     m.d.sync += state.eq(State.SWEEP)
 
                 with m.Case(State.SWEEP):
-                    m.d.comb += [fe_run.eq(1), walk_feed.eq(1)]
+                    m.d.comb += walk_feed.eq(1)
                     # Both differences at once, in parallel: their signs say who is done, and no
                     # adder waits for a comparison.
                     maker_qty = mk.entry.qty
@@ -822,16 +858,16 @@ class Matcher(wiring.Component):
                                     write_level(Mux(maker_done, mk.nxt, mk.handle), mk.tail)
                                 set_best(~tk_sell, mk.level)
                                 m.d.comb += finishing.eq(1)
-                            with m.Elif(fe_valid):
-                                # The fetcher already reads the next level's head: that level is the best.
-                                set_best(~tk_sell, fe_level)
+                            with m.Elif(f2.valid | fe_valid):
+                                # The fetcher already has the next level's head: that level is the best.
+                                set_best(~tk_sell, Mux(f2.valid, f2.level, fe_level))
                                 m.d.comb += finishing.eq(1)
                             with m.Elif(fe_end):
                                 set_best(~tk_sell, fe_end_level, fe_end_ok)
                                 m.d.comb += finishing.eq(1)
                             with m.Else():
                                 m.d.sync += state.eq(State.SW_END)
-                    with m.Elif(fe_end & ~fe_valid):
+                    with m.Elif(fe_end & ~fe_valid & ~f2.valid):
                         # No more crossing liquidity: the first level not reached (if any) is the new best.
                         with m.If(dry):
                             record(RecordKind.CANCELLED, reason=MatcherReason.FOK, sell=tk_sell, price=tk_price,
@@ -846,11 +882,11 @@ class Matcher(wiring.Component):
                 with m.Case(State.SW_END):
                     # The taker used up a level exactly: the level after it (if any) is the new best,
                     # as soon as the fetcher (waiting at the level boundary) has found it.
-                    m.d.comb += [fe_run.eq(1), walk_feed.eq(1)]
-                    with m.If(fe_valid):
-                        set_best(~tk_sell, fe_level)
+                    m.d.comb += walk_feed.eq(1)
+                    with m.If(f2.valid | fe_valid):
+                        set_best(~tk_sell, Mux(f2.valid, f2.level, fe_level))
                         m.d.comb += finishing.eq(1)
-                    with m.Elif(fe_end & ~fe_valid):
+                    with m.Elif(fe_end):
                         set_best(~tk_sell, fe_end_level, fe_end_ok)
                         m.d.comb += finishing.eq(1)
 
@@ -879,8 +915,8 @@ class Matcher(wiring.Component):
                     prv_d.addr.eq(Mux(is_new, alloc.handle, c.nxt)),
                     prv_d.data.eq(Mux(is_new, c.lvl1.tail, c.prv)),
                     lvl_d.addr.eq(Mux(is_new, c.level, c.ref_level)),
-                    bitmap.upd_level.eq(Mux(is_new, c.level, c.ref_level)),
-                    bitmap.upd_set.eq(is_new),
+                    bm_d.level.eq(Mux(is_new, c.level, c.ref_level)),
+                    bm_d.set.eq(is_new),
                     alloc.free_handle.eq(c_handle),
                     # A new order sweeps from the best opposite level; a cancel or modify that
                     # empties its side's best level walks away from it.
@@ -893,8 +929,8 @@ class Matcher(wiring.Component):
                 m.d.comb += [
                     ord_d.addr.eq(mk.handle),
                     lvl_d.addr.eq(mk.level),
-                    bitmap.upd_level.eq(mk.level),
-                    bitmap.upd_set.eq(0),
+                    bm_d.level.eq(mk.level),
+                    bm_d.set.eq(0),
                     alloc.free_handle.eq(mk.handle),
                     fe_start_level.eq(opp_best(tk_sell)),  # a fill-or-kill dry run restarts
                     fe_start_entry.eq(tk_lvl2),
@@ -910,8 +946,8 @@ class Matcher(wiring.Component):
                     prv_d.addr.eq(alloc.handle),
                     prv_d.data.eq(tk_lvl3_now.tail),
                     lvl_d.addr.eq(tk_limit),
-                    bitmap.upd_level.eq(tk_limit),
-                    bitmap.upd_set.eq(1),
+                    bm_d.level.eq(tk_limit),
+                    bm_d.set.eq(1),
                     fe_start_level.eq(opp_best(tk_sell)),
                     fe_start_entry.eq(tk_lvl2),
                     walker.start_level.eq(opp_best(tk_sell)),
@@ -925,48 +961,59 @@ class Matcher(wiring.Component):
         advance = Signal()
         m.d.comb += advance.eq((state == State.IDLE) | ((state == State.EXEC) & ~hazard))
 
-        # Hazards, from registers only: which of this cycle's write addresses (chosen by state and
-        # command kind, never by the deep decisions) hit next cycle's slot C, registered; next
-        # cycle, the write enables in W say whether the write really happens.
-        nc = Signal(slot_shape)
-        m.d.comb += nc.eq(Mux(advance, Mux(slot_h0.valid, slot_h0, slot_f), slot_c))
-        nc_handle = nc.cmd.handle[:hb]
-        nc_new = nc.cmd.op == MatcherOp.NEW
-        hit_ord, hit_nxt, hit_prv, hit_lvl = Signal(), Signal(), Signal(), Signal()
+        # Hazards: whether a write decided this cycle hits the slot C of next cycle. The write
+        # addresses are chosen by state and command kind (never by the deep decisions); each
+        # comparison is made for all three slots C may hold next, and only the 1-bit results are
+        # chosen by ``advance`` (which the hazard itself feeds).
+        def next_c(compare):
+            return Mux(advance, Mux(slot_h0.valid, compare(slot_h0), compare(slot_f)), compare(slot_c))
+
+        def hits_lvl(src):
+            new = src.cmd.op == MatcherOp.NEW
+            # lvl3 and a modify's lvl2 only reach the tk_* registers, which snoop W themselves.
+            return ((lvl_d.addr == Mux(new, src.level, src.ref_level))
+                    | (new & (lvl_d.addr == src.rd2_level)))
+
+        # The write enables are deep decisions, so the whole hazard is registered: it only meets
+        # them at a flip-flop.
+        hazard_w = Signal()  # a write now in W hits slot C
         with m.If(go):
-            m.d.sync += [
-                hit_ord.eq(ord_d.addr == nc_handle),
-                hit_nxt.eq(nxt_d.addr == nc_handle),
-                hit_prv.eq(prv_d.addr == nc_handle),
-                # lvl3 and a modify's lvl2 only reach the tk_* registers, which snoop W themselves.
-                hit_lvl.eq((lvl_d.addr == Mux(nc_new, nc.level, nc.ref_level))
-                           | (nc_new & (lvl_d.addr == nc.rd2_level))),
-            ]
-        m.d.comb += hazard.eq((state == State.EXEC) & ((hit_ord & ord_q.en) | (hit_nxt & nxt_q.en)
-                                                       | (hit_prv & prv_q.en) | (hit_lvl & lvl_q.en)))
+            m.d.sync += hazard_w.eq(
+                (ord_d.en & next_c(lambda src: ord_d.addr == src.cmd.handle[:hb]))
+                | (nxt_d.en & next_c(lambda src: nxt_d.addr == src.cmd.handle[:hb]))
+                | (prv_d.en & next_c(lambda src: prv_d.addr == src.cmd.handle[:hb]))
+                | (lvl_d.en & next_c(hits_lvl))
+                | (bm_d.en & next_c(lambda src: (src.cmd.op == MatcherOp.NEW) & (bm_d.level == src.level))))
+        m.d.comb += hazard.eq((state == State.EXEC)
+                              & (hazard_w | ((slot_c.cmd.op == MatcherOp.MODIFY) & ~c_settled)))
 
         # ``cmd.handle < alloc.fresh`` (a wide comparison) a cycle ahead, against this cycle's
         # ``fresh``; the allocator says how ``fresh`` changed at the edge. Every cycle, since the
         # allocator refills its ready pair from ``fresh`` whether or not the core goes.
-        nc_now = Signal(self.command_shape.size)
-        m.d.comb += nc_now.eq(Mux(go_slot_c, nc.cmd.as_value(), slot_c.cmd.as_value()))
-        nc_cmd = self.command_shape(nc_now)
+        def next_c_now(compare):
+            return Mux(go_slot_c, next_c(compare), compare(slot_c))
+
         fresh_lt, fresh_eq, prefill_lt = Signal(), Signal(), Signal()
         m.d.sync += [
-            fresh_lt.eq(nc_cmd.handle < alloc.fresh),
-            fresh_eq.eq(nc_cmd.handle == alloc.fresh),
-            prefill_lt.eq(nc_cmd.handle < alloc.prefill),
+            fresh_lt.eq(next_c_now(lambda src: src.cmd.handle < alloc.fresh)),
+            fresh_eq.eq(next_c_now(lambda src: src.cmd.handle == alloc.fresh)),
+            prefill_lt.eq(next_c_now(lambda src: src.cmd.handle < alloc.prefill)),
         ]
         m.d.comb += below_fresh.eq(Mux(alloc.cleared, prefill_lt, fresh_lt | (fresh_eq & alloc.grew)))
         next_valid = Signal()
         m.d.comb += next_valid.eq(slot_h0.valid | slot_f.valid)
+        c_in = Signal(slot_shape)
+        m.d.comb += c_in.eq(Mux(advance, Mux(slot_h0.valid, h0, f), c_next))
         with m.If(go_slot_c):
-            with m.If(advance):
-                m.d.sync += slot_c.eq(Mux(slot_h0.valid, h0, f))
-                with m.If(~slot_h0.valid):
-                    m.d.sync += slot_c.valid.eq(slot_f.valid)
-            with m.Else():
-                m.d.sync += slot_c.eq(c_next)
+            m.d.sync += [
+                slot_c.eq(c_in),
+                c_settled.eq(~advance),
+                qty_eq.eq(c_next.cmd.qty[:qw] == c_next.ord.qty),
+                qty_lt.eq(c_next.cmd.qty[:qw] < c_next.ord.qty),
+                qty_cut.eq(c_next.ord.qty - c_next.cmd.qty[:qw]),
+            ]
+            with m.If(advance & ~slot_h0.valid):
+                m.d.sync += slot_c.valid.eq(slot_f.valid)
         with m.If(go_slot_h):
             with m.If(advance):
                 # H1 moves up to H0 and F's command joins behind whatever waits.

@@ -70,84 +70,96 @@ class HandleAllocator(wiring.Component):
         count = Signal(range(3), init=prefill)  # ready registers holding a handle
         fresh = Signal(range(n + 1), init=prefill)
         landing = Signal()  # a queue read issued last cycle: its handle arrives now
-        # Full and empty are registers, and every counter's next value is a choice between
-        # values computed from registers alone: the alloc and free requests come late in the
-        # cycle (the matcher's decisions), so no adder or comparator may follow them.
+        # The alloc and free requests come late in the cycle (the matcher's decisions): the next
+        # state is worked out from registers alone for each of the three cases (neither, alloc,
+        # free; never both) and the request only picks one, so no adder, comparator or priority
+        # chain follows it. Full and empty are registers for the same reason.
         full = Signal()
         empty = Signal(init=1)
-        in_use_up = Signal(range(n + 2))
-        in_use_down = Signal(range(n + 1))
         m.d.comb += [
             self.fresh.eq(fresh),
             self.handle.eq(ready0),
             self.full.eq(full),
             self.empty.eq(empty),
-            in_use_up.eq(self.in_use + 1),
-            in_use_down.eq(self.in_use - 1),
-        ]
-
-        take = Signal()
-        after_take = Signal(range(3))
-        m.d.comb += [take.eq(self.alloc & (count != 0)), after_take.eq(count - take)]
-        room = after_take < 2
-        fresh_left = fresh != n
-        # At most one handle joins the ready pair a cycle, in queue order: a landing read, else a
-        # fresh handle, else (queue and fresh range both empty) the handle freed this cycle.
-        incoming = Signal()
-        incoming_handle = Signal(hb)
-        free_in, fresh_in = Signal(), Signal()
-        with m.If(landing):
-            m.d.comb += [incoming.eq(1), incoming_handle.eq(read.data)]
-        with m.Elif(fresh_left & room):
-            m.d.comb += [incoming.eq(1), incoming_handle.eq(fresh), fresh_in.eq(1)]
-        with m.Elif(self.free & room & (queued == 0) & ~fresh_left):
-            m.d.comb += [incoming.eq(1), incoming_handle.eq(self.free_handle), free_in.eq(1)]
-        # Otherwise a free joins the queue's tail; a read of its head is issued when the fresh
-        # handles are used up and the pair will have room when the read lands.
-        enqueue, dequeue = Signal(), Signal()
-        queued_up = Signal(range(n + 2))
-        queued_down = Signal(range(n + 1))
-        m.d.comb += [
-            queued_up.eq(queued + 1),
-            queued_down.eq(queued - 1),
-            enqueue.eq(self.free & ~free_in),
-            dequeue.eq(~fresh_left & (queued != 0) & (after_take + incoming < 2)),
             read.addr.eq(head),
             write.addr.eq(tail),
             write.data.eq(self.free_handle),
-            write.en.eq(enqueue & ~self.clear),
         ]
+        fresh_left = fresh != n
 
         def advance(pointer):
             return Mux(pointer == n - 1, 0, pointer + 1)
 
-        m.d.sync += [self.grew.eq(fresh_in & ~self.clear), self.cleared.eq(self.clear)]
+        def case(alloc: bool, free: bool) -> dict:
+            name = "alloc" if alloc else "free" if free else "idle"
+
+            def sig(field, shape, value):
+                signal = Signal(shape, name=f"{name}_{field}")
+                m.d.comb += signal.eq(value)
+                return signal
+
+            take = sig("take", 1, (count != 0) if alloc else 0)
+            after_take = sig("after_take", range(3), count - take)
+            room = after_take < 2
+            # At most one handle joins the ready pair a cycle, in queue order: a landing read, else
+            # a fresh handle, else (queue and fresh range both empty) the handle freed this cycle.
+            incoming = Signal(name=f"{name}_incoming")
+            incoming_handle = Signal(hb, name=f"{name}_incoming_handle")
+            free_in = Signal(name=f"{name}_free_in")
+            fresh_in = Signal(name=f"{name}_fresh_in")
+            with m.If(landing):
+                m.d.comb += [incoming.eq(1), incoming_handle.eq(read.data)]
+            with m.Elif(fresh_left & room):
+                m.d.comb += [incoming.eq(1), incoming_handle.eq(fresh), fresh_in.eq(1)]
+            if free:
+                with m.Elif(room & (queued == 0) & ~fresh_left):
+                    m.d.comb += [incoming.eq(1), incoming_handle.eq(self.free_handle), free_in.eq(1)]
+            # Otherwise a free joins the queue's tail; a read of its head is issued when the fresh
+            # handles are used up and the pair will have room when the read lands.
+            enqueue = sig("enqueue", 1, ~free_in if free else 0)
+            dequeue = sig("dequeue", 1, ~fresh_left & (queued != 0) & (after_take + incoming < 2))
+            ready0_next = Signal(hb, name=f"{name}_ready0")
+            ready1_next = Signal(hb, name=f"{name}_ready1")
+            # Shift ready1 into ready0 on a take, then append the incoming handle.
+            m.d.comb += [ready0_next.eq(Mux(take & (after_take != 0), ready1, ready0)), ready1_next.eq(ready1)]
+            with m.If(incoming):
+                with m.If(after_take == 0):
+                    m.d.comb += ready0_next.eq(incoming_handle)
+                with m.Else():
+                    m.d.comb += ready1_next.eq(incoming_handle)
+            return {
+                "ready0": ready0_next, "ready1": ready1_next,
+                "count": sig("count", range(3), after_take + incoming),
+                "fresh": sig("fresh", range(n + 1), Mux(fresh_in, fresh + 1, fresh)),
+                "queued": sig("queued", range(n + 1), Mux(enqueue & ~dequeue, queued + 1,
+                                                          Mux(dequeue & ~enqueue, queued - 1, queued))),
+                "head": sig("head", range(n), Mux(dequeue, advance(head), head)),
+                "tail": sig("tail", range(n), Mux(enqueue, advance(tail), tail)),
+                "landing": dequeue,
+                "grew": fresh_in,
+                "enqueue": enqueue,
+                "in_use": sig("in_use", range(n + 1), self.in_use + 1 if alloc else self.in_use - 1 if free
+                              else self.in_use),
+                "full": sig("full", 1, (self.in_use == n - 1) if alloc else 0 if free else full),
+                "empty": sig("empty", 1, 0 if alloc else (self.in_use == 1) if free else empty),
+            }
+
+        idle, alloc_case, free_case = case(False, False), case(True, False), case(False, True)
+
+        def pick(field):
+            return Mux(self.alloc, alloc_case[field], Mux(self.free, free_case[field], idle[field]))
+
+        m.d.comb += write.en.eq(self.free & free_case["enqueue"] & ~self.clear)
+        m.d.sync += [self.grew.eq(pick("grew") & ~self.clear), self.cleared.eq(self.clear)]
         with m.If(self.clear):
             m.d.sync += [head.eq(0), tail.eq(0), queued.eq(0), fresh.eq(prefill), count.eq(prefill),
                          landing.eq(0), self.in_use.eq(0), ready0.eq(0), ready1.eq(1 % (1 << hb)),
                          full.eq(0), empty.eq(1)]
         with m.Else():
-            m.d.sync += [landing.eq(dequeue), count.eq(after_take + incoming)]
-            with m.If(enqueue):
-                m.d.sync += tail.eq(advance(tail))
-            with m.If(dequeue):
-                m.d.sync += head.eq(advance(head))
-            with m.If(enqueue & ~dequeue):
-                m.d.sync += queued.eq(queued_up)
-            with m.Elif(dequeue & ~enqueue):
-                m.d.sync += queued.eq(queued_down)
-            with m.If(fresh_in):
-                m.d.sync += fresh.eq(fresh + 1)
-            # Shift ready1 into ready0 on a take, then append the incoming handle.
-            with m.If(take & (after_take != 0)):
-                m.d.sync += ready0.eq(ready1)
-            with m.If(incoming):
-                with m.If(after_take == 0):
-                    m.d.sync += ready0.eq(incoming_handle)
-                with m.Else():
-                    m.d.sync += ready1.eq(incoming_handle)
-            with m.If(self.alloc & ~self.free):
-                m.d.sync += [self.in_use.eq(in_use_up), full.eq(self.in_use == n - 1), empty.eq(0)]
-            with m.Elif(self.free & ~self.alloc):
-                m.d.sync += [self.in_use.eq(in_use_down), full.eq(0), empty.eq(self.in_use == 1)]
+            m.d.sync += [
+                ready0.eq(pick("ready0")), ready1.eq(pick("ready1")), count.eq(pick("count")),
+                fresh.eq(pick("fresh")), queued.eq(pick("queued")), head.eq(pick("head")), tail.eq(pick("tail")),
+                landing.eq(pick("landing")), self.in_use.eq(pick("in_use")), full.eq(pick("full")),
+                empty.eq(pick("empty")),
+            ]
         return m

@@ -66,7 +66,11 @@ class LevelBitmap(wiring.Component):
     Query port: ``q_bit`` is bit ``q_level`` now. Walker ports: ``rd_word`` is word ``rd_group``
     and ``start_word`` word ``start_group`` now (asynchronous reads, zero for an empty group).
     ``summary`` has one bit per non-empty word. ``clear`` empties the bitmap (it wins over an
-    update in the same cycle).
+    update in the same cycle). ``start_word`` and ``walk_summary`` already include this cycle's
+    update (and clear), so a walk that starts now sees the bitmap as it will be and the update
+    can come from a register stage behind the decision that made it. ``walk_summary`` forwards
+    only a set: a word this cycle's update empties still shows as non-empty, which costs a walker
+    a cycle on an empty word but keeps the word's read and OR-reduction off the path.
     """
 
     def __init__(self, levels: int, group_width: int) -> None:
@@ -88,6 +92,7 @@ class LevelBitmap(wiring.Component):
             "start_group": In(self.group_bits),
             "start_word": Out(group_width),
             "summary": Out(self.groups),
+            "walk_summary": Out(self.groups),
             "clear": In(1),
         })
 
@@ -137,13 +142,24 @@ class LevelBitmap(wiring.Component):
             for g in range(self.groups):
                 with m.If(group == g):
                     m.d.sync += self.summary[g].eq(new_word.any())
+        with m.If(self.clear):
+            m.d.comb += self.walk_summary.eq(0)
+        with m.Elif(self.upd_en & self.upd_set):
+            m.d.comb += self.walk_summary.eq(self.summary | _onehot(group, self.groups))
+        with m.Else():
+            m.d.comb += self.walk_summary.eq(self.summary)
 
         m.d.comb += [
             walk_read.addr.eq(self.rd_group),
             self.rd_word.eq(Mux(self.summary.bit_select(self.rd_group, 1), walk_read.data, 0)),
             start_read.addr.eq(self.start_group),
-            self.start_word.eq(Mux(self.summary.bit_select(self.start_group, 1), start_read.data, 0)),
         ]
+        with m.If(self.clear):
+            m.d.comb += self.start_word.eq(0)
+        with m.Elif(self.upd_en & (group == self.start_group)):
+            m.d.comb += self.start_word.eq(new_word)
+        with m.Else():
+            m.d.comb += self.start_word.eq(Mux(self.summary.bit_select(self.start_group, 1), start_read.data, 0))
         return m
 
 
@@ -213,11 +229,15 @@ class LevelWalker(wiring.Component):
         beyond_groups = Mux(self.desc, Cat(*(g0 > g for g in range(self.groups))),
                             Cat(*(g0 < g for g in range(self.groups))))
 
-        # Next group to load, in walk order.
-        next_lo, any_groups = first_set(groups_left, lowest=True)
-        next_hi, _ = first_set(groups_left, lowest=False)
+        # Next group to load, in walk order: a register, the priority encoder working on the
+        # groups left after this cycle, so that the word read (the bitmap's asynchronous port)
+        # starts from a flip-flop.
+        any_groups = Signal()
+        m.d.comb += any_groups.eq(groups_left.any())
         next_group = Signal(self.group_bits)
-        m.d.comb += next_group.eq(Mux(desc, next_hi, next_lo))
+        group_pending = Signal()  # next_group is not worked out yet (the cycle after a start)
+        groups_next = Signal(self.groups)
+        desc_next = Signal()
         m.d.comb += [self.word_group.eq(next_group), self.start_group.eq(g0)]
 
         # Current position: best remaining bit of the current word.
@@ -225,22 +245,56 @@ class LevelWalker(wiring.Component):
         bit_hi, _ = first_set(cur_word, lowest=False)
         bit = Signal(shift)
         m.d.comb += bit.eq(Mux(desc, bit_hi, bit_lo))
+        # The word without its best bit, and whether a bit is left, without the priority encoder
+        # (which only feeds the registered ``level``): ``w & (w - 1)`` clears the lowest bit, the
+        # same on the bit-reversed word the highest, and "a bit left" is "two or more bits set"
+        # either way. Carry chains are fast on ECP5; the encoder's mux tree feeding a one-hot
+        # decoder was the walker's longest loop.
+        rev = Signal(gw)
+        m.d.comb += rev.eq(Cat(*reversed([cur_word[i] for i in range(gw)])))
+        lo_cleared = Signal(gw)
+        hi_cleared_rev = Signal(gw)
+        m.d.comb += [lo_cleared.eq(cur_word & (cur_word - 1)), hi_cleared_rev.eq(rev & (rev - 1))]
         rest = Signal(gw)
-        m.d.comb += rest.eq(cur_word & ~_onehot(bit, gw))
+        m.d.comb += rest.eq(Mux(desc, Cat(*reversed([hi_cleared_rev[i] for i in range(gw)])), lo_cleared))
         # The output is a register stage: it advances when empty or taken.
         advance = Signal()
         m.d.comb += advance.eq(~self.valid | self.ready)
         take = Signal()
         m.d.comb += take.eq(advance & any_bits)
         load = Signal()
-        m.d.comb += load.eq(advance & any_groups & (~any_bits | ~rest.any()))
+        m.d.comb += load.eq(advance & any_groups & ~group_pending & (~any_bits | ~lo_cleared.any()))
+
+        # The encoder works from registers only, its result chosen afterwards (``load`` comes
+        # late: it waits for the current word's carry chain). After a start it first works on
+        # the new groups for a cycle (``group_pending``: no load then), which keeps it off the
+        # start position's own logic; that costs a cycle only when the walk leaves the start word
+        # straight away.
+        def first_group(groups, descending):
+            lo, _ = first_set(groups, lowest=True)
+            hi, _ = first_set(groups, lowest=False)
+            return Mux(descending, hi, lo)
+
+        load_groups = Signal(self.groups)
+        m.d.comb += [
+            load_groups.eq(groups_left & ~_onehot(next_group, self.groups)),
+            groups_next.eq(groups_left),
+            desc_next.eq(desc),
+        ]
+        with m.If(self.start):
+            m.d.comb += [groups_next.eq(self.summary & beyond_groups), desc_next.eq(self.desc)]
+            m.d.sync += group_pending.eq(1)
+        with m.Elif(group_pending):
+            m.d.sync += [next_group.eq(first_group(groups_left, desc)), group_pending.eq(0)]
+        with m.Elif(load):
+            m.d.comb += groups_next.eq(load_groups)
+            m.d.sync += next_group.eq(first_group(load_groups, desc))
+        m.d.sync += [groups_left.eq(groups_next), desc.eq(desc_next)]
 
         with m.If(self.start):
             m.d.sync += [
-                groups_left.eq(self.summary & beyond_groups),
                 cur_word.eq(self.start_word & beyond_bits),
                 cur_group.eq(g0),
-                desc.eq(self.desc),
                 self.valid.eq(0),
             ]
         with m.Else():
@@ -250,7 +304,6 @@ class LevelWalker(wiring.Component):
                 m.d.sync += [
                     cur_word.eq(self.word),
                     cur_group.eq(next_group),
-                    groups_left.eq(groups_left & ~_onehot(next_group, self.groups)),
                 ]
             with m.Elif(take):
                 m.d.sync += cur_word.eq(rest)
