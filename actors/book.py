@@ -20,7 +20,7 @@ from actors.durable import RESEND_REQUEST, resend_done_record
 from exchange.engine import Book
 from exchange.journal import JournalWriter, recover
 from exchange.layout import LayoutError
-from exchange.orders import Accepted, Cancelled, Event, Fill, Modified, Rejected
+from exchange.orders import Accepted, Cancelled, Event, Fill, Modified, ModifyOrder, Rejected
 from exchange.wire import (
     ORDER_SIZE,
     REPORT,
@@ -30,6 +30,7 @@ from exchange.wire import (
     event_to_record,
     iter_records,
     record_to_command,
+    record_version,
 )
 
 log = logging.getLogger("matchwire.book")
@@ -74,6 +75,12 @@ class BookActor(ClusterActor):
         self.recovery: str | None = None
         # Recent events, for receivers that recover and ask for what they missed (actors/durable.py).
         self.recent: collections.deque = collections.deque(maxlen=RECENT_EVENTS)
+        # The last modify version applied per order (docs/durability.md "Modifies sent again"): a gateway
+        # sends an unanswered modify again after a crash, and a copy of one applied here must not be
+        # applied twice (around a fill it would change the order). Kept here, not in the engine, so every
+        # matcher behind the book interface gets it. Entries of orders no longer in the book are dropped at
+        # snapshots (a copy for such an order is answered unknown_order, which the gateway drops).
+        self.modify_versions: dict[int, int] = {}
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -90,6 +97,8 @@ class BookActor(ClusterActor):
              "band": list(instrument.band) if instrument.band else None}))
         state, records, report = recover(directory, oldest=True)
         if state is not None:
+            state = dict(state)
+            self.modify_versions = {int(k): v for k, v in state.pop("modify_versions", {}).items()}
             self.book.restore(state)  # type: ignore[attr-defined]
         replayed: list[Event] = []
         for record in records:
@@ -97,6 +106,9 @@ class BookActor(ClusterActor):
                 command, _ = record_to_command(record)
             except LayoutError:
                 continue  # cannot happen for a journal this actor wrote; CRC passed
+            version = record_version(record)
+            if version:  # journaled, so it was applied (copies are dropped before the journal)
+                self.modify_versions[command.order_id] = version  # type: ignore[union-attr]
             replayed.extend(self.book.process(command))
         self.recovery = str(report)
         if report.truncated:
@@ -148,6 +160,7 @@ class BookActor(ClusterActor):
         process = self.book.process
         payload = batch.payload
         journal = self.journal
+        live = getattr(self.book, "orders", None)  # the engine's resting orders by id
         self.count("orders", batch.count)
         for offset in offsets:
             try:
@@ -158,6 +171,20 @@ class BookActor(ClusterActor):
             if command.symbol != self.symbol:
                 self.count("misrouted_records")
                 continue
+            if type(command) is ModifyOrder:
+                version = record_version(payload, offset)
+                if version:
+                    if version <= self.modify_versions.get(command.order_id, 0) and \
+                            (live is None or command.order_id in live):
+                        # A copy sent again after a crash of one applied here: its answer was produced
+                        # then (and reaches a recovered receiver by the re-send on request). Not journaled,
+                        # so the journal stays what the engine saw and replays without this rule. A copy
+                        # for an order no longer in the book is answered unknown_order like any modify of
+                        # it: risk may have forgotten the order and wait for that answer (the gateway drops
+                        # it as a second answer).
+                        self.count("duplicate_modifies")
+                        continue
+                    self.modify_versions[command.order_id] = version
             if journal is not None:
                 journal.append(bytes(payload[offset:offset + ORDER_SIZE]))
             for event in process(command):
@@ -247,9 +274,18 @@ class BookActor(ClusterActor):
         if journal is not None and self.outbox is not None and not self.outbox.buffered and (
                 self.since_snapshot >= self.durability.snapshot_every
                 or (self.since_snapshot and time.monotonic() - self.last_snapshot >= self.durability.snapshot_seconds)):
-            journal.snapshot(self.book.snapshot())  # type: ignore[attr-defined]
+            journal.snapshot(self._snapshot())
             self.since_snapshot = 0
             self.last_snapshot = time.monotonic()
+
+    def _snapshot(self) -> dict:
+        """The book's state for the journal: the engine's, plus the modify versions of the orders in it."""
+        state = self.book.snapshot()  # type: ignore[attr-defined]
+        live = {order[0] for order in state.get("orders", ())}
+        # Versions of orders that left the book are no use any more: a copy for one is answered unknown_order.
+        self.modify_versions = {k: v for k, v in self.modify_versions.items() if k in live}
+        state["modify_versions"] = {str(k): v for k, v in self.modify_versions.items()}
+        return state
 
     def stats(self) -> dict:
         out = super().stats()

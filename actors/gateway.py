@@ -28,7 +28,7 @@ from actors.soup_server import DurableSequencedStore, SoupApplication, SoupServe
 from actors.transport import Batch, LocalDirectory, recv_frames, send_frames
 from exchange.accounts import Users, load_users
 from exchange.layout import LayoutError
-from exchange.orders import CancelOrder, CancelReason, NewOrder, Rejected, RejectReason
+from exchange.orders import CancelOrder, CancelReason, ModifyOrder, NewOrder, Rejected, RejectReason
 from exchange.ouch import OuchTranslator
 from exchange.risk import RiskReason, TokenBucket
 from exchange.wire import (
@@ -306,12 +306,19 @@ class GatewayActor(ClusterActor):
         # restart of this gateway or of a risk node they are sent again, since they may have died in a
         # socket queue. Books answer a copy of an order they have with duplicate_order_id, which the
         # gateway and risk ignore; ``_resent`` are never answered "busy" by this gateway (kept instead).
-        self._unanswered: dict[int, bytes] = {}
+        # Values are (number, record): the number orders every command sent, so they go again in that order.
+        self._unanswered: dict[int, tuple[int, bytes]] = {}
         self._resent: set[int] = set()
         # Likewise OUCH cancels (by order id): cancelling twice is harmless (the book answers the second
-        # unknown_order, and the translator has forgotten the order by then). Modifies are not sent again:
-        # applied twice around a fill, one would change the order.
-        self._unanswered_cancels: dict[int, bytes] = {}
+        # unknown_order, and the translator has forgotten the order by then).
+        self._unanswered_cancels: dict[int, tuple[int, bytes]] = {}
+        # And OUCH modifies (Replace, Modify, a Cancel that reduces): each is numbered per order (its version,
+        # in the record), and the book applies a version at most once and drops a copy of one it applied
+        # (docs/durability.md "Modifies sent again"). Order id -> {version: (number, record)}, oldest first.
+        # The versions come from replaying the OUCH messages, so a restart numbers on where it stopped.
+        self._modify_versions: dict[int, int] = {}
+        self._unanswered_modifies: dict[int, dict[int, tuple[int, bytes]]] = {}
+        self._sent_number = itertools.count()
 
     def on_start(self) -> None:
         super().on_start()
@@ -349,10 +356,15 @@ class GatewayActor(ClusterActor):
             self.flush()
 
     def _resend_unanswered(self, node: str | None, shard_name: str | None = None) -> None:
-        """Send the unanswered new orders again (those whose risk shard is on ``node``, or is ``shard_name``,
-        or all)."""
+        """Send the unanswered new orders, cancels and modifies again, in the order they were first sent (those
+        whose risk shard is on ``node``, or is ``shard_name``, or all)."""
         count = 0
-        for order_id, record in [*self._unanswered.items(), *self._unanswered_cancels.items()]:
+        commands = [(n, order_id, record) for order_id, (n, record) in
+                    [*self._unanswered.items(), *self._unanswered_cancels.items()]]
+        commands += [(n, order_id, record) for order_id, versions in self._unanswered_modifies.items()
+                     for n, record in versions.values()]
+        commands.sort(key=_first)
+        for _, order_id, record in commands:
             order = self.orders.get(order_id)
             if order is None:
                 continue
@@ -504,12 +516,19 @@ class GatewayActor(ClusterActor):
                     continue
                 order.pending += 1
                 account = order.account
-            record = command_to_record(command, now)
+            if type(command) is ModifyOrder:
+                # Numbered per order, also while replaying: the same messages give the same versions.
+                version = self._modify_versions[order_id] = self._modify_versions.get(order_id, 0) + 1
+                record = command_to_record(command, now, version)
+            else:
+                record = command_to_record(command, now)
             if self.journal is not None:
                 if type(command) is NewOrder:
-                    self._unanswered[order_id] = record
+                    self._unanswered[order_id] = (next(self._sent_number), record)
                 elif type(command) is CancelOrder:
-                    self._unanswered_cancels[order_id] = record
+                    self._unanswered_cancels[order_id] = (next(self._sent_number), record)
+                else:
+                    self._unanswered_modifies.setdefault(order_id, {})[version] = (next(self._sent_number), record)
             if not replaying:
                 self.outbox.add(self._risk_of(account), MessageKind.ORDERS, record)  # type: ignore[union-attr]
         if self.journal is not None and not replaying:
@@ -589,6 +608,8 @@ class GatewayActor(ClusterActor):
             else:
                 self._reject_to(session, symbol, client_id, op, RejectReason.INVALID_COMMAND, trace_ns)
                 continue
+            if op == Op.MODIFY:
+                display = 0  # the modify version: these sessions are not durable, so their modifies are unnumbered
             add(self._risk_of(account), MessageKind.ORDERS,
                 _pack_order(op, side, order_type, tif, stp, flags, reserved, trace_ns, symbol_b, account_b, order_id,
                             price, qty, display))
@@ -620,7 +641,7 @@ class GatewayActor(ClusterActor):
                     self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
                 continue
             for record in records:
-                if record[0] in (Op.NEW, Op.CANCEL) and _unpack_order(record, 0)[10] in self._resent:
+                if record[0] in (Op.NEW, Op.CANCEL, Op.MODIFY) and _unpack_order(record, 0)[10] in self._resent:
                     self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
                     continue  # the book may have it: only an answer from there settles it
                 if self.journal is not None:
@@ -640,6 +661,12 @@ class GatewayActor(ClusterActor):
             self._unanswered.pop(order_id, None)
         elif op == Op.CANCEL:
             self._unanswered_cancels.pop(order_id, None)
+        elif op == Op.MODIFY:
+            versions = self._unanswered_modifies.get(order_id)
+            if versions is not None:
+                versions.pop(fields[13], None)
+                if not versions:
+                    del self._unanswered_modifies[order_id]
         order.pending -= 1
         if order.session == OUCH_SESSION:
             self._ouch_reject(order.symbol, order_id, _OP_NAMES.get(op, "new"), reason, order.account)
@@ -682,6 +709,21 @@ class GatewayActor(ClusterActor):
             # A copy of an order sent again after a restart, which the book had: its answer is elsewhere.
             self.count("resent_duplicates")
             return
+        if (kind == EventKind.MODIFIED or (kind == EventKind.REJECTED and fields[7] == Op.MODIFY)) and \
+                self.journal is not None:
+            order = orders.get(fields[13])
+            if order is not None and order.session == OUCH_SESSION:
+                versions = self._unanswered_modifies.get(fields[13])
+                if not versions:
+                    # Every modify of the order has its answer: this one answers a copy sent again after a
+                    # crash, refused because the order had left the book (the first answer came before).
+                    self.count("resent_duplicates")
+                    return
+                # A book answers an order's commands in the order it got them (risk holds later ones behind
+                # earlier ones while a book recovers): the oldest modify.
+                del versions[next(iter(versions))]
+                if not versions:
+                    del self._unanswered_modifies[fields[13]]
         if self._unanswered:
             self._unanswered.pop(fields[13], None)
             if kind == EventKind.FILL:
@@ -751,6 +793,8 @@ class GatewayActor(ClusterActor):
         if order.done and order.pending <= 0:
             del self.orders[order_id]
             self.by_client.pop((order.session, order.client_id), None)
+            self._modify_versions.pop(order_id, None)
+            self._unanswered_modifies.pop(order_id, None)
 
     def _to_client(self, session: bytes, record: bytes) -> None:
         if self.replaying:
@@ -809,6 +853,7 @@ class GatewayActor(ClusterActor):
         out["duplicate_reports_dropped"] = self.replays.dropped
         out["unanswered_orders"] = len(self._unanswered)
         out["unanswered_cancels"] = len(self._unanswered_cancels)
+        out["unanswered_modifies"] = sum(len(v) for v in self._unanswered_modifies.values())
         if self.journal is not None:
             out.update({f"journal_{k}": v for k, v in self.journal.stats.items()})
             out["journal_policy"] = self.journal.policy

@@ -26,6 +26,7 @@ from exchange.wire import (
     FLAG_ADMIN,
     ORDER,
     ORDER_SIZE,
+    REASON_CODES,
     REASONS_BY_CODE,
     REPORT,
     REPORT_SIZE,
@@ -50,11 +51,15 @@ _OP_NAMES = {Op.NEW: "new", Op.CANCEL: "cancel", Op.MODIFY: "modify", Op.END_OF_
 
 # Journal records of a risk shard (docs/durability.md "Risk"): what changed its state, in order.
 _TAG_ORDER = b"O"  # an order that passed the checks and went to its book: source actor (u16), 64-byte record
-_TAG_REJECT = b"J"  # an order or command this shard answered itself: order id (u64), op (u8)
+# J: an order or command this shard answered itself: order id (u64), op (u8), a modify's version (u64), the reason
+# code (u8) (a copy of that modify sent again gets the same answer) and, for a command passed on earlier that could
+# not reach its book, its 64-byte record (no longer in flight). Journals before versions hold id and op only.
+_TAG_REJECT = b"J"
 _TAG_EVENT = b"E"  # a report from a book, as applied (96 bytes)
 _TAG_KILL = b"K"  # the kill switch: on (u8), account
 _SOURCE = struct.Struct("<H")
 _REJECT = struct.Struct("<QB")
+_REJECT_VERSION = struct.Struct("<QBQB")
 
 
 _text = text8
@@ -91,6 +96,17 @@ class RiskActor(ClusterActor):
         # one sent to its new incarnation before its RECOVERED arrived cannot be told from one lost.
         self.in_flight_new: dict[int, bytes] = {}
         self.copies: set[int] = set()  # ids of copies on their way: a failed copy is no answer
+        # Modifies and cancels sent to a book and not answered yet (id -> records, in the order sent): a book
+        # that recovers is sent these again after the new order, if that is in flight too (it drops a copy of
+        # a modify it applied by version, docs/durability.md "Modifies sent again"; a second cancel is
+        # answered unknown_order, which the gateway drops). While the book is down, later modifies and
+        # cancels of such an order wait behind them here instead of overtaking them with an answer.
+        self.in_flight_cmds: dict[int, list[bytes]] = {}
+        # Per order, the highest modify version seen (passed on or answered here), and the versions this
+        # shard answered itself with their reason codes: a gateway that restarted sends its unanswered
+        # modifies again, and a copy must neither reserve exposure twice nor be answered differently.
+        self.modify_seen: dict[int, int] = {}
+        self.modify_answered: dict[int, dict[int, int]] = {}
         self.journal = None
         self.gate = ResendGate()
         self.replaying = False
@@ -128,7 +144,11 @@ class RiskActor(ClusterActor):
                 elif tag == _TAG_EVENT:
                     self._report(record, 1)
                 elif tag == _TAG_REJECT:
-                    self._forget_rejected(*_REJECT.unpack_from(record, 1))
+                    if len(record) >= 1 + _REJECT_VERSION.size:
+                        self._forget_rejected(*_REJECT_VERSION.unpack_from(record, 1),
+                                              record[1 + _REJECT_VERSION.size:] or None)
+                    else:
+                        self._forget_rejected(*_REJECT.unpack_from(record, 1))
                 elif tag == _TAG_KILL:
                     self.account(record[2:].decode("ascii", "replace")).killed = bool(record[1])
                 else:
@@ -186,12 +206,18 @@ class RiskActor(ClusterActor):
         orders_kind = MessageKind.ORDERS
         for offset in offsets:
             fields = _unpack_order(payload, offset)
-            op, side, _, _, _, _, _, trace_ns, symbol_b, account_b, order_id, price, qty, _ = fields
+            op, side, _, _, _, _, _, trace_ns, symbol_b, account_b, order_id, price, qty, version = fields
             symbol = _text(symbol_b)
             self.count("orders")
             book = self.book_index.get(symbol)
             if book is None:
                 self._reject(batch.source, symbol, order_id, op, "unknown_symbol", trace_ns)
+                continue
+            if op != Op.MODIFY:
+                version = 0  # the field is a new order's display quantity
+            elif version and version <= self.modify_seen.get(order_id, 0):
+                self._modify_copy(batch.source, book, symbol, order_id, version, trace_ns,
+                                  bytes(payload[offset:offset + ORDER_SIZE]))
                 continue
             if op == Op.NEW and order_id in self.seen_ids:
                 # A gateway that restarted sends its unanswered orders again. This one passed before (its
@@ -202,9 +228,19 @@ class RiskActor(ClusterActor):
                     add(book, orders_kind, bytes(payload[offset:offset + ORDER_SIZE]))
                 self.count("orders_resent")
                 continue
+            hold = False
             if self.book_node[symbol] in self.down_nodes or symbol in self.recovering:
-                self._reject(batch.source, symbol, order_id, op, ClusterReason.INSTRUMENT_UNAVAILABLE, trace_ns)
-                continue
+                if self.durable_books and op in (Op.MODIFY, Op.CANCEL) and (
+                        order_id in self.in_flight_cmds or order_id in self.in_flight_new):
+                    # The book's recovery re-sends the order's earlier commands: this one waits behind them
+                    # (an answer now would overtake theirs, and OUCH pairs answers with requests in order).
+                    # Once its RECOVERED is in (its node may not answer pings yet), they have been re-sent: on.
+                    hold = symbol in self.recovering
+                    self.count("commands_held_for_recovering_book" if hold else "commands_after_recovery")
+                else:
+                    self._reject(batch.source, symbol, order_id, op, ClusterReason.INSTRUMENT_UNAVAILABLE, trace_ns,
+                                 version=version)
+                    continue
             if op == Op.NEW:
                 account = self.account(_text(account_b))
                 reason = account.check_new(symbol, side, price, qty, self.marks.get(symbol), self.ticks[symbol],
@@ -219,13 +255,32 @@ class RiskActor(ClusterActor):
                     reason = account.check_modify(order, price, qty, self.marks.get(symbol), self.ticks[symbol],
                                                   self.marks)
                     if reason is not None:
-                        self._reject(batch.source, symbol, order_id, op, reason, trace_ns, account.account)
+                        self._reject(batch.source, symbol, order_id, op, reason, trace_ns, account.account,
+                                     version=version)
                         continue
             record = bytes(payload[offset:offset + ORDER_SIZE])
             if self.journal is not None:
                 self.journal.append(_TAG_ORDER + _SOURCE.pack(batch.source) + record)
             self._forward(batch.source, record, 0)
-            add(book, orders_kind, record)
+            if not hold:
+                add(book, orders_kind, record)
+
+    def _modify_copy(self, source: int, book: int, symbol: str, order_id: int, version: int, trace_ns: int,
+                     record: bytes) -> None:
+        """A modify this shard has seen, sent again by a gateway that restarted or heard this shard did."""
+        self.count("modifies_resent")
+        code = self.modify_answered.get(order_id, {}).get(version)
+        if code is not None:
+            # Answered here the first time, and that answer died with the gateway: the same answer again (no
+            # state changes: the first answer made them).
+            event = tuple.__new__(Rejected, (None, symbol, order_id, "modify", REASONS_BY_CODE.get(code, ""), ""))
+            self.outbox.add(source, MessageKind.REPORTS, event_to_record(event, trace_ns))  # type: ignore[union-attr]
+            return
+        # Passed on before (its exposure is reserved): on unchecked. The book drops a copy of one it applied;
+        # one it never got is applied now. While the book is down its recovery re-sends the original.
+        if self.book_node[symbol] not in self.down_nodes and symbol not in self.recovering:
+            self.copies.add(order_id)
+            self.outbox.add(book, MessageKind.ORDERS, record)  # type: ignore[union-attr]
 
     def _forward(self, source: int, payload: bytes, offset: int) -> None:
         """The state change of an order that passed its checks (live, or from the journal)."""
@@ -242,10 +297,22 @@ class RiskActor(ClusterActor):
             order = self.orders.get(order_id)
             if order is not None:
                 self.account(order.account).reserve_modify(order, price, qty)
+            version = _unpack_order(payload, offset)[13]
+            if version:
+                self.modify_seen[order_id] = max(version, self.modify_seen.get(order_id, 0))
+        if op == Op.MODIFY or op == Op.CANCEL:
+            cmds = self.in_flight_cmds.setdefault(order_id, [])
+            if op == Op.CANCEL and any(record[0] == Op.CANCEL for record in cmds):
+                # A gateway sent its unanswered cancel again (this shard restarted): the one in flight may have
+                # died in a socket with the old process, so this copy goes on, but the book answers the order's
+                # cancels once (a second one unknown_order): one entry waits for that answer.
+                self.count("cancels_resent")
+            else:
+                cmds.append(bytes(payload[offset:offset + ORDER_SIZE]))
         self.pending_source[order_id] = source
 
     def _reject(self, gateway: int, symbol: str, order_id: int, op: int, reason: str, trace_ns: int,
-                account: str = "") -> None:
+                account: str = "", version: int = 0, record: bytes | None = None) -> None:
         self.count(f"rejected_{reason}")
         now = time.monotonic()
         if now - self._reject_log_window >= 1.0:
@@ -257,12 +324,24 @@ class RiskActor(ClusterActor):
             log.info("%s: rejected %s %s order %d of %s: %s", self.name, _OP_NAMES.get(op, op), symbol,
                      order_id, account or "?", reason)
         event = tuple.__new__(Rejected, (None, symbol, order_id, _OP_NAMES.get(op, "new"), reason, ""))
+        code = REASON_CODES.get(reason, 0)
         if self.journal is not None:
-            self.journal.append(_TAG_REJECT + _REJECT.pack(order_id, op))
-        self._forget_rejected(order_id, op)
+            self.journal.append(_TAG_REJECT + _REJECT_VERSION.pack(order_id, op, version, code) + (record or b""))
+        self._forget_rejected(order_id, op, version, code, record)
         self.outbox.add(gateway, MessageKind.REPORTS, event_to_record(event, trace_ns))  # type: ignore[union-attr]
 
-    def _forget_rejected(self, order_id: int, op: int) -> None:
+    def _forget_rejected(self, order_id: int, op: int, version: int = 0, code: int = 0,
+                         record: bytes | None = None) -> None:
+        if version:
+            self.modify_seen[order_id] = max(version, self.modify_seen.get(order_id, 0))
+            self.modify_answered.setdefault(order_id, {})[version] = code
+        if record is not None:
+            # A command passed on earlier that could not reach its book: answered now, no longer in flight.
+            cmds = self.in_flight_cmds.get(order_id)
+            if cmds is not None and record in cmds:
+                cmds.remove(record)
+                if not cmds:
+                    del self.in_flight_cmds[order_id]
         if op == Op.NEW:
             self.in_flight_new.pop(order_id, None)
             order = self.orders.pop(order_id, None)
@@ -290,13 +369,15 @@ class RiskActor(ClusterActor):
                     # A kill-switch cancel must get through: keep it for the next flush.
                     self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
                     continue
-                if op == Op.NEW and order_id in self.copies:
+                if order_id in self.copies and op in (Op.NEW, Op.MODIFY, Op.CANCEL):
                     # The original may be in the book, so this is no answer: keep trying until one comes.
-                    if order_id in self.in_flight_new:
+                    if (order_id in self.in_flight_new if op == Op.NEW
+                            else record in self.in_flight_cmds.get(order_id, ())):
                         self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
                     continue
                 source = self.pending_source.get(order_id, self.gateway_indices[0])
-                self._reject(source, _text(symbol_b), order_id, op, reason, trace_ns)
+                self._reject(source, _text(symbol_b), order_id, op, reason, trace_ns,
+                             version=fields[13] if op == Op.MODIFY else 0, record=record)
 
     # -- reports from books --------------------------------------------------------------
 
@@ -332,6 +413,19 @@ class RiskActor(ClusterActor):
             if kind == EventKind.FILL:
                 self.in_flight_new.pop(order_id2, None)
         self.copies.discard(order_id)
+        cmds = self.in_flight_cmds.get(order_id)
+        if cmds is not None:
+            # The book answers each command of an order in the order it got them: the oldest one of the kind.
+            answered = Op.MODIFY if kind == EventKind.MODIFIED or (kind == EventKind.REJECTED and op == Op.MODIFY) \
+                else Op.CANCEL if (kind == EventKind.CANCELLED and REASONS_BY_CODE.get(reason) == "user") or \
+                (kind == EventKind.REJECTED and op == Op.CANCEL) else None
+            if answered is not None:
+                for i, record in enumerate(cmds):
+                    if record[0] == answered:
+                        del cmds[i]
+                        break
+                if not cmds:
+                    del self.in_flight_cmds[order_id]
         if kind == EventKind.FILL:
             symbol = _text(symbol_b)
             self.marks[symbol] = price
@@ -343,6 +437,7 @@ class RiskActor(ClusterActor):
                 self.account(name).on_fill(oid, symbol, buys, qty)
                 if oid in orders and oid not in self.account(name).orders:
                     del orders[oid]
+                    self._forget_versions(oid)
             return
         order = orders.get(order_id)
         if kind == EventKind.ACCEPTED:
@@ -367,6 +462,15 @@ class RiskActor(ClusterActor):
             self.pending_source.pop(order_id, None)
             if order is not None:
                 self.account(order.account).on_modified(order_id, price, qty)
+        if order_id not in orders:
+            self._forget_versions(order_id)
+
+    def _forget_versions(self, order_id: int) -> None:
+        if order_id in self.modify_seen and order_id not in self.in_flight_cmds:
+            # Nothing of the order is left here: a late copy of one of its modifies goes on as new and is
+            # answered unknown_order by the book (the gateway drops that answer if it had the first).
+            del self.modify_seen[order_id]
+            self.modify_answered.pop(order_id, None)
 
     # -- nodes coming and going ----------------------------------------------------------
 
@@ -374,6 +478,7 @@ class RiskActor(ClusterActor):
         """A restarted book re-sent its events: commands still unanswered never reached its journal."""
         self.count("books_recovered")
         self.recovering.discard(symbol)
+        book = self.book_index[symbol]
         lost = [oid for oid in self.pending_source if (o := self.orders.get(oid)) is not None and o.symbol == symbol]
         for order_id in lost:
             order = self.orders[order_id]
@@ -381,12 +486,24 @@ class RiskActor(ClusterActor):
             if record is not None and not order.accepted:
                 # It may have reached the new incarnation already: send it again rather than guess.
                 self.copies.add(order_id)
-                self.outbox.add(self.book_index[symbol], MessageKind.ORDERS, record)  # type: ignore[union-attr]
+                self.outbox.add(book, MessageKind.ORDERS, record)  # type: ignore[union-attr]
                 self.count("orders_resent_to_recovered_book")
                 continue
+            if order_id in self.in_flight_cmds:
+                continue  # sent again below
             self._reject(self.pending_source[order_id], symbol, order_id,
                          Op.NEW if not order.accepted else Op.MODIFY, ClusterReason.INSTRUMENT_UNAVAILABLE, 0,
                          order.account)
+        # Modifies and cancels likewise, after their new order and in the order they came: the book is the one
+        # to answer them (a modify it has applied is dropped by version, a cancel of a gone order is refused).
+        symbol_b = symbol.encode().ljust(8, b" ")
+        for order_id, cmds in self.in_flight_cmds.items():
+            if _unpack_order(cmds[0], 0)[8] != symbol_b:
+                continue
+            self.copies.add(order_id)
+            for record in cmds:
+                self.outbox.add(book, MessageKind.ORDERS, record)  # type: ignore[union-attr]
+            self.count("commands_resent_to_recovered_book", len(cmds))
 
     def on_peer_down(self, node: str) -> None:
         super().on_peer_down(node)
@@ -474,6 +591,7 @@ class RiskActor(ClusterActor):
         out["open_orders"] = len(self.orders)
         out["in_flight"] = len(self.pending_source)
         out["in_flight_new"] = len(self.in_flight_new)
+        out["in_flight_commands"] = sum(len(c) for c in self.in_flight_cmds.values())
         out["down_nodes"] = sorted(self.down_nodes)
         out["books_recovering"] = sorted(self.recovering)
         out["killed"] = sorted(a.account for a in self.accounts.values() if a.killed)

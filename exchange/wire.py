@@ -43,7 +43,8 @@ from exchange.orders import (
 )
 from exchange.risk import RISK_REASON_TEXT, RiskReason
 
-WIRE_VERSION = 1
+# 2: an order record's last field carries a modify's version (``display_qty`` of new orders only).
+WIRE_VERSION = 2
 
 
 class MessageKind(IntEnum):
@@ -163,6 +164,8 @@ ORDER = Layout("order", [
     uint("order_id", 64),
     sint("price", 64),  # 0: none (market order, or unchanged on modify)
     uint("qty", 64),  # 0: unchanged on modify
+    # New orders: the display quantity. Modifies: the gateway's version of this modify of the order (1, 2, ...
+    # per order; 0: unversioned), so a book can tell a copy sent again after a crash from a new modify.
     uint("display_qty", 64),
 ])
 
@@ -278,8 +281,11 @@ def unpack_header(frame: bytes) -> dict:
             "batch": batch}
 
 
-def command_to_record(command: Command, trace_ns: int = 0) -> bytes:
-    """One order record. Values the format cannot carry become 0, which the engine rejects."""
+def command_to_record(command: Command, trace_ns: int = 0, version: int = 0) -> bytes:
+    """One order record. Values the format cannot carry become 0, which the engine rejects.
+
+    ``version`` numbers a modify per order (see :func:`record_version`); other commands ignore it.
+    """
     kind = type(command)
     if kind is NewOrder:
         c: NewOrder = command  # type: ignore[assignment]
@@ -295,7 +301,22 @@ def command_to_record(command: Command, trace_ns: int = 0) -> bytes:
     qty = _clamp_qty(getattr(command, "qty", None))
     flags = FLAG_ADMIN if kind is CancelOrder and command.reason == CancelReason.ADMIN else 0  # type: ignore[attr-defined]
     return _pack_order(op, 0, 0, 0, 0, flags, 0, trace_ns, _ascii8(command.symbol), b"        ", order_id, price,
-                       qty, 0)
+                       qty, _int(version) & 0xFFFF_FFFF_FFFF_FFFF if op == Op.MODIFY else 0)
+
+
+_MODIFY_VERSION = struct.Struct("<Q")
+_VERSION_OFFSET = ORDER.size - 8  # the last field: display_qty of a new order, the version of a modify
+
+
+def record_version(buffer: bytes | memoryview, offset: int = 0) -> int:
+    """The version of a modify record (0 for other commands and unversioned modifies).
+
+    A gateway numbers the modifies of each order 1, 2, ... so that one it sends again after a crash is
+    recognised by the book (which keeps the last version applied per order) and applied at most once.
+    """
+    if buffer[offset] != Op.MODIFY:
+        return 0
+    return _MODIFY_VERSION.unpack_from(buffer, offset + _VERSION_OFFSET)[0]
 
 
 def _clamp_price(price: object) -> int:

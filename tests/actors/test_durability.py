@@ -224,7 +224,9 @@ SYMBOLS = ("AAPL", "GOOG", "TSLA", "MSFT")
 
 class OuchTrader:
     """An OUCH client with its own account that keeps what it was told, reconnects by sequence number after a
-    drop and sends again the orders it got no answer to (same UserRefNum: the gateway ignores a copy it has)."""
+    drop and sends again the orders and replaces it got no answer to (same UserRefNum: the gateway ignores a
+    copy it has). It also replaces and modifies its live orders, one request per order at a time (so each
+    answer names its request), and counts every answer to a replace or modify."""
 
     def __init__(self, address: tuple[str, int], user: str, seed: int) -> None:
         password, self.account = OUCH_USERS[user]
@@ -245,14 +247,41 @@ class OuchTrader:
         self.retransmitted = 0
         self.connected = True
         self._next_try = 0.0
+        self.executed: Counter = Counter()  # UserRefNum -> shares executed under it (OUCH modify sizes count them)
+        self.requests: dict[int, tuple[str, int]] = {}  # live UserRefNum -> ("replace", new UserRefNum) / ("modify", 0)
+        self.cancelling: set[int] = set()
+        self.replaces: dict[int, bytes] = {}  # replacement UserRefNum -> the Replace Order sent
+        self.replace_answers: Counter = Counter()  # replacement UserRefNum -> answers (Replaced or Rejected)
+        self.replace_orphans: set[int] = set()  # replaces whose order finished while they were unanswered
+        self.modifies_sent = 0
+        self.modify_answers = 0
+        self.modifies_cut_off = 0  # sent, then the connection dropped before their answer (OUCH cannot resend M)
+        self.modify_drops: set[int] = set()  # live UserRefNums whose outstanding modify met a connection drop
+
+    def _idle_live(self) -> list[int]:
+        return [ref for ref in self.live if ref not in self.requests and ref not in self.cancelling]
 
     def step(self) -> None:
         if not self.connected:
             self.recover()
             return
         try:
-            if self.rng.random() < 0.2 and self.live:
-                self.client.cancel_order(self.rng.choice(list(self.live)), 0)
+            draw = self.rng.random()
+            idle = self._idle_live() if draw < 0.45 else []
+            if draw < 0.2 and idle:
+                ref = self.rng.choice(idle)
+                self.cancelling.add(ref)
+                self.client.cancel_order(ref, 0)
+            elif draw < 0.35 and idle:
+                self._replace(self.rng.choice(idle))
+            elif draw < 0.45 and idle:
+                ref = self.rng.choice(idle)
+                # Modify sets the intended order size (shares executed under this UserRefNum included).
+                leaves = self.live[ref][2]
+                target = self.rng.choice([q for q in (10, 20, 30, 40, 50) if q != leaves])
+                self.requests[ref] = ("modify", 0)
+                self.modifies_sent += 1
+                self.client.modify_order(ref, self.sides[ref], self.executed[ref] + target)
             else:
                 symbol = self.rng.choice(SYMBOLS)
                 side = self.rng.choice("BS")
@@ -268,7 +297,28 @@ class OuchTrader:
                 self.client.send(payload)
             self.read()
         except (ConnectionClosed, OSError):
-            self.connected = False
+            self._dropped()
+
+    def _replace(self, ref: int) -> None:
+        new = self.client.next_user_ref_num
+        self.client.next_user_ref_num += 1
+        payload = ouch.encode_inbound(
+            "U", orig_user_ref_num=ref, user_ref_num=new, quantity=self.rng.randint(1, 5) * 10,
+            price=1_000_000 + self.rng.randint(-3, 3) * 100, time_in_force="0", display="Y",
+            inter_market_sweep_eligibility="N", cl_ord_id=f"R{new}", options={})
+        self.replaces[new] = payload
+        self.sides[new] = self.sides[ref]
+        self.symbols[new] = self.symbols[ref]
+        self.requests[ref] = ("replace", new)
+        self.client.send(payload)
+
+    def _dropped(self) -> None:
+        self.connected = False
+        # A Modify (M) has no UserRefNum of its own, so it cannot be sent again safely: one the gateway had not
+        # journaled when it died is never answered. It must not be answered twice either (counted when it is).
+        for ref, (kind, _) in self.requests.items():
+            if kind == "modify" and ref not in self.modify_drops:
+                self.modify_drops.add(ref)
 
     def recover(self) -> None:
         if time.monotonic() < self._next_try:
@@ -285,23 +335,74 @@ class OuchTrader:
         self.connected = True
         try:
             self.read()
-            # What the gateway journaled is ignored as a retransmission; what died with it is entered now.
-            for ref in sorted(set(self.sent) - self.answered):
-                self.client.send(self.sent[ref])
+            # What the gateway journaled is ignored as a retransmission; what died with it is entered now (orders
+            # and replaces in UserRefNum order: the gateway ignores a number below one it has seen).
+            again = {ref: self.sent[ref] for ref in set(self.sent) - self.answered}
+            again.update({ref: self.replaces[ref] for ref in self.replaces if not self.replace_answers[ref]})
+            for ref in sorted(again):
+                self.client.send(again[ref])
                 self.retransmitted += 1
         except (ConnectionClosed, OSError):
-            self.connected = False
+            self._dropped()
 
     def read(self, timeout: float = 0.0) -> None:
         try:
             self.client.poll(timeout)
         except ConnectionClosed:
-            self.connected = False
+            self._dropped()
         while self.client.pending():
             self._on(self.client.recv(0))
 
+    def _finished(self, ref: int) -> None:
+        del self.live[ref]
+        self.cancelling.discard(ref)
+        request = self.requests.get(ref)
+        if request is not None and request[0] == "replace":
+            # The gateway ignores a Replace of an order that finished before it (OUCH): maybe never answered.
+            self.replace_orphans.add(request[1])
+
     def _on(self, m: dict) -> None:
         kind, ref = m["type"], m.get("user_ref_num")
+        if kind == "U":
+            orig = m["orig_user_ref_num"]
+            self.replace_answers[ref] += 1
+            if self.replace_answers[ref] > 1:
+                self.duplicate_answers += 1
+                return
+            self.requests.pop(orig, None)
+            self.accepted[ref] = m["order_reference_number"]
+            self.live.pop(orig, None)
+            self.live[ref] = [m["symbol"].strip(), m["price"], m["quantity"]]
+            if orig in self.cancelling:
+                self.cancelling.discard(orig)
+                self.cancelling.add(ref)
+            return
+        if kind == "M":
+            request = self.requests.get(ref)
+            if request is None or request[0] != "modify":
+                self.duplicate_answers += 1
+                return
+            self.modify_answers += 1
+            del self.requests[ref]
+            self.modify_drops.discard(ref)
+            if ref in self.live:
+                self.live[ref][2] = m["quantity"] - self.executed[ref]
+            return
+        if kind == "J" and ref in self.requests and self.requests[ref][0] == "modify":
+            # Before the replace check: a modify of an order entered by a Replace is rejected under that number.
+            self.modify_answers += 1
+            del self.requests[ref]
+            self.modify_drops.discard(ref)
+            return
+        if kind == "J" and ref in self.replaces:
+            self.replace_answers[ref] += 1
+            if self.replace_answers[ref] > 1:
+                self.duplicate_answers += 1
+                return
+            for orig, request in list(self.requests.items()):
+                if request == ("replace", ref):
+                    del self.requests[orig]
+            return
         if kind == "A":
             if ref in self.answered:
                 self.duplicate_answers += 1
@@ -315,16 +416,17 @@ class OuchTrader:
             self.rejects[m["reason"]] += 1
         elif kind == "E":
             self.executions[(m["match_number"], ref)] += 1
+            self.executed[ref] += m["quantity"]
             self.positions[self.symbols[ref]] += m["quantity"] if self.sides[ref] == "B" else -m["quantity"]
             order = self.live.get(ref)
             if order is not None:
                 order[2] -= m["quantity"]
                 if order[2] <= 0:
-                    del self.live[ref]
+                    self._finished(ref)
         elif kind == "C" and ref in self.live:
             self.live[ref][2] -= m["quantity"]
             if self.live[ref][2] <= 0:
-                del self.live[ref]
+                self._finished(ref)
 
 
 class FeedListener(threading.Thread):
@@ -422,10 +524,11 @@ def _run_role_trials(cluster, traders: list, trials: int, feed: FeedListener) ->
         if not trader.connected:
             trader.recover()
         trader.read(0.05)
-        return trader.connected and set(trader.sent) <= trader.answered
+        return trader.connected and set(trader.sent) <= trader.answered and not _unanswered_requests(trader)
 
     wait_for(lambda: all([settled(t) for t in traders]), timeout=40)
     unanswered = {t.account: sorted(set(t.sent) - t.answered) for t in traders}
+    requests_unanswered = {t.account: _unanswered_requests(t) for t in traders}
     # Then until a whole second passes without a message to anyone (orders sent again after the last
     # reconnects may still trade against resting ones).
     quiet_since = time.monotonic()
@@ -494,17 +597,29 @@ def _run_role_trials(cluster, traders: list, trials: int, feed: FeedListener) ->
     # Nothing the gateway or risk sent on is still without an answer (orders and cancels lost in a socket
     # with a killed node were sent again).
     gateway = admin_request(config, "gateway/0", {"command": "stats"})["stats"]
+    risk_stats = {r: admin_request(config, r, {"command": "stats"})["stats"] for r in config.risk_shards}
     in_flight = {"gateway orders": gateway["unanswered_orders"], "gateway cancels": gateway["unanswered_cancels"],
-                 **{f"{r} orders": admin_request(config, r, {"command": "stats"})["stats"]["in_flight_new"]
-                    for r in config.risk_shards}}
+                 "gateway modifies": gateway["unanswered_modifies"],
+                 **{f"{r} orders": st["in_flight_new"] for r, st in risk_stats.items()},
+                 **{f"{r} commands": st["in_flight_commands"] for r, st in risk_stats.items()}}
     print(f"\ncrash trials: {len(victims)} run, killed {dict(killed)}; orders entered "
-          f"{sum(len(t.sent) for t in traders)}, accepted {sum(len(t.accepted) for t in traders)}, executions "
+          f"{sum(len(t.sent) for t in traders)}, accepted {sum(r in t.sent for t in traders for r in t.accepted)}, "
+          f"executions "
           f"{sum(sum(t.executions.values()) for t in traders)}, reconnects {sum(t.reconnects for t in traders)}, "
           f"orders sent again {sum(t.retransmitted for t in traders)}, feed messages {len(feed.messages)}")
+    copies_dropped = sum(admin_request(config, f"book/{s}", {"command": "stats"})["stats"].get("duplicate_modifies", 0)
+                         for s in SYMBOLS)
+    print(f"replaces sent {sum(len(t.replaces) for t in traders)}, answered "
+          f"{sum(1 for t in traders for n in t.replaces if t.replace_answers[n])}, ignored by the gateway as their "
+          f"order finished first {sum(1 for t in traders for n in t.replace_orphans if not t.replace_answers[n])}; "
+          f"modifies sent {sum(t.modifies_sent for t in traders)}, answered {sum(t.modify_answers for t in traders)},"
+          f" cut off by a gateway kill before its journal {sum(len(t.modify_drops) for t in traders)}; "
+          f"copies dropped by books {copies_dropped}")
     print(f"lost: unanswered orders { {a: len(u) for a, u in unanswered.items()} }, executions reported twice "
           f"{twice}, answers twice {duplicates}, "
           f"sequence regressions {regressions}, book/client mismatches {len(mismatched)}, risk mismatches "
-          f"{len(risk_wrong)}, market-data view mismatches {md_wrong}, feed sequence numbers reused {feed.reused}, "
+          f"{len(risk_wrong)}, replaces/modifies unanswered { {a: len(u) for a, u in requests_unanswered.items()} }, "
+          f"market-data view mismatches {md_wrong}, feed sequence numbers reused {feed.reused}, "
           f"feed sessions {sorted(feed.sessions)}, md gaps {md['gaps']}, still in flight {in_flight}")
     book_stats = {s: admin_request(config, f"book/{s}", {"command": "stats"})["stats"] for s in SYMBOLS}
     print(f"re-sends still awaited: {waiting}; re-send requests answered by books "
@@ -514,6 +629,7 @@ def _run_role_trials(cluster, traders: list, trials: int, feed: FeedListener) ->
     assert twice == 0 and duplicates == 0, "a report was delivered twice"
     assert regressions == 0, "a client's next sequence number went back after a restart"
     assert not any(unanswered.values()), f"orders never answered: {unanswered}"
+    assert not any(requests_unanswered.values()), f"replaces/modifies never answered: {requests_unanswered}"
     assert not any(in_flight.values()), in_flight
     assert not risk_wrong, risk_wrong
     assert not md_wrong and md["gaps"] == 0 and md["anomalies"] == 0, (md_views, book_bbo)
@@ -522,8 +638,18 @@ def _run_role_trials(cluster, traders: list, trials: int, feed: FeedListener) ->
     # The trials did what they claim: real load, executions, reconnects after gateway kills.
     assert sum(len(t.accepted) for t in traders) > 100
     assert sum(sum(t.executions.values()) for t in traders) > 10
+    assert sum(1 for t in traders for n in t.replaces if t.replace_answers[n]) > 20
+    assert sum(t.modify_answers for t in traders) > 10
     if killed["gateway"]:
         assert all(t.reconnects >= killed["gateway"] for t in traders)
+
+
+def _unanswered_requests(trader: OuchTrader) -> list[str]:
+    """Replaces and modifies without an answer, but for those OUCH allows to go unanswered: a replace of an order
+    that finished before the gateway saw it, a modify sent into a connection that dropped (lost with it, or not)."""
+    out = [f"replace {n}" for n in trader.replaces if not trader.replace_answers[n] and n not in trader.replace_orphans]
+    return out + [f"modify of {ref}" for ref, (kind, _) in trader.requests.items()
+                  if kind == "modify" and ref not in trader.modify_drops]
 
 
 def _risk_mismatches(config, traders: list) -> bool:  # noqa: ANN001

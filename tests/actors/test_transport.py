@@ -10,12 +10,21 @@ import zmq
 from actors.base import ClusterActor
 from actors.transport import LocalDirectory, recv_frames, send_frames
 from exchange.layout import LayoutError
-from exchange.wire import HEADER, MessageKind, _ascii8, pack_header, parse_header, text8, unpack_header
+from exchange.wire import (
+    HEADER,
+    WIRE_VERSION,
+    MessageKind,
+    _ascii8,
+    pack_header,
+    parse_header,
+    text8,
+    unpack_header,
+)
 
 
 def test_parse_header_agrees_with_the_layout():
     frame = pack_header(MessageKind.REPORTS, 512, 3, 65535, 2**64 - 1)
-    assert frame == HEADER.pack_values((1, MessageKind.REPORTS, 512, 3, 65535, 2**64 - 1))
+    assert frame == HEADER.pack_values((WIRE_VERSION, MessageKind.REPORTS, 512, 3, 65535, 2**64 - 1))
     assert parse_header(frame) == (MessageKind.REPORTS, 512, 3, 65535, 2**64 - 1)
     assert parse_header(frame)[0] is MessageKind.REPORTS
     assert unpack_header(frame) == dict(zip(HEADER.names, HEADER.unpack_values(frame), strict=True))
@@ -24,8 +33,9 @@ def test_parse_header_agrees_with_the_layout():
 @pytest.mark.parametrize("frame", [
     b"",
     b"\x01" * 15,
-    HEADER.struct.pack(2, 1, 0, 0, 0, 0),  # another wire version
-    HEADER.struct.pack(1, 99, 0, 0, 0, 0),  # an unknown kind
+    HEADER.struct.pack(WIRE_VERSION + 1, 1, 0, 0, 0, 0),  # another wire version
+    HEADER.struct.pack(1, 1, 0, 0, 0, 0),  # the version before modifies carried theirs
+    HEADER.struct.pack(WIRE_VERSION, 99, 0, 0, 0, 0),  # an unknown kind
 ])
 def test_parse_header_refuses_what_unpack_header_refuses(frame: bytes):
     with pytest.raises(LayoutError):
