@@ -363,16 +363,6 @@ def record_to_command(buffer: bytes | memoryview, offset: int = 0) -> tuple[Comm
     raise LayoutError(f"order record at offset {offset}: unknown op {op}")
 
 
-def record_account(buffer: bytes | memoryview, offset: int = 0) -> str:
-    """The account of an order record without decoding the rest (for routing)."""
-    return bytes(buffer[offset + 32:offset + 40]).decode("ascii", "replace").rstrip(" ")
-
-
-def record_symbol(buffer: bytes | memoryview, offset: int = 0) -> str:
-    """The symbol of an order record without decoding the rest (for routing)."""
-    return bytes(buffer[offset + 24:offset + 32]).decode("ascii", "replace").rstrip(" ")
-
-
 def event_to_record(event: Event, trace_ns: int = 0) -> bytes:
     """One report record."""
     kind = type(event)
