@@ -340,6 +340,18 @@ def directed_scenarios(config: MatcherConfig, instrument: Instrument, base: int 
           CancelOrder(sym, orders[5].order_id), new(sell, -2, 1000, "T", tif=TimeInForce.IOC)]
     out["cancel_head_middle_tail"] = s
 
+    # A cancel straight followed by an order crossing its level: the sweep chases the next-pointers the
+    # cancel's unlink is still writing (the fetcher must read through a write of the same cycle).
+    s = start()
+    for victim in (1, 0, 3):  # middle, head, tail of the level as it stands
+        level = [new(sell, 2, 4, "M") for _ in range(4)]
+        s += level + [new(sell, 3, 4, "N")]
+        s += [CancelOrder(sym, level[victim].order_id), new(buy, 3, 40, "T", tif=TimeInForce.IOC)]
+    level = [new(buy, -2, 3, "M") for _ in range(5)]
+    s += level + [CancelOrder(sym, level[2].order_id), CancelOrder(sym, level[3].order_id),
+                  new(sell, -2, 9, "T", tif=TimeInForce.IOC), new(sell, -2, 9, "T", tif=TimeInForce.IOC)]
+    out["cancel_then_cross"] = s
+
     s = start()
     for side in (buy, sell):
         group = [new(side, 2 if side is sell else -2, 5, "M") for _ in range(3)]

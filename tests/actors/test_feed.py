@@ -376,8 +376,11 @@ def test_garbage_datagrams_are_counted_and_the_actor_lives(tmp_path):
                               ("127.0.0.1", feed_port))
                 sender.sendto(FUZZ_PACKETS[n % len(FUZZ_PACKETS)][: rng.randint(0, 60)], ("127.0.0.1", feed_port))
                 if n % 10 == 9:
-                    time.sleep(0.005)  # UDP: a busy machine may not drain a burst before the buffer fills
-            assert wait_for(lambda: feed_stats(handler_ref)["packets"] == 400, timeout=10), feed_stats(handler_ref)
+                    # UDP may drop what a busy machine does not drain: each burst of 20 must be counted
+                    # before the next is sent, so every datagram is accounted for.
+                    sent = 2 * (n + 1)
+                    assert wait_for(lambda sent=sent: feed_stats(handler_ref)["packets"] == sent, timeout=10), \
+                        feed_stats(handler_ref)
         stats = feed_stats(handler_ref)
         assert stats["bad_packets"] + stats["wrong_session"] + stats["heartbeats"] >= 390
         assert handler_ref.is_alive() and handler_ref.proxy().counters.get().get("handler_errors") is None

@@ -11,7 +11,7 @@ import pytest
 from actors.admin import admin_request, kill_and_wait, risk_request
 from actors.client import ClusterClient
 from exchange.orders import Accepted, Cancelled, Fill, Modified, Rejected
-from tests.actors.cluster_helpers import start_cluster, write_config
+from tests.actors.cluster_helpers import start_cluster, wait_for, write_config
 
 RISK = """
 [risk.defaults]
@@ -97,7 +97,14 @@ def test_price_collar_against_reference_price(client):
     assert reason(answer(client, 2)) == "accepted"
 
 
-def test_max_open_orders(client):
+def risk_has_applied(cluster, account: str, open_orders: int) -> bool:
+    """Wait until the account's shard holds ``open_orders``: risk gets a book's reports beside the
+    gateway, not before it (docs/risk.md, "Reports reach risk and the client in parallel")."""
+    return wait_for(lambda: risk_request(cluster.config, account, "status")["open_orders"] == open_orders,
+                    timeout=10)
+
+
+def test_max_open_orders(cluster, client):
     for order_id in (1, 2):
         client.new_order("MSFT", order_id, "A3", "buy", 10, price=500_000)
         assert reason(answer(client, order_id)) == "accepted"
@@ -105,11 +112,12 @@ def test_max_open_orders(client):
     assert reason(answer(client, 3)) == "max_open_orders"
     client.cancel("MSFT", 1)
     client.collect(lambda ev: any(isinstance(e, Cancelled) for e in ev))
+    assert risk_has_applied(cluster, "A3", 1)
     client.new_order("MSFT", 4, "A3", "buy", 10, price=500_000)
     assert reason(answer(client, 4)) == "accepted"
 
 
-def test_credit_limit_spans_books_on_two_nodes(client):
+def test_credit_limit_spans_books_on_two_nodes(cluster, client):
     # 200 shares resting on book1 and 100 on book2 reserve the whole limit between them.
     client.new_order("MSFT", 1, "A4", "buy", 200, price=1_000_000)
     client.new_order("GOOG", 2, "A4", "buy", 100, price=1_000_000)
@@ -118,6 +126,7 @@ def test_credit_limit_spans_books_on_two_nodes(client):
     assert reason(answer(client, 3)) == "credit_limit"
     client.cancel("GOOG", 2)
     client.collect(lambda ev: any(isinstance(e, Cancelled) for e in ev))
+    assert risk_has_applied(cluster, "A4", 1)
     client.new_order("TSLA", 4, "A4", "buy", 100, price=1_000_000)
     assert reason(answer(client, 4)) == "accepted"
 
