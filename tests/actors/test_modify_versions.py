@@ -219,24 +219,31 @@ def test_versions_survive_a_restart_from_the_journal_and_from_a_snapshot(tmp_pat
         under_test.context.term()
 
 
-def test_a_restarted_gateway_sends_an_unanswered_replace_again_and_it_is_applied_once(tmp_path):
+def _durable_ouch_cluster(tmp_path):  # noqa: ANN001, ANN202
+    """A cluster journaling every role with fsync ``always``, with the OUCH users of this module."""
     users = "".join(f'[[user]]\nname = "{name}"\npassword_hash = "{hash_password(pw, n=1 << 10)}"\n'
                     f'accounts = ["{account}"]\n' for name, (pw, account) in OUCH_USERS.items())
     path = write_config(tmp_path, extra='[durability]\nenabled = true\nfsync = "always"\n' + users)
-    cluster = start_cluster(path, tmp_path / "logs")
+    return start_cluster(path, tmp_path / "logs")
+
+
+def _messages(client: OuchClient, seconds: float) -> list[dict]:
+    """Every OUCH message the client receives within ``seconds``."""
+    out, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        message = client.recv(0.1)
+        if message is not None:
+            out.append(message)
+    return out
+
+
+def test_a_restarted_gateway_sends_an_unanswered_replace_again_and_it_is_applied_once(tmp_path):
+    cluster = _durable_ouch_cluster(tmp_path)
     config = cluster.config
     client = OuchClient(*config.ouch_address(), "TRADA", "trada-pw", next_seq=1)
     try:
-        def messages(seconds: float) -> list[dict]:
-            out, deadline = [], time.monotonic() + seconds
-            while time.monotonic() < deadline:
-                message = client.recv(0.1)
-                if message is not None:
-                    out.append(message)
-            return out
-
         ref = client.enter_order("AAPL", "B", 100, 990_000)
-        accepted = next(m for m in messages(3) if m["type"] == "A")
+        accepted = next(m for m in _messages(client, 3) if m["type"] == "A")
         order_id = accepted["order_reference_number"]
         # The replace reaches the gateway's journal and the risk node's socket, and dies there: the risk node
         # is stopped (it reads nothing) and then killed, as is the gateway.
@@ -256,7 +263,7 @@ def test_a_restarted_gateway_sends_an_unanswered_replace_again_and_it_is_applied
         cluster.restart_node("risk", timeout=60)
         cluster.restart_node("gateway", timeout=60)
         assert wait_for(lambda: _reconnected(client), timeout=20)
-        answers = [m for m in messages(3) if m["type"] in ("U", "J")]
+        answers = [m for m in _messages(client, 3) if m["type"] in ("U", "J")]
         assert [(m["type"], m["orig_user_ref_num"], m["user_ref_num"], m["quantity"], m["price"]) for m in answers] \
             == [("U", ref, new_ref, 40, 991_000)]
         assert [(o[0], o[3], o[4]) for o in _book_orders(config)] == [(order_id, 991_000, 40)]
@@ -268,7 +275,7 @@ def test_a_restarted_gateway_sends_an_unanswered_replace_again_and_it_is_applied
                 assert check["reserved"] == check["recomputed"] and check["pending_modifies"] == 0
         # A further replace gets the next version and is applied as usual.
         newer = client.replace_order(new_ref, 30, 992_000)
-        answers = [m for m in messages(2) if m["type"] in ("U", "J")]
+        answers = [m for m in _messages(client, 2) if m["type"] in ("U", "J")]
         assert [(m["type"], m["user_ref_num"], m["quantity"]) for m in answers] == [("U", newer, 30)]
         assert [(o[0], o[3], o[4]) for o in _book_orders(config)] == [(order_id, 992_000, 30)]
     finally:
@@ -281,24 +288,13 @@ def _book_orders(config) -> list:  # noqa: ANN001
 
 
 def test_risk_sends_a_replace_in_flight_to_a_recovered_book_which_answers_it(tmp_path):
-    users = "".join(f'[[user]]\nname = "{name}"\npassword_hash = "{hash_password(pw, n=1 << 10)}"\n'
-                    f'accounts = ["{account}"]\n' for name, (pw, account) in OUCH_USERS.items())
-    path = write_config(tmp_path, extra='[durability]\nenabled = true\nfsync = "always"\n' + users)
-    cluster = start_cluster(path, tmp_path / "logs")
+    cluster = _durable_ouch_cluster(tmp_path)
     config = cluster.config
     shard = config.risk_shard(OUCH_USERS["TRADA"][1])
     client = OuchClient(*config.ouch_address(), "TRADA", "trada-pw", next_seq=1)
     try:
-        def messages(seconds: float) -> list[dict]:
-            out, deadline = [], time.monotonic() + seconds
-            while time.monotonic() < deadline:
-                message = client.recv(0.1)
-                if message is not None:
-                    out.append(message)
-            return out
-
         ref = client.enter_order("AAPL", "B", 100, 990_000)
-        order_id = next(m for m in messages(3) if m["type"] == "A")["order_reference_number"]
+        order_id = next(m for m in _messages(client, 3) if m["type"] == "A")["order_reference_number"]
         # The replace passes risk and dies in the socket of the book's node (stopped, then killed).
         cluster.kill_node("book1", signal.SIGSTOP)
         new_ref = client.replace_order(ref, 40, 991_000)
@@ -309,7 +305,7 @@ def test_risk_sends_a_replace_in_flight_to_a_recovered_book_which_answers_it(tmp
         cluster.restart_node("book1", timeout=60)
         # Risk sends it again once the book says it is back; the book's answer is the one the client gets
         # (not instrument_unavailable), once.
-        answers = [m for m in messages(3) if m["type"] in ("U", "J")]
+        answers = [m for m in _messages(client, 3) if m["type"] in ("U", "J")]
         assert [(m["type"], m["orig_user_ref_num"], m["user_ref_num"], m["quantity"], m["price"]) for m in answers] \
             == [("U", ref, new_ref, 40, 991_000)]
         assert [(o[0], o[3], o[4]) for o in _book_orders(config)] == [(order_id, 991_000, 40)]
