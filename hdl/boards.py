@@ -9,7 +9,7 @@ adds: a clock (PLL or oscillator), a reset, the UART of the board's USB serial b
 name              FPGA                        clock, matcher, UART
 ================  ==========================  ===================================================
 ``ulx3s-85f``     ECP5 LFE5U-85F (CABGA381)   25 MHz oscillator, EHXPLLL to 30 MHz (the default
-                                              matcher reaches about 40 MHz there); ``default``
+                                              matcher reaches about 54 MHz there); ``default``
                                               matcher (4096 orders, +-1024 ticks); FT231X at
                                               1 Mbaud
 ``icesugar-pro``  ECP5 LFE5U-25F (CABGA256)   25 MHz oscillator, EHXPLLL to 30 MHz; ``medium``
