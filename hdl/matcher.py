@@ -779,9 +779,13 @@ class Matcher(wiring.Component):
 
                 with m.Case(State.FIXUP):
                     # The walker's first position straight from its current word (a cycle before
-                    # its registered output): one cycle when the next best shares its word.
-                    with m.If(walker.first_valid | walker.first_none):
-                        set_best(fix_sell, walker.first_level, walker.first_valid)
+                    # its registered output): one cycle when the next best shares its word. The
+                    # walker runs on while the core holds (``go`` low), so by then the first
+                    # position may already have moved into its output register (``valid``): then
+                    # that is the next best, and ``first_*`` already show the position after it.
+                    with m.If(walker.valid | walker.first_valid | walker.first_none):
+                        set_best(fix_sell, Mux(walker.valid, walker.level, walker.first_level),
+                                 walker.valid | walker.first_valid)
                         with m.If(fix_return):
                             m.d.sync += state.eq(State.RE_ENTER)
                         with m.Else():

@@ -363,6 +363,27 @@ def directed_scenarios(config: MatcherConfig, instrument: Instrument, base: int 
     s += [new(sell, -3, 1, "T", tif=TimeInForce.IOC), new(buy, 4, 1, "T", tif=TimeInForce.IOC)]
     out["best_level_empties"] = s
 
+    # The best level emptied (cancel, or a modify that moves the order away) while the output FIFO
+    # is nearly full: with a stalling sink the core holds (``go`` low) in the cycle after EXEC
+    # started the walker, which runs on meanwhile; the next best must still be the level right
+    # behind the emptied one, not the one after it. Many repeats, so a random stall hits it.
+    s = start()
+    for k in range(40):
+        side, sign = (buy, -1) if k % 2 == 0 else (sell, 1)
+        other = sell if side is buy else buy
+        near = [new(side, sign * (1 + j), 1, "M") for j in range(4)]
+        s += near
+        # Records one a cycle (orders that cannot trade and do not rest) fill the output FIFO
+        # first; their number varies so the cancel meets the core's hold at every phase.
+        s += [new(side, sign * 8, 1, "X", tif=TimeInForce.IOC) for _ in range(4 + k % 7)]
+        if k % 4 < 2:
+            s += [CancelOrder(sym, near[0].order_id)]
+        else:
+            s += [ModifyOrder(sym, near[0].order_id, price=base + sign * 6 * tick)]
+        s += [new(other, sign * 4, 1, "T", tif=TimeInForce.IOC)]
+        s += [new(other, sign * 6, 10, "T", tif=TimeInForce.IOC)]
+    out["best_level_empties_held"] = s
+
     s = start()
     capacity = config.max_orders
     for k in range(min(capacity, 64) + 2):

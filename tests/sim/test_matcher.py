@@ -69,6 +69,18 @@ def test_directed(simulator, size, tmp_path):
 
 
 @pytest.mark.parametrize("simulator", SIMULATORS)
+@pytest.mark.parametrize("size", ["small", "default"])
+def test_best_level_empties_while_core_holds(simulator, size, tmp_path):
+    """Regression: a cancel or modify empties the best level while the output FIFO is nearly full,
+    so the core holds (``go`` low) while the level walker, which runs on regardless, moves the next
+    best position into its output register. FIXUP used to take the walker's ``first_level``, by
+    then the position after it (or none), and the stressed replay traded at the wrong level."""
+    config = SMALL if size == "small" else DEFAULT
+    _run(simulator, config, "directed", tmp_path, instrument=PLAIN, seed=1, stall=0.5, idle=0.0,
+         scenarios=["best_level_empties_held"])
+
+
+@pytest.mark.parametrize("simulator", SIMULATORS)
 def test_realistic_stream_cycles(simulator, tmp_path):
     """A market-maker-like stream on the default book: within the cycle budget (<= 4 per message)."""
     figures = _run(simulator, DEFAULT, "realistic", tmp_path, instrument=PLAIN, seed=5, streams=1, commands=1000,
