@@ -79,7 +79,8 @@ class BookActor(ClusterActor):
         # sends an unanswered modify again after a crash, and a copy of one applied here must not be
         # applied twice (around a fill it would change the order). Kept here, not in the engine, so every
         # matcher behind the book interface gets it. Entries of orders no longer in the book are dropped at
-        # snapshots (a copy for such an order is answered unknown_order, which the gateway drops).
+        # snapshots and when the map outgrows the book (a copy for such an order is answered unknown_order,
+        # which the gateway drops).
         self.modify_versions: dict[int, int] = {}
 
     # -- life cycle ----------------------------------------------------------------------
@@ -189,6 +190,10 @@ class BookActor(ClusterActor):
                 journal.append(bytes(payload[offset:offset + ORDER_SIZE]))
             for event in process(command):
                 self._route(event, trace_ns, batch.source)
+        if live is not None and len(self.modify_versions) > 2 * len(live) + 1024:
+            # Without journal snapshots nothing else would forget orders that left the book; pruning only
+            # when the map outgrows the book twice over keeps the cost per command constant.
+            self.modify_versions = {k: v for k, v in self.modify_versions.items() if k in live}
         if journal is not None:
             journal.commit()
             self.since_snapshot += batch.count

@@ -185,6 +185,19 @@ def test_a_copy_of_an_applied_modify_is_dropped_and_a_new_version_applied(book):
     assert replayed is not None and replayed.snapshot() == book.control("snapshot")["state"]
 
 
+def test_versions_of_orders_gone_from_the_book_are_forgotten_without_snapshots(book):
+    for n in range(3000):
+        order_id = cluster_order_id(0, 100 + n)
+        book.send(command_to_record(NewOrder("AAPL", order_id, "A1", Side.BUY, 100, 50)),
+                  _modify(order_id, 1, qty=40), command_to_record(CancelOrder("AAPL", order_id)))
+    book.send(command_to_record(NewOrder("AAPL", ORDER, "A1", Side.BUY, 100, 50)), _modify(ORDER, 1, qty=40))
+    versions = book.book.proxy().modify_versions.get(timeout=10)
+    assert ORDER in versions and len(versions) <= 1024 + 2  # not one entry per order of the day
+    book.send(_modify(ORDER, 1, qty=40))  # the live order's version is still known: its copy is dropped
+    book.reports()
+    assert book.control("stats")["stats"]["duplicate_modifies"] == 1
+
+
 def test_versions_survive_a_restart_from_the_journal_and_from_a_snapshot(tmp_path):
     under_test = BookUnderTest(tmp_path, snapshot_every=5)
     try:
