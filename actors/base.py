@@ -155,6 +155,9 @@ class ClusterActor(pykka.ThreadingActor):
         """Answer an operator's request; subclasses add their commands and call this last."""
         if request.get("command") == "stats":
             return {"actor": self.name, "stats": self.stats()}
+        if request.get("command") == "journal_state" and hasattr(self, "save_state"):
+            # What a journal snapshot of this actor would hold now: tests compare it across a restart.
+            return {"actor": self.name, "state": self.save_state()}
         return {"error": f"{self.name}: unknown command {request.get('command')!r}"}
 
     def on_tick(self, now: float) -> None:

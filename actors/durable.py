@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from actors.config import Durability
-from exchange.journal import FRAME, JournalWriter, RecoveryReport, recover, segments
+from exchange.journal import FRAME, JournalError, JournalWriter, RecoveryReport, recover, segments
 from exchange.wire import REPORT, EventKind
 
 log = logging.getLogger("matchwire.durable")
@@ -46,11 +46,17 @@ RISK_RECOVERED = 4  # op of a risk shard's hello after a restart (``order_id``: 
 _SEQ_SYMBOL = struct.Struct("<Q8x8s")  # a report record's seq (byte 8) and symbol (byte 24)
 
 
-def open_journal(durability: Durability, node: str, actor: str) -> tuple[JournalWriter, list[bytes], RecoveryReport]:
-    """The actor's journal, recovered: (writer positioned after the last good record, records, report)."""
-    directory = Path(durability.directory(node)) / actor.replace("/", "-")
+def journal_directory(durability: Durability, node: str, actor: str) -> Path:
+    return Path(durability.directory(node)) / actor.replace("/", "-")
+
+
+def open_journal(durability: Durability, node: str,
+                 actor: str) -> tuple[JournalWriter, dict | None, list[bytes], RecoveryReport]:
+    """The actor's journal, recovered: (writer positioned after the last good record, the newest readable
+    snapshot's state or None, the committed records after it, report)."""
+    directory = journal_directory(durability, node, actor)
     directory.mkdir(parents=True, exist_ok=True)
-    _, records, report = recover(directory)
+    state, records, report = recover(directory)
     last = max((i for i, record in enumerate(records) if record == COMMIT), default=-1)
     if last + 1 < len(records):
         dropped = records[last + 1:]
@@ -64,7 +70,75 @@ def open_journal(durability: Durability, node: str, actor: str) -> tuple[Journal
         log.warning("%s: recovered: %s", actor, report)
     writer = JournalWriter(directory, durability.fsync, durability.batch_ms,
                            next_index=report.snapshot_index + len(records))
-    return writer, [record for record in records if record != COMMIT], report
+    return writer, state, [record for record in records if record != COMMIT], report
+
+
+class ActorSnapshots:
+    """When an actor snapshots its journal: every ``snapshot_every`` records or ``snapshot_seconds`` (the
+    books' rule), and only at a batch boundary, when everything journaled is committed, so the snapshot
+    is exactly the state that replaying the journal up to it gives.
+
+    Recovery is then the newest readable snapshot plus the records after it, and the journal's segments
+    before the older of the two snapshots kept are pruned (``JournalWriter.snapshot``).
+    """
+
+    def __init__(self, durability: Durability, journal: JournalWriter) -> None:
+        self.journal = journal
+        self.every = durability.snapshot_every
+        self.seconds = durability.snapshot_seconds
+        self.base = journal.index  # records journaled when the last snapshot was taken (or at start)
+        self.last = time.monotonic()
+        self.taken = 0
+
+    def due(self) -> bool:
+        journal = self.journal
+        grown = journal.index - self.base
+        return grown > 0 and journal.index == journal.commit_mark and (
+            grown >= self.every or time.monotonic() - self.last >= self.seconds)
+
+    def take(self, state: dict) -> None:
+        self.journal.snapshot(state)
+        self.base = self.journal.index
+        self.last = time.monotonic()
+        self.taken += 1
+
+
+class SnapshotArchive:
+    """Records that a snapshot covers but that the actor needs whole for the session: the messages of the
+    gateway's SoupBinTCP streams (a client may ask again from message 1). Putting them in every snapshot
+    would rewrite the session's history each time; leaving them in the journal would keep every segment.
+    Instead each snapshot first appends the messages made since the previous one to this append-only
+    file (``archive/`` beside the journal, CRC-framed like it) and syncs it, and the snapshot records how
+    many archive records it covers. Recovery reads that many and cuts off any more (appended for a
+    snapshot whose rename never happened); fewer is a damaged archive, reported as such.
+    """
+
+    def __init__(self, directory: Path, covered: int) -> None:
+        self.directory = directory / "archive"
+        _, records, report = recover(self.directory)
+        if report.truncated:
+            log.error("%s: archive damaged: %s", directory, report)
+        if len(records) < covered:
+            raise JournalError(f"{self.directory}: holds {len(records)} records, but the snapshot covers {covered}")
+        if len(records) > covered:
+            extra = records[covered:]
+            _cut_tail(self.directory, sum(FRAME.size + len(record) for record in extra))
+            log.warning("%s: %d archive records of an unfinished snapshot cut off", directory, len(extra))
+        self.records = records[:covered]
+        self.writer = JournalWriter(self.directory, "none", next_index=covered)
+
+    @property
+    def count(self) -> int:
+        return self.writer.index
+
+    def extend(self, records: list[bytes]) -> None:
+        """Append and sync (before the snapshot that counts them is written)."""
+        self.writer.append_many(records)
+        self.writer.file.flush()
+        os.fsync(self.writer.file.fileno())
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def _cut_tail(directory: Path, size: int) -> None:

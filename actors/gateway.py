@@ -23,7 +23,16 @@ import zmq
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import cluster_order_id
-from actors.durable import RISK_RECOVERED, ResendGate, commit_and_wait, open_journal, resend_request_record
+from actors.durable import (
+    RISK_RECOVERED,
+    ActorSnapshots,
+    ResendGate,
+    SnapshotArchive,
+    commit_and_wait,
+    journal_directory,
+    open_journal,
+    resend_request_record,
+)
 from actors.soup_server import DurableSequencedStore, SoupApplication, SoupServer
 from actors.transport import Batch, LocalDirectory, recv_frames, send_frames
 from exchange.accounts import Users, load_users
@@ -291,6 +300,8 @@ class GatewayActor(ClusterActor):
         self._risk_cache: dict[str, int] = {}
         # Durability (docs/durability.md "The gateway"): journal, durable store, re-send gate.
         self.journal = None
+        self.snapshots: ActorSnapshots | None = None
+        self.archive: SnapshotArchive | None = None
         self.store: DurableSequencedStore | None = None
         self.gate = ResendGate()
         self.replaying = False
@@ -332,13 +343,25 @@ class GatewayActor(ClusterActor):
         self.push.connect(self.outbound_endpoint)
         if self.users is not None:
             self.translator = OuchTranslator(self.users.accounts, next_order_id=self._mint_order_id)
-        records: list[bytes] = []
+        recovered = False
         if self.config.durability.enabled:
-            self.journal, records, report = open_journal(self.config.durability, self.ctx.node, self.name)
+            durability = self.config.durability
+            self.journal, state, records, report = open_journal(durability, self.ctx.node, self.name)
             self.store = DurableSequencedStore(self.journal)
+            # The session's sequenced messages that the snapshot covers are in its archive; the rest of the
+            # state is in the snapshot; the journal's records after it are replayed on top.
+            self.archive = SnapshotArchive(journal_directory(durability, self.ctx.node, self.name),
+                                           state["archive"] if state else 0)
+            for record in self.archive.records:
+                self.store.restore_record(record, archived=True)
+            self.archive.records = []
+            if state is not None:
+                self.load_state(state)
             self._replay(records)
             self.recovery = str(report)
             self._committed_index = self.journal.index
+            self.snapshots = ActorSnapshots(durability, self.journal)
+            recovered = state is not None or bool(records)
         if self.users is not None:
             host, port = self.config.ouch_address(self.name)
             # The same bound as the node's inbound pump: above it the pump stops reading, so a deeper OUCH
@@ -347,7 +370,7 @@ class GatewayActor(ClusterActor):
             self.soup_app = GatewaySoupApplication(self.users, self.ctx.local, self.index, self.config.max_backlog)
             self.soup = SoupServer(self.soup_app, host, port, store=self.store,
                                    session=f"{self.config.name[:6]}{self.number:04d}"[:10]).start()
-        if records:
+        if recovered:
             # Events that reached the old process but not its journal died with it: ask every book for
             # its events after the last one journaled, holding its live events until the answer is in.
             for symbol in self.config.instruments:
@@ -422,6 +445,54 @@ class GatewayActor(ClusterActor):
             log.warning("%s: recovered %d journal records: %d orders, ids from %d", self.name,
                         len(records), len(self.orders), self.id_lease)
 
+    # -- journal snapshots ---------------------------------------------------------------------------------
+
+    def save_state(self) -> dict:
+        """What replaying this gateway's journal up to now rebuilds (docs/durability.md "Snapshots of the
+        other roles"): OUCH orders, requests unanswered, modify versions, the translator, the id lease, the
+        books' high-water marks. Not the SoupBinTCP streams (the archive holds them), nor what a replay
+        does not rebuild either (binary-API sessions, rate-limit buckets, copies in flight)."""
+        sent = next(self._sent_number)
+        self._sent_number = itertools.count(sent)
+        return {
+            "id_lease": self.id_lease,
+            "orders": [[order_id, o.account, o.symbol, o.leaves, o.pending, o.done]
+                       for order_id, o in self.orders.items() if o.session == OUCH_SESSION],
+            "unanswered": [[order_id, n, record.hex()] for order_id, (n, record) in self._unanswered.items()],
+            "unanswered_cancels": [[order_id, n, record.hex()]
+                                   for order_id, (n, record) in self._unanswered_cancels.items()],
+            "modify_versions": list(self._modify_versions.items()),
+            "unanswered_modifies": [[order_id, [[v, n, record.hex()] for v, (n, record) in versions.items()]]
+                                    for order_id, versions in self._unanswered_modifies.items()],
+            "sent_number": sent,
+            "replays": self.replays.save_state(),
+            "translator": None if self.translator is None else self.translator.save_state(),
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Continue from a snapshot made by :meth:`save_state`."""
+        self.id_lease = state["id_lease"]
+        self.orders = {}
+        for order_id, account, symbol, leaves, pending, done in state["orders"]:
+            order = self.orders[order_id] = GatewayOrder(OUCH_SESSION, order_id, account, symbol, leaves)
+            order.pending, order.done = pending, done
+        self._unanswered = {order_id: (n, bytes.fromhex(r)) for order_id, n, r in state["unanswered"]}
+        self._unanswered_cancels = {order_id: (n, bytes.fromhex(r)) for order_id, n, r in state["unanswered_cancels"]}
+        self._modify_versions = dict(state["modify_versions"])
+        self._unanswered_modifies = {order_id: {v: (n, bytes.fromhex(r)) for v, n, r in versions}
+                                     for order_id, versions in state["unanswered_modifies"]}
+        self._sent_number = itertools.count(state["sent_number"])
+        self.replays.load_state(state["replays"])
+        if self.translator is not None and state["translator"] is not None:
+            self.translator.load_state(state["translator"])
+
+    def _snapshot(self) -> None:
+        assert self.archive is not None and self.store is not None and self.snapshots is not None
+        self.archive.extend(self.store.take_unarchived())
+        state = self.save_state()
+        state["archive"] = self.archive.count
+        self.snapshots.take(state)
+
     def _mint_order_id(self) -> int:
         if self.replaying:
             # The journal says which ids this message minted: the same ones again.
@@ -455,6 +526,8 @@ class GatewayActor(ClusterActor):
         self.port.join(2)
         if self.journal is not None:
             self.journal.close()
+        if self.archive is not None:
+            self.archive.close()
 
     def _risk_of(self, account: str) -> int:
         index = self._risk_cache.get(account)
@@ -833,6 +906,8 @@ class GatewayActor(ClusterActor):
         if journal is not None and journal.index != self._committed_index:
             self._commit(wait=True)  # answers to orders risk could not take (handle_send_failures)
         self._flush_clients()
+        if self.snapshots is not None and self.snapshots.due():
+            self._snapshot()
 
     def _commit(self, wait: bool | None = None) -> bool:
         assert self.journal is not None

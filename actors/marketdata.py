@@ -19,6 +19,7 @@ Configuration: the ``[market_data]`` table of the cluster file (see :class:`Mark
 
 from __future__ import annotations
 
+import base64
 import logging
 import queue
 import select
@@ -34,7 +35,7 @@ import pykka
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import ConfigError
-from actors.durable import ResendGate, commit_and_wait, open_journal, resend_request_record
+from actors.durable import ActorSnapshots, ResendGate, commit_and_wait, open_journal, resend_request_record
 from actors.transport import Batch
 from exchange.eventbook import EventBook
 from exchange.itch import ItchFileWriter
@@ -290,6 +291,7 @@ class MarketDataActor(ClusterActor):
         self._last_send = 0.0
         self._last_capture_flush = 0.0
         self.journal = None
+        self.snapshots: ActorSnapshots | None = None
         self.gate = ResendGate()
         self.recovery: str | None = None
         self.stopping = False
@@ -306,13 +308,17 @@ class MarketDataActor(ClusterActor):
         self.publisher = ItchPublisher(self.config.instruments, clock=lambda: time.time_ns() - midnight,
                                        attribution=s.attribution,
                                        default_directory=DirectoryEntry(round_lot_size=s.round_lot_size))
-        records: list[bytes] = []
+        recovered = False
         if self.config.durability.enabled:
-            self.journal, records, report = open_journal(self.config.durability, self.ctx.node, self.name)
+            self.journal, state, records, report = open_journal(self.config.durability, self.ctx.node, self.name)
+            self.snapshots = ActorSnapshots(self.config.durability, self.journal)
             self.recovery = str(report)
+            recovered = state is not None or bool(records)
+            if state is not None:
+                self.load_state(state)
             if records:
                 self._replay(records)  # the session, its numbering, the history and the public books
-            else:
+            elif not recovered:
                 self.journal.append(_TAG_SESSION + s.session.encode())
         self.packetizer = MoldPacketizer(s.session, self.next_seq, s.max_payload)
         if s.capture_file:
@@ -333,7 +339,7 @@ class MarketDataActor(ClusterActor):
             self.retransmit_address = request_socket.getsockname()
             self.retransmit_pump = UdpPump(request_socket, self.actor_ref.tell, f"{self.name}-retransmit")
             self.retransmit_pump.start()
-        if records:
+        if recovered:
             # Events the old process took in but had not journaled died with it: ask every book for its
             # events after the last one journaled, and hold its live events until they are in.
             for symbol in self.config.instruments:
@@ -370,6 +376,36 @@ class MarketDataActor(ClusterActor):
                 self.count("journal_unknown_records")
         log.warning("%s: recovered %d journal records: session %s continues at message %d", self.name, len(records),
                     self.settings.session, self.next_seq)
+
+    # -- journal snapshots ---------------------------------------------------------------------------------
+
+    def save_state(self) -> dict:
+        """What replaying this actor's journal up to now rebuilds: the MoldUDP64 session and numbering, the
+        messages kept for re-requests (the history is bounded, so it goes whole into every snapshot), the
+        public books, the publisher's order map and the books' high-water marks."""
+        first = max(1, self.next_seq - self.history_size)
+        kept = [self.history[seq % self.history_size] for seq in range(first, self.next_seq)] \
+            if self.history_size else []
+        return {
+            "session": self.settings.session,
+            "next_seq": self.next_seq,
+            "history_first": first,
+            "history": base64.b64encode(_pack_messages(kept)).decode("ascii"),
+            "view": self.view.save_state(),
+            "publisher": self.publisher.save_state() if self.publisher is not None else None,
+            "replays": self.replays.save_state(),
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Continue from a snapshot made by :meth:`save_state`."""
+        self.settings.session = state["session"]
+        self.next_seq = state["history_first"]
+        self._keep(_unpack_messages(base64.b64decode(state["history"]), 0))
+        self.next_seq = state["next_seq"]
+        self.view.load_state(state["view"])
+        if self.publisher is not None and state["publisher"] is not None:
+            self.publisher.load_state(state["publisher"])
+        self.replays.load_state(state["replays"])
 
     def _keep(self, messages: list[bytes]) -> None:
         size = self.history_size
@@ -515,6 +551,10 @@ class MarketDataActor(ClusterActor):
             for packet in packetizer.add(msg):
                 send(packet)
 
+    def _take_snapshot(self) -> None:
+        if self.snapshots is not None and self.snapshots.due():
+            self.snapshots.take(self.save_state())
+
     def _flush_packets(self) -> None:
         if self.packetizer is not None:
             for packet in self.packetizer.flush():
@@ -555,6 +595,7 @@ class MarketDataActor(ClusterActor):
         # Called when the inbox is empty (and on ticks): the partly filled packet leaves now.
         self._flush_packets()
         super().flush()
+        self._take_snapshot()
 
     def on_tick(self, now: float) -> None:
         if self.packetizer is not None and time.monotonic() - self._last_send >= self.settings.heartbeat_interval:

@@ -140,6 +140,7 @@ class DurableSequencedStore:
         self._streams: dict[str, list[bytes]] = {}
         self._visible: dict[str, int] = {}
         self._unpublished: set[str] = set()
+        self._archived: dict[str, int] = {}  # per stream: messages already in the owner's snapshot archive
         self.recovery = ""
 
     @classmethod
@@ -154,8 +155,9 @@ class DurableSequencedStore:
             log.error("sequenced store damaged, recovered to the last good record: %s", report)
         return store
 
-    def restore_record(self, record: bytes) -> bool:
-        """Apply one recovered journal record; False when it is not a sequenced message."""
+    def restore_record(self, record: bytes, archived: bool = False) -> bool:
+        """Apply one recovered journal record (``archived``: from the owner's snapshot archive); False when
+        it is not a sequenced message."""
         decoded = decode_sequenced_record(record)
         if decoded is None:
             return False
@@ -163,7 +165,20 @@ class DurableSequencedStore:
         stream = self._streams.setdefault(username, [])
         stream.append(payload)
         self._visible[username] = len(stream)
+        if archived:
+            self._archived[username] = len(stream)
         return True
+
+    def take_unarchived(self) -> list[bytes]:
+        """The messages appended since the last call, as journal records, now counted as archived (the owner
+        writes them to its snapshot archive: ``actors.durable.SnapshotArchive``)."""
+        out = []
+        for username, stream in self._streams.items():
+            start = self._archived.get(username, 0)
+            if start < len(stream):
+                out += [encode_sequenced_record(username, payload) for payload in stream[start:]]
+                self._archived[username] = len(stream)
+        return out
 
     def append(self, username: str, payload: bytes) -> int:
         self.journal.append(encode_sequenced_record(username, payload))

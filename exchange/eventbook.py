@@ -23,6 +23,26 @@ class EventBook:
         self.last_price: dict[str, int] = {}
         self.anomalies = 0
 
+    def save_state(self) -> dict:
+        """Everything applied so far, as JSON-ready data (a journal snapshot of market data)."""
+        return {"orders": {s: [[oid, int(side), price, qty] for oid, (side, price, qty) in orders.items()]
+                           for s, orders in self.orders.items()},
+                "last_seq": self.last_seq, "gaps": [list(gap) for gap in self.gaps], "trades": self.trades,
+                "volume": self.volume, "last_price": self.last_price, "anomalies": self.anomalies}
+
+    def load_state(self, state: dict) -> None:
+        """Become the book :meth:`save_state` described (the levels are summed again from the orders)."""
+        self.__init__()  # type: ignore[misc]
+        for symbol, orders in state["orders"].items():
+            own, levels = self._symbol(symbol)
+            for order_id, side, price, qty in orders:
+                own[order_id] = [Side(side), price, qty]
+                levels[Side(side)][price] = levels[Side(side)].get(price, 0) + qty
+        self.last_seq = dict(state["last_seq"])
+        self.gaps = [tuple(gap) for gap in state["gaps"]]  # type: ignore[misc]
+        self.trades, self.volume = dict(state["trades"]), dict(state["volume"])
+        self.last_price, self.anomalies = dict(state["last_price"]), state["anomalies"]
+
     def _symbol(self, symbol: str) -> tuple[dict[int, list], dict[Side, dict[int, int]]]:
         orders = self.orders.get(symbol)
         if orders is None:

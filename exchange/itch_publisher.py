@@ -200,6 +200,42 @@ class ItchPublisher:
             "unpublishable": 0,
         }
 
+    # -- journal snapshots -----------------------------------------------------------------------------
+
+    def save_state(self) -> dict:
+        """The publishing state (order references, slices, held modifies), as JSON-ready data."""
+        def piece(entry: _Slice) -> list:
+            return [entry.ref, int(entry.side), entry.shares, entry.account, entry.published]
+
+        books = {}
+        for symbol, book in self.books.items():
+            books[symbol] = {
+                "next_slice": book.next_slice,
+                "live": [[order_id, *piece(entry)] for order_id, entry in book.live.items()],
+                "last_accept": book.last_accept, "exhausted": book.exhausted, "modify_pending": book.modify_pending,
+                "pending": None if book.pending is None else [book.pending[0], *piece(book.pending[1])],
+            }
+        return {"books": books, "started": self.started, "stats": dict(self.stats)}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from what :meth:`save_state` described (the books' locates come from the symbols)."""
+        def piece(values: list) -> _Slice:
+            ref, side, shares, account, published = values
+            return _Slice(ref, Side(side), shares, account, published)
+
+        for symbol, saved in state["books"].items():
+            book = self.books.get(symbol)
+            if book is None:
+                raise ValueError(f"snapshot names instrument {symbol!r}, which the publisher does not have")
+            book.next_slice = saved["next_slice"]
+            book.live = {values[0]: piece(values[1:]) for values in saved["live"]}
+            book.last_accept = tuple(saved["last_accept"]) if saved["last_accept"] else None  # type: ignore[assignment]
+            book.exhausted = tuple(saved["exhausted"]) if saved["exhausted"] else None  # type: ignore[assignment]
+            book.modify_pending = saved["modify_pending"]
+            book.pending = None if saved["pending"] is None else (saved["pending"][0], piece(saved["pending"][1:]))
+        self.started = state["started"]
+        self.stats.update(state["stats"])
+
     # -- locates -------------------------------------------------------------------------------------
 
     def locate_of(self, symbol: str) -> int | None:

@@ -151,6 +151,11 @@ def recover(directory: str | Path, truncate: bool = True,
             continue
         if report.segments and start > position:
             raise JournalError(f"{path}: starts at record {start}, but the journal before it ends at {position}")
+        if not report.segments and start > index:
+            # Its predecessors were pruned after a snapshot that can no longer be read: replaying from here
+            # would rebuild a state that never existed.
+            raise JournalError(f"{path}: starts at record {start}, but no readable snapshot covers the records "
+                               f"before it (snapshot at {index})")
         good, end, reason = scan_segment(path)
         if reason is not None:
             size = path.stat().st_size

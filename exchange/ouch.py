@@ -719,6 +719,38 @@ class OuchTranslator:
         self.orders: dict[tuple[str, int], OuchOrder] = {}  # (username, current UserRefNum) -> order
         self.by_id: dict[int, OuchOrder] = {}  # matchwire order id -> order
 
+    # -- journal snapshots -------------------------------------------------------------------------
+
+    def save_state(self) -> dict:
+        """Every user's UserRefNum mark and the orders remembered (with requests in flight), JSON-ready."""
+        unique = {id(order): order for order in (*self.orders.values(), *self.by_id.values())}
+        orders = []
+        for order in unique.values():
+            values = {name: getattr(order, name) for name in OuchOrder.__dataclass_fields__ if name != "pending"}
+            # A request keeps what its answer needs (UserRefNum, ClOrdID, side); the appendage, which may hold
+            # raw bytes of unknown options, is not needed once the request has been translated.
+            values["pending"] = [[request, None if msg is None else
+                                  {k: v for k, v in msg.items() if type(v) in (int, str)}]
+                                 for request, msg in order.pending]
+            values["keyed"] = self.orders.get((order.username, order.user_ref_num)) is order
+            values["by_id"] = self.by_id.get(order.order_id) is order
+            orders.append(values)
+        return {"last_user_ref_num": self.last_user_ref_num, "orders": orders}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from what :meth:`save_state` described."""
+        self.last_user_ref_num = dict(state["last_user_ref_num"])
+        self.orders, self.by_id = {}, {}
+        for values in state["orders"]:
+            values = dict(values)
+            keyed, by_id = values.pop("keyed"), values.pop("by_id")
+            pending = deque((request, msg) for request, msg in values.pop("pending"))
+            order = OuchOrder(**values, pending=pending)
+            if keyed:
+                self.orders[(order.username, order.user_ref_num)] = order
+            if by_id:
+                self.by_id[order.order_id] = order
+
     # -- inbound -----------------------------------------------------------------------------------
 
     def on_message(self, username: str, payload: bytes) -> OuchResult:

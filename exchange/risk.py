@@ -92,6 +92,19 @@ class RiskOrder:
         self.pending: tuple[int, int] | None = None  # (price, qty) of a modify in flight
         self.accepted = False
 
+    def save_state(self) -> list:
+        """The order as JSON-ready data (a journal snapshot of a risk shard)."""
+        return [self.order_id, self.account, self.symbol, int(self.side), self.price, self.leaves, self.reserved,
+                None if self.pending is None else list(self.pending), self.accepted]
+
+    @classmethod
+    def from_state(cls, values: list) -> RiskOrder:
+        order_id, account, symbol, side, price, leaves, reserved, pending, accepted = values
+        order = cls(order_id, account, symbol, side, price, leaves)
+        order.reserved, order.accepted = reserved, accepted
+        order.pending = None if pending is None else tuple(pending)  # type: ignore[assignment]
+        return order
+
 
 class AccountRisk:
     """One account: limits, open orders, reserved exposure, positions, kill switch."""
@@ -250,6 +263,19 @@ class AccountRisk:
         if order is not None:
             self._set_leaves(order, order.leaves - qty)
             self._settle(order)
+
+    def save_state(self) -> dict:
+        """Open orders, reservations, positions and the kill switch, as JSON-ready data (the limits come from
+        configuration)."""
+        return {"orders": [order.save_state() for order in self.orders.values()], "reserved": self.reserved,
+                "positions": self.positions, "open_qty": [[s, int(side), q] for (s, side), q in self.open_qty.items()],
+                "killed": self.killed, "fills": self.fills}
+
+    def load_state(self, state: dict) -> None:
+        self.orders = {values[0]: RiskOrder.from_state(values) for values in state["orders"]}
+        self.reserved, self.positions = state["reserved"], dict(state["positions"])
+        self.open_qty = {(s, side): q for s, side, q in state["open_qty"]}
+        self.killed, self.fills = state["killed"], state["fills"]
 
     def snapshot(self, marks: dict[str, int]) -> dict:
         """Everything an operator asks for with ``matchwire admin positions``."""

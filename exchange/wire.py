@@ -478,6 +478,13 @@ class ReplayFilter:
         self.last[symbol] = seq
         return True
 
+    def save_state(self) -> dict:
+        """The last sequence number seen per book (keys are the symbols as on the wire, space padded)."""
+        return {symbol.decode("ascii"): seq for symbol, seq in self.last.items()}
+
+    def load_state(self, state: dict) -> None:
+        self.last = {symbol.encode("ascii"): seq for symbol, seq in state.items()}
+
 
 def report_kind(buffer: bytes | memoryview, offset: int = 0) -> int:
     """The event kind of a report record, for routing without a full decode."""

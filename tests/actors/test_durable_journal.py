@@ -10,7 +10,7 @@ from exchange.wire import REPORT_SIZE, event_to_record
 
 def test_only_committed_batches_are_recovered_and_the_rest_is_cut_off(tmp_path):
     durability = Durability(enabled=True, state_dir=str(tmp_path), fsync="always")
-    journal, records, report = open_journal(durability, "node", "gateway/0")
+    journal, _, records, report = open_journal(durability, "node", "gateway/0")
     assert records == [] and not report.truncated
     journal.append_many([b"O-1", b"S-1"])
     commit_and_wait(journal)
@@ -21,14 +21,14 @@ def test_only_committed_batches_are_recovered_and_the_rest_is_cut_off(tmp_path):
     journal.commit()  # on disk, but never closed by a commit record
     journal.close()
 
-    journal, records, report = open_journal(durability, "node", "gateway/0")
+    journal, _, records, report = open_journal(durability, "node", "gateway/0")
     assert records == [b"O-1", b"S-1", b"O-2", b"S-2"]
     assert report.truncated and "2 records of an uncommitted batch" in report.truncated[0]
     journal.append(b"O-4")
     commit_and_wait(journal)
     journal.close()
     # The uncommitted batch was cut off the file: what follows it is read back in place.
-    _, records, report = open_journal(durability, "node", "gateway/0")
+    _, _, records, report = open_journal(durability, "node", "gateway/0")
     assert records == [b"O-1", b"S-1", b"O-2", b"S-2", b"O-4"] and not report.truncated
 
 
