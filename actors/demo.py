@@ -177,19 +177,42 @@ class MarketMaker(DemoTrader):
 
 
 class Taker(DemoTrader):
-    """Crosses the spread with IOC limit orders, and now and then a market order."""
+    """Crosses the spread with IOC limit orders, and now and then a market order. It leans against its
+    position (the longer it is, the likelier it sells), as a real taker managing risk would: a coin flip
+    per order would let positions wander until the credit limit refused most of a retail account's orders."""
+
+    LEAN_SHARES = 2000  # a position this large (either way) makes the next order flatten it for sure
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.orders: dict[int, tuple[str, str, int]] = {}  # UserRefNum -> (account, symbol, +1 buy / -1 sell)
+        self.positions: dict[tuple[str, str], int] = {}
+
+    def on_execution(self, ref: int, qty: int) -> None:
+        order = self.orders.get(ref)
+        if order is not None:
+            key = order[:2]
+            self.positions[key] = self.positions.get(key, 0) + order[2] * qty
+
+    def on_done(self, ref: int | None) -> None:
+        self.orders.pop(ref, None)  # type: ignore[arg-type]
 
     def step(self) -> None:
         assert self.client is not None
         inst = self.rng.choice(self.instruments)
         symbol, tick = inst.symbol, inst.tick_size
         self.fair[symbol] += self.rng.choice((-1, 0, 1)) * tick
-        side = self.rng.choice(("B", "S"))
         qty = self.rng.randint(1, 3) * 100
         account = self.rng.choice(self.accounts)
+        lean = self.positions.get((account, symbol), 0) / self.LEAN_SHARES
+        side = "S" if self.rng.random() < 0.5 + max(-0.5, min(0.5, lean / 2)) else "B"
         if self.rng.random() < 0.2:
             price = MARKET_PRICE
         else:
             reach = self.rng.randint(0, 4) * tick
             price = max(self.fair[symbol] + reach if side == "B" else self.fair[symbol] - reach, tick)
-        self._sent(self.client.enter_order(symbol, side, qty, price, time_in_force="3", options=self._firm(account)))
+        ref = self._sent(self.client.enter_order(symbol, side, qty, price, time_in_force="3",
+                                                 options=self._firm(account)))
+        self.orders[ref] = (account, symbol, 1 if side == "B" else -1)
+        if len(self.orders) > 10_000:  # IOC orders end with an execution or a cancel; a lost answer must not pile up
+            self.orders.pop(next(iter(self.orders)))

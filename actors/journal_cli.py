@@ -1,4 +1,4 @@
-"""``matchwire journal inspect|replay PATH``: look into a book's journal directory."""
+"""``matchwire journal inspect|replay PATH``: look into a journal directory (``replay``: books only)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import TextIO
 
 from exchange.engine import OrderBook
 from exchange.instruments import Instrument
-from exchange.journal import recover, segments, snapshots
+from exchange.journal import JournalError, RecoveryReport, recover, segments, snapshots
 from exchange.layout import LayoutError
 from exchange.wire import record_to_command
 
@@ -20,13 +20,19 @@ def inspect(path: str, out: TextIO = sys.stdout) -> int:
     if not directory.is_dir():
         print(f"matchwire journal: {path}: not a journal directory", file=sys.stderr)
         return 2
-    state, records, report = recover(directory, truncate=False)
+    try:
+        state, records, report = recover(directory, truncate=False)
+    except JournalError as exc:
+        print(f"matchwire journal: {exc}", file=sys.stderr)
+        return 2
     print(f"journal {directory}", file=out)
     print(f"  segments: {', '.join(p.name for p in segments(directory)) or '(none)'}", file=out)
     print(f"  snapshots: {', '.join(p.name for p in snapshots(directory)) or '(none)'}", file=out)
     last = report.snapshot_index + len(records)
     print(f"  records: {last} in all; snapshot at {report.snapshot_index}; {len(records)} after it "
           f"(record indices {report.snapshot_index}..{max(last - 1, report.snapshot_index)})", file=out)
+    if not directory.name.startswith("book-"):
+        return _inspect_actor(directory, state, records, report, out)
     if state is not None:
         print(f"  snapshot: book {state['symbol']} at event seq {state['seq']}, {len(state['orders'])} resting "
               f"orders, match number {state['match_number']}", file=out)
@@ -39,6 +45,40 @@ def inspect(path: str, out: TextIO = sys.stdout) -> int:
             ops["malformed"] = ops.get("malformed", 0) + 1
     if ops:
         print("  commands after the snapshot: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())), file=out)
+    for line in report.truncated:
+        print(f"  DAMAGED: {line} (recovery keeps the records before it)", file=out)
+    return 1 if report.truncated else 0
+
+
+# Record tags of the other roles' journals (actors/gateway.py, risk.py, marketdata.py, durable.py).
+_TAGS = {"gateway": {"O": "ouch_in", "E": "reports", "F": "failures", "A": "id_leases", "S": "sequenced",
+                     "C": "commits"},
+         "risk": {"O": "orders_passed", "J": "answered_here", "E": "reports", "K": "kill_switch", "C": "commits"},
+         "md": {"S": "session", "E": "events", "P": "messages", "C": "commits"}}
+
+
+def _inspect_actor(directory: Path, state: dict | None, records: list[bytes], report: RecoveryReport,
+                   out: TextIO) -> int:
+    """A gateway's, risk shard's or market-data actor's journal: its snapshot and its records by tag."""
+    kind = directory.name.split("-", 1)[0]
+    if state is not None:
+        if kind == "gateway":
+            print(f"  snapshot: {len(state['orders'])} OUCH orders, id lease {state['id_lease']}, "
+                  f"{state['archive']} sequenced messages in archive/", file=out)
+        elif kind == "risk":
+            open_orders = len(state["orders"]) + len(state["orders_alone"])
+            print(f"  snapshot: {len(state['accounts'])} accounts, {open_orders} open orders, "
+                  f"{len(state['seen_ids'])} orders passed today", file=out)
+        elif kind == "md":
+            print(f"  snapshot: session {state['session']}, next message {state['next_seq']}", file=out)
+    tags: dict[str, int] = {}
+    names = _TAGS.get(kind, {})
+    for record in records:
+        tag = chr(record[0]) if record else "?"
+        name = names.get(tag, f"tag {tag!r}")
+        tags[name] = tags.get(name, 0) + 1
+    if tags:
+        print("  records after the snapshot: " + ", ".join(f"{k} {v}" for k, v in sorted(tags.items())), file=out)
     for line in report.truncated:
         print(f"  DAMAGED: {line} (recovery keeps the records before it)", file=out)
     return 1 if report.truncated else 0
@@ -78,7 +118,15 @@ def replay(path: str, out: TextIO = sys.stdout, depth: int = 10) -> int:
     if not Path(path).is_dir():
         print(f"matchwire journal: {path}: not a journal directory", file=sys.stderr)
         return 2
-    book, report = rebuild(path)
+    if not Path(path).name.startswith("book-"):
+        print(f"matchwire journal: {path}: replay rebuilds books (book-SYMBOL directories); use inspect",
+              file=sys.stderr)
+        return 2
+    try:
+        book, report = rebuild(path)
+    except JournalError as exc:
+        print(f"matchwire journal: {exc}", file=sys.stderr)
+        return 2
     if book is None:
         print(f"journal {path}: empty", file=out)
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from actors.admin import admin_request
 from actors.config import Durability
 from actors.durable import ActorSnapshots, SnapshotArchive, commit_and_wait, open_journal
+from actors.journal_cli import inspect, replay
 from actors.ouch_client import LoginRejected, OuchClient
 from actors.soup_server import DurableSequencedStore, encode_sequenced_record
 from exchange.accounts import hash_password
@@ -217,6 +219,13 @@ def test_gateway_risk_and_market_data_recover_their_state_from_snapshots(tmp_pat
                 assert len(snapshots(directory)) == 2, f"{actor}: no snapshots taken"
                 assert segments(directory)[0].name != "journal-00000000000000000000.log", f"{actor}: nothing pruned"
         assert recover(Path(cluster.state_dir) / "gateway" / "gateway-0" / "archive")[1], "gateway archive empty"
+        for node, actors in ROLES.items():
+            for actor in actors:
+                out = io.StringIO()
+                directory = str(Path(cluster.state_dir) / node / actor.replace("/", "-"))
+                assert inspect(directory, out) == 0
+                assert "  snapshot: " in out.getvalue(), out.getvalue()
+                assert replay(directory, io.StringIO()) == 2  # replay rebuilds books only
         for node, actors in ROLES.items():
             cluster.kill_node(node)
             assert wait_for(lambda n=node: (cluster.pump(0.02), not cluster.alive()[n])[1], timeout=5)
