@@ -115,6 +115,10 @@ class RiskActor(ClusterActor):
         # modifies again, and a copy must neither reserve exposure twice nor be answered differently.
         self.modify_seen: dict[int, int] = {}
         self.modify_answered: dict[int, dict[int, int]] = {}
+        # Answers this shard makes itself to a modify or cancel while earlier commands of the same order are
+        # still with its book (order id -> [(gateway, record, those earlier commands)]): OUCH pairs an order's
+        # answers with its requests in order, so this one waits rather than overtake theirs.
+        self.deferred_answers: dict[int, list[tuple[int, bytes, list[bytes]]]] = {}
         self.journal = None
         self.snapshots: ActorSnapshots | None = None
         self.gate = ResendGate()
@@ -331,7 +335,7 @@ class RiskActor(ClusterActor):
             # Answered here the first time, and that answer died with the gateway: the same answer again (no
             # state changes: the first answer made them).
             event = tuple.__new__(Rejected, (None, symbol, order_id, "modify", REASONS_BY_CODE.get(code, ""), ""))
-            self.outbox.add(source, MessageKind.REPORTS, event_to_record(event, trace_ns))  # type: ignore[union-attr]
+            self._answer(source, order_id, Op.MODIFY, event_to_record(event, trace_ns))
             return
         # Passed on before (its exposure is reserved): on unchecked. The book drops a copy of one it applied;
         # one it never got is applied now. While the book is down its recovery re-sends the original.
@@ -385,7 +389,37 @@ class RiskActor(ClusterActor):
         if self.journal is not None:
             self.journal.append(_TAG_REJECT + _REJECT_VERSION.pack(order_id, op, version, code) + (record or b""))
         self._forget_rejected(order_id, op, version, code, record)
-        self.outbox.add(gateway, MessageKind.REPORTS, event_to_record(event, trace_ns))  # type: ignore[union-attr]
+        self._answer(gateway, order_id, op, event_to_record(event, trace_ns))
+
+    def _answer(self, gateway: int, order_id: int, op: int, record: bytes) -> None:
+        """Send this shard's own answer to a command, after the book's answers to the order's earlier commands."""
+        if op == Op.MODIFY or op == Op.CANCEL:
+            earlier = list(self.in_flight_cmds.get(order_id, ()))
+            new = self.in_flight_new.get(order_id)
+            if new is not None:
+                earlier.append(new)
+            if earlier or order_id in self.deferred_answers:
+                self.deferred_answers.setdefault(order_id, []).append((gateway, record, earlier))
+                self.count("answers_deferred")
+                return
+        self.outbox.add(gateway, MessageKind.REPORTS, record)  # type: ignore[union-attr]
+
+    def _release_answers(self, order_id: int, everything: bool = False) -> None:
+        """Send the deferred answers of an order whose earlier commands have all been answered (or all of them:
+        its book is gone and will not answer)."""
+        queued = self.deferred_answers.get(order_id)
+        if not queued:
+            return
+        in_flight = self.in_flight_cmds.get(order_id, ())
+        new = self.in_flight_new.get(order_id)
+        while queued:
+            gateway, record, earlier = queued[0]
+            if not everything and any(r == new or r in in_flight for r in earlier):
+                break
+            queued.pop(0)
+            self.outbox.add(gateway, MessageKind.REPORTS, record)  # type: ignore[union-attr]
+        if not queued:
+            del self.deferred_answers[order_id]
 
     def _forget_rejected(self, order_id: int, op: int, version: int = 0, code: int = 0,
                          record: bytes | None = None) -> None:
@@ -409,6 +443,8 @@ class RiskActor(ClusterActor):
             if order is not None and order.pending is not None:
                 self.account(order.account).on_rejected(order_id, "modify")
         self.pending_source.pop(order_id, None)
+        if self.deferred_answers:
+            self._release_answers(order_id)
 
     def handle_send_failures(self, result: SendResult) -> None:
         """Orders that could not reach their book are answered now; reports are retried."""
@@ -454,6 +490,12 @@ class RiskActor(ClusterActor):
 
     def _report(self, payload: bytes | memoryview, offset: int) -> None:
         """One report (from the journal while replaying: ``offset`` 1, after the tag)."""
+        self._apply_report(payload, offset)
+        if self.deferred_answers:
+            for order_id in _unpack_report(payload, offset)[13:15]:
+                self._release_answers(order_id)
+
+    def _apply_report(self, payload: bytes | memoryview, offset: int) -> None:
         orders = self.orders
         if not self.replays.fresh(payload, offset):
             return  # a recovered book re-sent it, and it was seen already
@@ -573,6 +615,10 @@ class RiskActor(ClusterActor):
             # while it is down; commands in flight are answered when it is back (RECOVERED).
             self.recovering.update(s for s, n in self.book_node.items() if n == node)
             return
+        # The book that would answer their earlier commands is gone (a report record's symbol is at byte 24).
+        for order_id in [i for i, queued in self.deferred_answers.items()
+                         if self.book_node.get(_text(queued[0][1][24:32])) == node]:
+            self._release_answers(order_id, everything=True)
         for order in [o for o in self.orders.values() if self.book_node[o.symbol] == node]:
             source = self.pending_source.get(order.order_id)
             if not order.accepted:
@@ -649,6 +695,7 @@ class RiskActor(ClusterActor):
         out["in_flight"] = len(self.pending_source)
         out["in_flight_new"] = len(self.in_flight_new)
         out["in_flight_commands"] = sum(len(c) for c in self.in_flight_cmds.values())
+        out["answers_waiting_for_the_book"] = sum(len(q) for q in self.deferred_answers.values())
         out["down_nodes"] = sorted(self.down_nodes)
         out["books_recovering"] = sorted(self.recovering)
         out["killed"] = sorted(a.account for a in self.accounts.values() if a.killed)

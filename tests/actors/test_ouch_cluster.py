@@ -14,7 +14,7 @@ from exchange import ouch
 from exchange.accounts import hash_password
 from tests.actors.cluster_helpers import start_cluster, write_config
 
-PASSWORDS = {"ALICE": "alice-pw", "BOB": "bob-pw"}
+PASSWORDS = {"ALICE": "alice-pw", "BOB": "bob-pw", "CAROL": "carol-pw"}
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,8 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ouch")
     users = "".join(f'[[user]]\nname = "{name}"\npassword_hash = "{hash_password(pw, n=1 << 10)}"\n'
                     f'accounts = ["A{i + 1}"]\n' for i, (name, pw) in enumerate(PASSWORDS.items()))
-    path = write_config(tmp, extra=users)
+    # CAROL trades for A3, whose credit limit refuses a replace that grows an order tenfold (below).
+    path = write_config(tmp, extra=users + "[risk.accounts.A3]\ncredit_limit = 200000000\n")
     running = start_cluster(path, tmp / "logs")
     yield running
     running.stop()
@@ -120,3 +121,27 @@ def test_reconnect_receives_exactly_what_was_missed(cluster):
         assert not [m for m in again.messages(0.3) if m["type"] != "Q"], "a message arrived twice"
     finally:
         again.close()
+
+
+def test_replace_refused_by_risk_is_answered_after_the_books_answer_to_an_earlier_replace(cluster):
+    # Two replaces of one order back to back: the first (smaller) goes to the book, the second (ten times the
+    # exposure) is refused by risk at once. OUCH pairs an order's answers with its requests in order, so risk
+    # holds its reject until the book has answered the first: Replaced for the first, Rejected for the second.
+    carol = login(cluster, "CAROL")
+    try:
+        for attempt in range(5):
+            # Within the collar around GOOG's last trade (800,000 when the module's other tests have run).
+            ref = carol.enter_order("GOOG", "B", 100, 790_000 + attempt * 100)
+            entered = wait_messages(carol, lambda got: bool(got))
+            assert [m["type"] for m in entered] == ["A"], entered
+            with carol.batch():
+                smaller = carol.replace_order(ref, 50, 790_000 + attempt * 100)
+                larger = carol.replace_order(ref, 5000, 790_000 + attempt * 100)  # the token current at the gateway
+            answers = wait_messages(carol, lambda got: len(got) >= 2)
+            assert [(m["type"], m["user_ref_num"]) for m in answers[:2]] == [("U", smaller), ("J", larger)], \
+                f"attempt {attempt}: {answers}"
+            assert answers[0]["quantity"] == 50 and answers[1]["reason"] == 0x1F  # credit limit (risk)
+            carol.cancel_order(smaller)
+            assert any(m["type"] == "C" for m in wait_messages(carol, lambda got: any(m["type"] == "C" for m in got)))
+    finally:
+        carol.close()
