@@ -252,6 +252,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _gc_totals(stats: dict | None) -> tuple[int, float]:
+    """(collections, milliseconds collecting) of a node so far, from its last statistics report."""
+    gc_stats = (stats or {}).get("gc") or {}
+    return sum(gc_stats.get("collections", ())), sum(gc_stats.get("total_ms", ()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="end-to-end cluster throughput and latency (open loop)")
     parser.add_argument("--rates", help="offered commands/s, comma list (default 5000,10000,25000,50000,100000; "
@@ -293,23 +299,33 @@ def main(argv: list[str] | None = None) -> int:
                 cluster.start()
                 for client in args.client.split(","):
                     for rate in rates:
+                        cluster.pump(0)
                         before = {n: _cpu_seconds(p.process.pid) for n, p in cluster.nodes.items()}
+                        gc_before = {n: _gc_totals(p.stats) for n, p in cluster.nodes.items()}
                         if client == "ouch":
                             result = run_load_ouch(config.ouch_address(), rate, args.seconds)
                         else:
                             result = run_load(config.client_endpoint(), rate, args.seconds)
                         cpu = {n: (_cpu_seconds(p.process.pid) - before[n]) * 1e6 / max(result["sent"], 1)
                                for n, p in cluster.nodes.items()}
+                        time.sleep(1.1)  # the nodes' next statistics report covers the whole run
                         cluster.pump(0)
+                        gc_ms = {n: _gc_totals(p.stats)[1] - gc_before[n][1] for n, p in cluster.nodes.items()}
+                        # The longest pause of any node since the cluster started (reports reset their own max).
+                        gc_max = max((p.stats or {}).get("gc", {}).get("max_us_ever", 0)
+                                     for p in cluster.nodes.values())
                         print(f"{tag}book_nodes={book_nodes} client={client} offered={rate:.0f} "
                               f"achieved={result['achieved']:.0f} answered={result['answered']}/{result['sent']} "
                               f"p50_us={result['p50_us']:.0f} p90_us={result['p90_us']:.0f} "
                               f"p99_us={result['p99_us']:.0f} p999_us={result['p999_us']:.0f} "
                               f"max_us={result['max_us']:.0f} cpu_us_per_order="
-                              + ",".join(f"{n}:{v:.0f}" for n, v in cpu.items()), flush=True)
+                              + ",".join(f"{n}:{v:.0f}" for n, v in cpu.items())
+                              + " gc_ms=" + ",".join(f"{n}:{v:.1f}" for n, v in gc_ms.items())
+                              + f" gc_max_pause_us={gc_max}", flush=True)
                         sustained = result["answered"] == result["sent"] and result["achieved"] >= 0.95 * rate
                         runs.append({"fsync": policy, "book_nodes": book_nodes, "client": client, **result,
-                                     "sustained": sustained, "cpu_us_per_order": cpu})
+                                     "sustained": sustained, "cpu_us_per_order": cpu, "gc_ms": gc_ms,
+                                     "gc_max_pause_us": gc_max})
                         if sustained:
                             key = (policy, book_nodes, client)
                             best[key] = max(best.get(key, 0.0), result["achieved"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import struct
 import time
 from pathlib import Path
 
@@ -30,15 +31,21 @@ from exchange.wire import (
     event_to_record,
     iter_records,
     record_to_command,
+    record_to_event,
     record_version,
 )
 
 log = logging.getLogger("matchwire.book")
 
 _REPORTS = MessageKind.REPORTS
+_SEQ = struct.Struct("<Q")  # a report record's sequence number is the u64 at byte 8
 RECENT_EVENTS = 200_000  # events kept in memory for re-send requests of recovering receivers
 MATCH_SHIFT = 40  # cluster match number = (instrument number + 1) << 40 | the book's match number
 _CLIENT_EVENTS = (Accepted, Rejected, Cancelled, Modified, Fill)
+
+
+def _seq_of(record: bytes) -> int:
+    return _SEQ.unpack_from(record, 8)[0]
 
 
 def recovered_record(symbol: str, seq: int) -> bytes:
@@ -212,21 +219,32 @@ class BookActor(ClusterActor):
                 continue
             after = fields[17]
             self.count("resend_requests")
-            if self.recent and self.recent[0][0] > after + 1:
+            oldest = _seq_of(self.recent[0][0]) if self.recent else 0
+            if oldest > after + 1:
                 # Older events are gone from memory: the receiver gets what is kept (and it is counted).
                 self.count("resend_gaps")
                 log.error("%s: %s asked for events after %d, the oldest kept is %d", self.name,
-                          self.config.actor_names[batch.source], after, self.recent[0][0])
+                          self.config.actor_names[batch.source], after, oldest)
             resent = 0
-            for seq, event, trace_ns, source in self.recent:
-                if (seq or 0) > after:
-                    resent += self._route(event, trace_ns, source, only=batch.source)
+            for record, source in self.recent:
+                if _seq_of(record) > after:
+                    event, trace_ns = record_to_event(record)
+                    resent += self._route(event, trace_ns, source, only=batch.source, record=record)
             self.count("resent_events", resent)
             self.outbox.add(batch.source, _REPORTS, resend_done_record(self.symbol, getattr(self.book, "seq", 0)))  # type: ignore[union-attr]
 
-    def _route(self, event: Event, trace_ns: int, source: int | None, only: int | None = None) -> int:
+    def _route(self, event: Event, trace_ns: int, source: int | None, only: int | None = None,
+               record: bytes | None = None) -> int:
+        """Send an event to whoever it concerns (``only``: just to that receiver, as the kept ``record``)."""
+        kind = type(event)
         if only is None:
-            self.recent.append((event[0], event, trace_ns, source))
+            if kind is Fill:
+                event = tuple.__new__(Fill, event[:9] + (self.match_prefix | event[9],))
+            record = event_to_record(event, trace_ns)
+            # Kept as bytes (with the risk shard that sent the command): a tuple of bytes and an int leaves the
+            # garbage collector's view, while 200,000 kept event tuples made every full collection of a
+            # book node take ~100 ms (measured: docs/cluster.md "Garbage collection").
+            self.recent.append((record, source))
             add = self.outbox.add  # type: ignore[union-attr]
         else:
             outbox_add = self.outbox.add  # type: ignore[union-attr]
@@ -236,11 +254,7 @@ class BookActor(ClusterActor):
                 if index == only:
                     outbox_add(index, kind, record)
                     sent[0] += 1
-        kind = type(event)
-        if kind is Fill and only is None:
-            event = tuple.__new__(Fill, event[:9] + (self.match_prefix | event[9],))
-            self.recent[-1] = (event[0], event, trace_ns, source)
-        record = event_to_record(event, trace_ns)
+        assert record is not None
         for index in self.md_indices:
             add(index, _REPORTS, record)
         if kind not in _CLIENT_EVENTS:

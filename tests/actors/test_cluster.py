@@ -202,3 +202,36 @@ def test_overload_gives_busy_rejects_and_loses_nothing(tmp_path):
         assert reasons <= {"busy"}
     finally:
         cluster.stop()
+
+
+def test_nodes_freeze_what_survives_and_report_garbage_collector_pauses(cluster):
+    # Every node freezes its long-lived objects once a second (actors/node.py tune_gc), so a collection
+    # never walks the whole heap; the statistics say how often and how long the collector stopped the node.
+    def reported() -> bool:
+        cluster.pump(0.05)
+        return all(node.stats.get("gc", {}).get("freezes", 0) >= 2 for node in cluster.nodes.values())
+
+    assert wait_for(reported, timeout=10), {n: node.stats.get("gc") for n, node in cluster.nodes.items()}
+    for node in cluster.nodes.values():
+        gc_stats = node.stats["gc"]
+        assert gc_stats["mode"] == "freeze" and gc_stats["frozen"] > 1000 and len(gc_stats["collections"]) == 3
+
+
+def test_gc_pauses_counts_each_collection_and_its_longest_pause():
+    import gc
+
+    from actors.node import GcPauses
+
+    pauses = GcPauses()
+    pauses.install()
+    try:
+        garbage = [[i] for i in range(200_000)]
+        for item in garbage:
+            item.append(item)  # cycles: only the collector frees them
+        del garbage, item
+        gc.collect()
+    finally:
+        pauses.remove()
+    report = pauses.report()
+    assert report["collections"][2] >= 1 and report["total_ms"][2] > 0 and report["max_us"] > 0
+    assert pauses.report()["max_us"] == 0  # the longest pause is per report
