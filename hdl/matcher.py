@@ -41,6 +41,7 @@ the whole core holds (``go``, a register), which absorbs a stalling event sink w
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed
+from amaranth.hdl import EnableInserter
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -161,7 +162,7 @@ class Matcher(wiring.Component):
         bm_d, bm_q = Signal(bm_shape, name="bm_d"), Signal(bm_shape, name="bm_q")
 
         m.submodules.bitmap = bitmap = LevelBitmap(cfg.levels, cfg.group_width)
-        m.submodules.walker = walker = LevelWalker(cfg.levels, cfg.group_width)
+        walker = LevelWalker(cfg.levels, cfg.group_width)
         m.submodules.alloc = alloc = HandleAllocator(n_orders)
         entry_shape = data.StructLayout({"level": lb, "head": hb, "tail": hb})
         m.submodules.queue = queue = LevelQueue(entry_shape.size, self.queue_depth)
@@ -191,6 +192,9 @@ class Matcher(wiring.Component):
         go_slot_c, go_slot_h, go, go_mem = go_copies
         go_in = go_ev = go
         go_walk = go_fetch = go_mem
+        # The walker stops while the core holds, like everything else: its first position then
+        # cannot slip into its output register behind FIXUP's back, so FIXUP reads one source.
+        m.submodules.walker = EnableInserter(go_walk)(walker)
         # W advances with the core: a write decided while ``go`` is performed in the next cycle
         # that has ``go`` again, when every slot that snoops it is updated too.
         for decided, performed, port in w_stage:
@@ -779,13 +783,11 @@ class Matcher(wiring.Component):
 
                 with m.Case(State.FIXUP):
                     # The walker's first position straight from its current word (a cycle before
-                    # its registered output): one cycle when the next best shares its word. The
-                    # walker runs on while the core holds (``go`` low), so by then the first
-                    # position may already have moved into its output register (``valid``): then
-                    # that is the next best, and ``first_*`` already show the position after it.
-                    with m.If(walker.valid | walker.first_valid | walker.first_none):
-                        set_best(fix_sell, Mux(walker.valid, walker.level, walker.first_level),
-                                 walker.valid | walker.first_valid)
+                    # its registered output): one cycle when the next best shares its word. FIXUP
+                    # takes it the first cycle it shows, and the walker holds with the core, so
+                    # it never moves on into the output register first.
+                    with m.If(walker.first_valid | walker.first_none):
+                        set_best(fix_sell, walker.first_level, walker.first_valid)
                         with m.If(fix_return):
                             m.d.sync += state.eq(State.RE_ENTER)
                         with m.Else():
