@@ -341,14 +341,17 @@ def directed_scenarios(config: MatcherConfig, instrument: Instrument, base: int 
     out["cancel_head_middle_tail"] = s
 
     # A cancel straight followed by an order crossing its level: the sweep chases the next-pointers the
-    # cancel's unlink is still writing (the fetcher must read through a write of the same cycle).
+    # cancel's unlink is still writing (the fetcher must read through a write of the same cycle). The
+    # cancelled order's predecessor is the level's head, whose successor the fetcher reads as the
+    # crossing order executes. That head must not be handle 0: a new order's record carries handle 0,
+    # and the matcher's handle hazard would then stall it by coincidence, hiding a missing read-through.
     s = start()
-    for victim in (1, 0, 3):  # middle, head, tail of the level as it stands
+    for victim in (0, 1, 3):  # head, middle, tail of the level as it stands
         level = [new(sell, 2, 4, "M") for _ in range(4)]
         s += level + [new(sell, 3, 4, "N")]
         s += [CancelOrder(sym, level[victim].order_id), new(buy, 3, 40, "T", tif=TimeInForce.IOC)]
     level = [new(buy, -2, 3, "M") for _ in range(5)]
-    s += level + [CancelOrder(sym, level[2].order_id), CancelOrder(sym, level[3].order_id),
+    s += level + [CancelOrder(sym, level[2].order_id), CancelOrder(sym, level[1].order_id),
                   new(sell, -2, 9, "T", tif=TimeInForce.IOC), new(sell, -2, 9, "T", tif=TimeInForce.IOC)]
     out["cancel_then_cross"] = s
 
