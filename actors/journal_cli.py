@@ -68,7 +68,7 @@ def _inspect_actor(directory: Path, state: dict | None, records: list[bytes], re
         elif kind == "risk":
             open_orders = len(state["orders"]) + len(state["orders_alone"])
             print(f"  snapshot: {len(state['accounts'])} accounts, {open_orders} open orders, "
-                  f"{len(state['seen_ids'])} orders passed today", file=out)
+                  f"{sum(len(w) for w in state['seen_ids'].values())} recent order ids kept", file=out)
         elif kind == "md":
             print(f"  snapshot: session {state['session']}, next message {state['next_seq']}", file=out)
     tags: dict[str, int] = {}

@@ -11,6 +11,7 @@ release, limits, positions.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import struct
@@ -73,6 +74,54 @@ _REJECT_VERSION = struct.Struct("<QBQB")
 _text = text8
 
 
+SEEN_PER_GATEWAY = 200_000
+
+
+class RecentOrderIds:
+    """The ids of the newest new orders that passed, per gateway (``limit`` each), in the order they came.
+
+    A gateway sends an order again only while it has no answer for it: after its own restart (orders it
+    sent just before it died) or a risk shard's (orders in flight then). Those are among its newest orders
+    here: while a gateway is down it mints none, and an order still in flight to its book is recognised by
+    ``RiskActor.in_flight_new`` and its open orders anyway. So a window per gateway recognises every copy,
+    where a set of every order of the day made each snapshot grow with the day (and with other gateways'
+    orders crowding one window, a gateway down for long would have had its copies forgotten).
+    """
+
+    def __init__(self, limit: int = SEEN_PER_GATEWAY) -> None:
+        self.limit = limit
+        self.ids: set[int] = set()
+        self.by_gateway: dict[int, collections.deque] = {}
+
+    def __contains__(self, order_id: int) -> bool:
+        return order_id in self.ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, order_id: int) -> None:
+        if order_id in self.ids:
+            return
+        self.ids.add(order_id)
+        window = self.by_gateway.get(gateway_number_of(order_id))
+        if window is None:
+            window = self.by_gateway[gateway_number_of(order_id)] = collections.deque()
+        window.append(order_id)
+        if len(window) > self.limit:
+            self.ids.discard(window.popleft())
+
+    def save_state(self) -> dict:
+        """Per gateway, its window as differences from one id to the next (mostly small numbers)."""
+        return {str(gateway): [b - a for a, b in zip([0, *window], window, strict=False)]
+                for gateway, window in self.by_gateway.items()}
+
+    def load_state(self, state: dict) -> None:
+        self.ids, self.by_gateway = set(), {}
+        for gateway, deltas in state.items():
+            window = self.by_gateway[int(gateway)] = collections.deque(itertools.accumulate(deltas))
+            self.ids.update(window)
+
+
 class RiskActor(ClusterActor):
     """One shard of pre-trade risk."""
 
@@ -98,7 +147,7 @@ class RiskActor(ClusterActor):
         self.durable_books = config.durability.enabled
         self._reject_log_window = 0.0
         self._rejects_logged = 0
-        self.seen_ids: set[int] = set()  # every new order that passed (a gateway may send one again)
+        self.seen_ids = RecentOrderIds()  # new orders that passed (a gateway may send one again)
         # New orders sent to a book and not answered yet (id -> record): a book that recovers is sent these
         # again (it answers a copy of one it has with duplicate_order_id, which everyone ignores), since
         # one sent to its new incarnation before its RECOVERED arrived cannot be told from one lost.
@@ -181,7 +230,6 @@ class RiskActor(ClusterActor):
         kill switches), marks, orders and commands in flight, modify versions, the books' high-water marks.
         Not what a replay does not rebuild either: limits (configuration), nodes down, copies in flight."""
         in_accounts = {order_id for account in self.accounts.values() for order_id in account.orders}
-        seen = sorted(self.seen_ids)
         return {
             "marks": self.marks,
             "accounts": {name: account.save_state() for name, account in self.accounts.items()},
@@ -190,8 +238,7 @@ class RiskActor(ClusterActor):
             "orders_alone": [order.save_state() for order_id, order in self.orders.items()
                              if order_id not in in_accounts],
             "pending_source": list(self.pending_source.items()),
-            # Every new order that passed today: ascending, as differences (mostly small numbers).
-            "seen_ids": [b - a for a, b in zip([0, *seen], seen, strict=False)],
+            "seen_ids": self.seen_ids.save_state(),
             "in_flight_new": [[order_id, record.hex()] for order_id, record in self.in_flight_new.items()],
             "in_flight_cmds": [[order_id, [r.hex() for r in cmds]] for order_id, cmds in self.in_flight_cmds.items()],
             "modify_seen": list(self.modify_seen.items()),
@@ -210,7 +257,7 @@ class RiskActor(ClusterActor):
         for values in state["orders_alone"]:
             self.orders[values[0]] = RiskOrder.from_state(values)
         self.pending_source = dict(state["pending_source"])
-        self.seen_ids = set(itertools.accumulate(state["seen_ids"]))
+        self.seen_ids.load_state(state["seen_ids"])
         self.in_flight_new = {order_id: bytes.fromhex(r) for order_id, r in state["in_flight_new"]}
         self.in_flight_cmds = {order_id: [bytes.fromhex(r) for r in cmds] for order_id, cmds in state["in_flight_cmds"]}
         self.modify_seen = dict(state["modify_seen"])
@@ -280,7 +327,8 @@ class RiskActor(ClusterActor):
                 self._modify_copy(batch.source, book, symbol, order_id, version, trace_ns,
                                   bytes(payload[offset:offset + ORDER_SIZE]))
                 continue
-            if op == Op.NEW and order_id in self.seen_ids:
+            if op == Op.NEW and (order_id in self.seen_ids or order_id in self.in_flight_new
+                                 or order_id in self.orders):
                 # A gateway that restarted sends its unanswered orders again. This one passed before (its
                 # exposure is reserved): it goes on unchecked, and the book answers a copy it has with
                 # duplicate_order_id (ignored). If the book is down, its recovery answers the original.
