@@ -47,6 +47,7 @@ _SEQ_SYMBOL = struct.Struct("<Q8x8s")  # a report record's seq (byte 8) and symb
 
 
 def journal_directory(durability: Durability, node: str, actor: str) -> Path:
+    """Where ``actor`` of ``node`` keeps its journal: ``STATE_DIR/NODE/KIND-N``."""
     return Path(durability.directory(node)) / actor.replace("/", "-")
 
 
