@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from actors.config import Durability
-from exchange.journal import FRAME, JournalError, JournalWriter, RecoveryReport, recover, segments
+from exchange.journal import FRAME, JournalError, JournalWriter, RecoveryReport, recover, scan_segment, segments
 from exchange.wire import REPORT, EventKind
 
 log = logging.getLogger("matchwire.durable")
@@ -105,28 +105,61 @@ class ActorSnapshots:
 
 
 class SnapshotArchive:
-    """Records that a snapshot covers but that the actor needs whole for the session: the messages of the
-    gateway's SoupBinTCP streams (a client may ask again from message 1). Putting them in every snapshot
-    would rewrite the session's history each time; leaving them in the journal would keep every segment.
-    Instead each snapshot first appends the messages made since the previous one to this append-only
-    file (``archive/`` beside the journal, CRC-framed like it) and syncs it, and the snapshot records how
-    many archive records it covers. Recovery reads that many and cuts off any more (appended for a
-    snapshot whose rename never happened); fewer is a damaged archive, reported as such.
+    """Records that snapshots cover but that the actor needs whole: the messages of the gateway's
+    SoupBinTCP streams (a client may ask again from message 1), market data's re-request history.
+    Putting them in every snapshot would rewrite them each time; leaving them in the journal would keep
+    its segments. Instead each snapshot first appends what was made since the previous one to this
+    append-only file (``archive/`` beside the journal, CRC-framed like it) and syncs it, and the snapshot
+    records how many archive records it covers. Recovery reads those (with ``keep``, only the last
+    ``keep`` of them, from the segments that hold them) and cuts off any more (appended for a snapshot
+    whose rename never happened); fewer is a damaged archive, reported as such. With ``keep``, segments
+    wholly older than that are deleted (:meth:`prune`): the archive stays bounded.
     """
 
-    def __init__(self, directory: Path, covered: int) -> None:
+    def __init__(self, directory: Path, covered: int, keep: int | None = None) -> None:
         self.directory = directory / "archive"
-        _, records, report = recover(self.directory)
-        if report.truncated:
-            log.error("%s: archive damaged: %s", directory, report)
-        if len(records) < covered:
-            raise JournalError(f"{self.directory}: holds {len(records)} records, but the snapshot covers {covered}")
-        if len(records) > covered:
-            extra = records[covered:]
-            _cut_tail(self.directory, sum(FRAME.size + len(record) for record in extra))
-            log.warning("%s: %d archive records of an unfinished snapshot cut off", directory, len(extra))
-        self.records = records[:covered]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.records = self._load(covered, 0 if keep is None else max(0, covered - keep))
         self.writer = JournalWriter(self.directory, "none", next_index=covered)
+
+    def _load(self, covered: int, first: int) -> list[bytes]:
+        """Records ``first`` .. ``covered`` - 1; the file is cut after ``covered`` (and after damage)."""
+        paths = segments(self.directory)
+        starts = [int(p.name.split("-", 1)[1].split(".", 1)[0]) for p in paths]
+        out: list[bytes] = []
+        end = starts[0] if paths else 0
+        if end > first:
+            raise JournalError(f"{self.directory}: starts at record {end}, but record {first} is needed")
+        stop = False
+        for k, path in enumerate(paths):
+            start = starts[k]
+            if stop:
+                path.unlink()  # after the cut: these records belong to no snapshot
+                continue
+            if k + 1 < len(paths) and starts[k + 1] <= first:
+                end = starts[k + 1]
+                continue  # wholly older than what is needed
+            if start != end:
+                raise JournalError(f"{path}: starts at record {start}, but the archive before it ends at {end}")
+            good, offset, reason = scan_segment(path)
+            if start + len(good) > covered:
+                good = good[:covered - start]
+                offset = sum(FRAME.size + len(record) for record in good)
+                log.warning("%s: archive records of an unfinished snapshot cut off", self.directory)
+                reason, stop = None, True
+            elif reason is not None:
+                log.error("%s: archive damaged: %s", path, reason)
+                stop = True
+            if stop:
+                with open(path, "r+b") as handle:
+                    handle.truncate(offset)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            out += good[max(0, first - start):]
+            end = start + len(good)
+        if end < covered:
+            raise JournalError(f"{self.directory}: holds {end} records, but the snapshot covers {covered}")
+        return out
 
     @property
     def count(self) -> int:
@@ -137,6 +170,14 @@ class SnapshotArchive:
         self.writer.append_many(records)
         self.writer.file.flush()
         os.fsync(self.writer.file.fileno())
+        self.writer.start_segment()
+
+    def prune(self, before: int) -> None:
+        """Delete the segments whose records all come before record ``before``."""
+        paths = segments(self.directory)
+        for path, following in zip(paths, paths[1:], strict=False):
+            if int(following.name.split("-", 1)[1].split(".", 1)[0]) <= before and path != self.writer.path:
+                path.unlink()
 
     def close(self) -> None:
         self.writer.close()

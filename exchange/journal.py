@@ -264,9 +264,7 @@ class JournalWriter:
         _fsync_directory(self.directory)
         self.stats["snapshots"] += 1
         # New records go to a new segment, so whole old segments can go.
-        self.file.close()
-        self.path = self.directory / _segment_name(self.index)
-        self.file = open(self.path, "ab")  # noqa: SIM115
+        self.start_segment()
         # Keep the newest two snapshots and every segment from the older of them on: recovery may
         # start there (see recover(oldest=True)).
         for old in snapshots(self.directory)[:-2]:
@@ -277,6 +275,20 @@ class JournalWriter:
                 old.unlink()
                 self.stats["pruned"] += 1
         return self.directory / name
+
+    def start_segment(self) -> None:
+        """Write what follows to a new segment (named by the current index), so what came before can be
+        deleted a whole file at a time."""
+        self.file.flush()
+        name = _segment_name(self.index)
+        if self.path.name == name:
+            return  # nothing written to this segment yet: it already starts here
+        empty = self.file.tell() == 0
+        self.file.close()
+        if empty:
+            self.path.unlink()  # a file of no records under another index would read as a gap
+        self.path = self.directory / name
+        self.file = open(self.path, "ab")  # noqa: SIM115  # kept open for the writer's life
 
     def close(self) -> None:
         if not self.file.closed:

@@ -113,6 +113,22 @@ def test_archive_keeps_what_the_snapshot_counts_and_cuts_the_rest(tmp_path):
         SnapshotArchive(tmp_path, 5)
 
 
+def test_a_bounded_archive_reads_and_keeps_only_its_last_records(tmp_path):
+    archive = SnapshotArchive(tmp_path, 0, keep=3)
+    previous = 0
+    for batch in ([b"a", b"b"], [b"c", b"d"], [b"e", b"f"], [b"g", b"h"]):
+        archive.extend(batch)  # one segment per snapshot
+        archive.prune(previous - 3)  # what the older of the two snapshots kept needs stays
+        previous = archive.count
+    archive.close()
+    assert [p.name[-8:-4] for p in segments(tmp_path / "archive")] == ["0002", "0004", "0006", "0008"]
+    assert SnapshotArchive(tmp_path, 8, keep=3).records == [b"f", b"g", b"h"]  # skips what is not needed
+    assert SnapshotArchive(tmp_path, 6, keep=3).records == [b"d", b"e", b"f"]  # the older snapshot's
+    assert SnapshotArchive(tmp_path, 6, keep=3).count == 6  # and "g", "h" were cut: no snapshot covers them
+    with pytest.raises(JournalError, match="record 0 is needed"):
+        SnapshotArchive(tmp_path, 6, keep=10)
+
+
 def test_store_hands_each_message_to_the_archive_once(tmp_path):
     store = DurableSequencedStore(JournalWriter(tmp_path, "none"))
     store.restore_record(encode_sequenced_record("U", b"m1"), archived=True)
@@ -184,7 +200,7 @@ def test_gateway_risk_and_market_data_recover_their_state_from_snapshots(tmp_pat
     users = "".join(f'[[user]]\nname = "{name}"\npassword_hash = "{hash_password(pw, n=1 << 10)}"\n'
                     f'accounts = ["{account}"]\n' for name, (pw, account) in OUCH_USERS.items())
     extra = ('[durability]\nenabled = true\nfsync = "batch"\nbatch_ms = 2.0\nsnapshot_every = 40\n'
-             f'[market_data]\ntargets = ["127.0.0.1:{feed.port}"]\nsession = "SNAPS"\n' + users)
+             f'[market_data]\ntargets = ["127.0.0.1:{feed.port}"]\nsession = "SNAPS"\nhistory = 60\n' + users)
     cluster = start_cluster(write_config(tmp_path, extra=extra), tmp_path / "logs")
     feed.start()
     config = cluster.config
@@ -219,6 +235,9 @@ def test_gateway_risk_and_market_data_recover_their_state_from_snapshots(tmp_pat
                 assert len(snapshots(directory)) == 2, f"{actor}: no snapshots taken"
                 assert segments(directory)[0].name != "journal-00000000000000000000.log", f"{actor}: nothing pruned"
         assert recover(Path(cluster.state_dir) / "gateway" / "gateway-0" / "archive")[1], "gateway archive empty"
+        # Market data's archive keeps the segments that hold the last 60 messages (its history), no more.
+        md_archive = segments(Path(cluster.state_dir) / "md" / "md-0" / "archive")
+        assert md_archive[0].name != "journal-00000000000000000000.log", "md archive never pruned"
         for node, actors in ROLES.items():
             for actor in actors:
                 out = io.StringIO()
