@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fsync", default="off",
                         help="comma list of book durability settings: off (no journal), or journals with fsync "
                              "none, batch or always (docs/durability.md)")
+    parser.add_argument("--transport", choices=("tcp", "ipc"), default="tcp",
+                        help="how the nodes talk to each other (default tcp, as the embedded configuration)")
     parser.add_argument("--quick", action="store_true", help="a smoke-sized run (see the defaults above)")
     parser.add_argument("--json", metavar="FILE", help="also write every run as JSON (with HdrHistogram latencies)")
     args = parser.parse_args(argv)
@@ -292,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         for book_nodes in [int(n) for n in args.book_nodes.split(",")]:
             work = Path(tempfile.mkdtemp(prefix="matchwire-bench-"))
             path = work / "cluster.toml"
-            path.write_text(_config_text(free_port_block(100), book_nodes, fsync=policy))
+            transport = f'transport = "{args.transport}"\nipc_dir = "{work / "ipc"}"' if args.transport == "ipc" else ""
+            path.write_text(_config_text(free_port_block(100), book_nodes, transport, fsync=policy))
             config = load_config(path)
             cluster = Cluster(config, str(path), log_dir=work / "logs")
             try:
