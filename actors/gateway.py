@@ -448,8 +448,8 @@ class GatewayActor(ClusterActor):
     # -- journal snapshots ---------------------------------------------------------------------------------
 
     def save_state(self) -> dict:
-        """What replaying this gateway's journal up to now rebuilds (docs/durability.md "Snapshots of the
-        other roles"): OUCH orders, requests unanswered, modify versions, the translator, the id lease, the
+        """What replaying this gateway's journal up to now rebuilds (docs/durability.md "Gateways, risk shards and
+        market data"): OUCH orders, requests unanswered, modify versions, the translator, the id lease, the
         books' high-water marks. Not the SoupBinTCP streams (the archive holds them), nor what a replay
         does not rebuild either (binary-API sessions, rate-limit buckets, copies in flight)."""
         sent = next(self._sent_number)
