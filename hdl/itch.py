@@ -27,16 +27,19 @@ which all ITCH messages are):
    selects, so its loop has no arithmetic. A beat counter (``rem1``) runs beside it for long frames.
    It gives each frame a *slot*, in order, and writes the frame's first ``BUFFER_BYTES`` bytes into
    it through one rotator, so that message byte ``j`` lands in slot byte ``j`` whatever the frame's
-   alignment. The bytes of a frame in the beat where it starts are written one cycle later from a
-   copy of that beat, so slot writes depend on registers only. A beat holding a whole frame plus the
-   start of another (possible only for corrupt frames shorter than a beat) is processed twice.
+   alignment. The bytes of a frame in the beat where it starts are rotated one cycle later from a
+   copy of that beat. The rotated bytes and their enables are registered (*W*) and written into the
+   slot a cycle later, so slot writes depend on registers only. A beat holding a whole frame plus
+   the start of another (possible only for corrupt frames shorter than a beat) is processed twice.
 3. *Slots* (``slots``, default 3) hold finished frames until the output takes them; their type flags
    were written with the type byte.
-4. *O1* takes the oldest finished slot (its status already decoded), *O2* (the ``o`` register)
-   selects the fields by type and checks the alpha fields for bytes above 0x7F.
+4. *O1* takes the oldest finished slot (its status already decoded; bytes still in W come from W),
+   *O2* (the ``o`` register) selects the fields by type and checks the alpha fields for bytes above
+   0x7F.
 
 A record is valid 4 cycles after the beat holding its message's last byte was accepted (the beat
-enters the input register, the tracker writes the slot, O1, O2). Bad parameters raise ValueError.
+enters the input register, the tracker's step, O1 beside the slot write, O2). Bad parameters raise
+ValueError.
 """
 
 from __future__ import annotations
@@ -107,10 +110,48 @@ class ItchDecoder(wiring.Component):
         # Everything the tracker needs about the beat, for every lane a prefix could start at, so that
         # the tracker only selects by lane (no adders or comparisons with the byte count in its loop).
         beat = self.i.payload
-        in_bytes = [beat.data[8 * k : 8 * k + 8] for k in range(lanes)]
-        therm = Signal(lanes)  # lane k holds a byte: keep bits 0..k all set
+        port_bytes = [beat.data[8 * k : 8 * k + 8] for k in range(lanes)]
+        port_therm = Signal(lanes)  # lane k holds a byte: keep bits 0..k all set
         for k in range(lanes):
-            m.d.comb += therm[k].eq(beat.keep[: k + 1].all())
+            m.d.comb += port_therm[k].eq(beat.keep[: k + 1].all())
+        port_valid = Signal()  # a beat that counts (an empty one without `last` is ignored)
+        m.d.comb += port_valid.eq(self.i.valid & (port_therm[0] | beat.last))
+
+        def nibble_zero(byte, name):
+            lo_z = Signal(name=f"{name}_zl", attrs={"keep": 1})
+            hi_z = Signal(name=f"{name}_zh", attrs={"keep": 1})
+            m.d.comb += [lo_z.eq(byte[:4] == 0), hi_z.eq(byte[4:] == 0)]
+            return lo_z, hi_z
+
+        def type_decode(byte, t):
+            expected = Signal(6, name=f"explen{t}")  # the type's length (all ITCH lengths < 64)
+            book = Signal(len(BOOK_TYPES), name=f"bmatch{t}")
+            known = Signal(name=f"known{t}")
+            with m.Switch(byte):
+                for code, spec in MESSAGE_SPECS.items():
+                    with m.Case(ord(code)):
+                        m.d.comb += [expected.eq(spec.length), known.eq(1)]
+                        if code in BOOK_TYPES:
+                            m.d.comb += book.eq(1 << BOOK_TYPES.index(code))
+            return expected, book, known
+
+        in_ready = Signal()  # the input register may load: it is empty or the tracker is done with it
+        hist = [Signal(8, name="hist0"), Signal(8, name="hist1")]  # the two stream bytes before the beat
+        m.d.comb += self.i.ready.eq(in_ready)
+        in_bytes, therm, in_last, src_valid = port_bytes, port_therm, beat.last, port_valid
+        # Zero tests of each stream byte's nibbles, kept: every test of a length's high bits below is
+        # one LUT over these and a few raw bits (abc9 otherwise derived one test from another).
+        zero_nib = {id(byte): nibble_zero(byte, f"pre{i}") for i, byte in enumerate([*hist, *in_bytes])}
+        types = [type_decode(in_bytes[t], t) for t in range(lanes)]
+        # The history moves with every beat, even a short one: that ends the packet, and framing then
+        # restarts at lane 0, where the history is not used (and its enable is one level shallower).
+        with m.If(in_ready & port_valid):
+            m.d.sync += [hist[0].eq(in_bytes[-2] if lanes > 1 else hist[1]), hist[1].eq(in_bytes[-1])]
+
+        def high_byte_zero(byte):
+            lo_z, hi_z = zero_nib[id(byte)]
+            return lo_z & hi_z
+
         in_count = Signal(range(lanes + 1))
         for k in range(lanes):
             with m.If(therm[k]):
@@ -121,7 +162,6 @@ class ItchDecoder(wiring.Component):
         p_therm = Signal(lanes)
         p_count = Signal(range(lanes + 1))
         p_eop = Signal()
-        hist = [Signal(8, name="hist0"), Signal(8, name="hist1")]  # the two stream bytes before this beat
         p_prev = Signal(8)  # the byte before this beat: the high byte of a prefix split into this beat
         # Per lane t, the type/length decode of a frame whose type byte is lane t. Its length prefix is
         # the two stream bytes before lane t (frames are contiguous), so it is known here already.
@@ -143,30 +183,29 @@ class ItchDecoder(wiring.Component):
         x_last = {p: Signal(name=f"x_last{p + 1}") for p in positions}  # e - lanes is in the next beat
         x_zero = {p: Signal(name=f"x_zero{p + 1}") for p in positions}  # a zero length prefix
         s_trunc = Signal()  # a split prefix whose packet ends before its frame does
+        # Per lane p a frame could start at (its prefix's first byte): it starts and is finished in this
+        # beat, cut by the packet's end (the tracker's fin_new, without the tracker's own logic).
+        x_fn = Signal(lanes)
 
-        advance = Signal()  # the tracker is done with the precomputed beat
-        in_ready = Signal()  # ~p_valid | advance, built shallow (below)
-        m.d.comb += self.i.ready.eq(in_ready)
-        load = Signal()
-        m.d.comb += load.eq(self.i.valid & self.i.ready & (therm[0] | beat.last))
-        # The precompute is combinational outside `load`'s enable, so the enable (which waits for the
-        # tracker through i.ready) only gates the registers and stays out of these paths.
+        # The precompute is combinational outside the input register's enable, so the enable (which
+        # waits for the tracker) only gates the registers and stays out of these paths.
         in_eop = Signal()
-        m.d.comb += in_eop.eq(beat.last | ~therm[lanes - 1])
+        m.d.comb += in_eop.eq(in_last | ~therm[lanes - 1])
 
         lb = (lanes - 1).bit_length()  # log2(lanes): lane bits of a byte index
         pre_nx, pre_hold, pre_adv, pre_rem1, pre_last, pre_zero = {}, {}, {}, {}, {}, {}
         for p in positions:
             n = Cat(in_bytes[0], hist[1]) if p < 0 else Cat(in_bytes[p + 1], in_bytes[p])
+            hb, lbyte = (hist[1], in_bytes[0]) if p < 0 else (in_bytes[p], in_bytes[p + 1])
             # n <= bound for the three bounds lanes * q + b1 (q = 0, 1, 2; b1 = lanes - 2 - p < lanes): split
             # into n's lane bits (lo) and the rest (hi), whose tests against 0, 1 and 2 are kept nets, so
             # abc builds them as three shallow trees instead of chaining them through one another.
-            lo, hi = n[:lb], n[lb:]
+            lo = n[:lb]
             b1 = lanes - 2 - p
             hi_eq = []
             for q in range(3):
                 eq = Signal(name=f"pre_hi{p + 1}_{q}", attrs={"keep": 1})
-                m.d.comb += eq.eq(hi == q)
+                m.d.comb += eq.eq(high_byte_zero(hb) & (lbyte[lb:] == q))  # hi == q
                 hi_eq.append(eq)
             lo_le = Signal(name=f"pre_lole{p + 1}")  # lo <= b1
             if lb:
@@ -203,43 +242,42 @@ class ItchDecoder(wiring.Component):
             pre_adv[p] = ~hold & ~in_eop
             pre_rem1[p] = (n + (p + 1 - lanes))[:16]
             pre_last[p] = ~lt2 & lt3
-            pre_zero[p] = n == 0
+            pre_zero[p] = high_byte_zero(hb) & high_byte_zero(lbyte)
 
         pre_book, pre_lenok, pre_known = [], [], []
         stream = [*hist, *in_bytes]
         for t in range(lanes):
             n = Cat(stream[t + 1], stream[t])
-            expected = Signal(6, name=f"explen{t}")  # the type's length (all ITCH lengths < 64)
-            book = Signal(len(BOOK_TYPES), name=f"bmatch{t}")
-            known = Signal(name=f"known{t}")
-            with m.Switch(in_bytes[t]):
-                for code, spec in MESSAGE_SPECS.items():
-                    with m.Case(ord(code)):
-                        m.d.comb += [expected.eq(spec.length), known.eq(1)]
-                        if code in BOOK_TYPES:
-                            m.d.comb += book.eq(1 << BOOK_TYPES.index(code))
+            hb = stream[t]
+            expected, book, known = types[t]
             # Kept nets again, so the length's high-bit test and the per-bit comparison stay two
             # shallow trees instead of one chain.
             n_high_zero = Signal(name=f"pre_nhz{t}", attrs={"keep": 1})
             n_low_eq = Signal(name=f"pre_neq{t}", attrs={"keep": 1})
-            m.d.comb += [n_high_zero.eq(n[6:] == 0), n_low_eq.eq(n[:6] == expected)]
+            m.d.comb += [n_high_zero.eq(high_byte_zero(hb) & (n[6:8] == 0)), n_low_eq.eq(n[:6] == expected)]
             pre_book.append(book)
             pre_lenok.append(n_high_zero & n_low_eq)
             pre_known.append(known)
-        with m.If(advance):
-            m.d.sync += p_valid.eq(0)
-        with m.If(load):
+        # The input register's data is loaded whenever it may be (in_ready), whether or not a beat is
+        # offered: its enable (some 570 flip-flops) then waits only for the tracker, not for i.valid or
+        # keep. Its contents count only with p_valid; the byte history moves only with a real beat.
+        with m.If(in_ready):
+            m.d.sync += p_valid.eq(src_valid)
+        # The beat's offset in its packet, counted as beats are loaded (not as the tracker finishes
+        # them), so that it moves with the input register's enable.
+        in_woff = Signal(16)
+        p_woff = Signal(16)
+        with m.If(in_ready & src_valid):
+            m.d.sync += in_woff.eq(Mux(in_eop, 0, in_woff + lanes))
+        with m.If(in_ready):
             m.d.sync += [
-                p_valid.eq(1),
                 p_therm.eq(therm),
                 p_count.eq(in_count),
                 p_eop.eq(in_eop),
                 p_prev.eq(hist[1]),
+                p_woff.eq(in_woff),
                 *[p_bytes[k].eq(in_bytes[k]) for k in range(lanes)],
             ]
-            with m.If(therm[lanes - 1]):  # a full beat: the frame may go on into the next one
-                stream = [*hist, *in_bytes]
-                m.d.sync += [hist[0].eq(stream[-2]), hist[1].eq(stream[-1])]
             for t in range(lanes):
                 m.d.sync += [p_book[t].eq(pre_book[t]), p_lenok[t].eq(pre_lenok[t]), p_known[t].eq(pre_known[t])]
             for p in positions:
@@ -248,19 +286,11 @@ class ItchDecoder(wiring.Component):
                     x_rem1[p].eq(pre_rem1[p]), x_last[p].eq(pre_last[p]), x_zero[p].eq(pre_zero[p]),
                 ]
             m.d.sync += s_trunc.eq(~(therm[0] & (pre_hold[-1] | ~in_eop)))
+            m.d.sync += x_fn.eq(Cat(*[therm[p] & (pre_nx[p][0] if p < lanes - 1 else in_eop) for p in range(lanes)]))
         x_n = {p: Cat(p_bytes[p + 1], p_bytes[p]) for p in positions if p >= 0}
         s_n = Cat(p_bytes[0], p_prev)
 
         # -- 3. slot registers (declared before the tracker, which writes them) ------------------------
-        slot_pend = Signal(nslots)  # finished, waiting for the output stage
-        # A taken slot's pending bit is cleared one cycle after O1 took it, which keeps the take loop
-        # short: the output's pointer has moved on by then. The slot may already hold a new frame that
-        # ends in that cycle (cut by a packet end as it starts), so the tracker's set, later in this
-        # code, wins.
-        taken = Signal(nslots)
-        for s in range(nslots):
-            with m.If(taken[s]):
-                m.d.sync += slot_pend[s].eq(0)
         slot_n = [Signal(16, name=f"slot{s}_n") for s in range(nslots)]
         slot_off = [Signal(16, name=f"slot{s}_off") for s in range(nslots)]
         slot_trunc = [Signal(2, name=f"slot{s}_trunc") for s in range(nslots)]  # 1 body, 2 prefix
@@ -290,7 +320,7 @@ class ItchDecoder(wiring.Component):
         cur_win = Signal(nwords + 2)  # one-hot of cur_off // lanes + 2 (the slot word lane 0 falls in)
         cur = Signal(nslots, init=1)  # one-hot: slot of the current frame
         wr = Signal(nslots, init=1)  # one-hot: slot the next frame gets
-        woff = Signal(16)  # offset of lane 0 of this beat within the packet (a multiple of lanes)
+        woff = p_woff  # offset of lane 0 of this beat within the packet (a multiple of lanes)
 
         count, eop = p_count, p_eop
         active = Signal()  # inside a frame whose length prefix has been read
@@ -329,18 +359,18 @@ class ItchDecoder(wiring.Component):
 
         go = Signal()
         m.d.comb += go.eq(p_valid & free)
-        m.d.comb += advance.eq(go & ~hold)
-        # i.ready and the input register's enable (some 450 flip-flops) wait for `hold`. Built as kept
-        # groups of two (state, hold) pairs, one LUT each, then one LUT over the groups and one for the
-        # enable: three levels, where abc9 left to itself chained five.
+        stall = Signal()  # with a beat present: it stays (no free slot, or held)
+        state_new = Signal(nstate)  # the tracker's next state when it steps (go)
+        # i.ready and the input register's enable (some 570 flip-flops) wait for `hold`. Built as
+        # kept groups of two (state, hold) pairs, one LUT each, then the enable over the groups.
         hold_groups = []
         pairs = [sel[p] & x_hold[p] for p in positions]
         for g in range(0, len(pairs), 2):
             grp = Signal(name=f"hold_grp{g // 2}", attrs={"keep": 1})
             m.d.comb += grp.eq(Cat(*pairs[g : g + 2]).any())
             hold_groups.append(grp)
-        stall = Signal(attrs={"keep": 1})  # with a beat present: it stays (no free slot, or held)
         m.d.comb += stall.eq(~free | Cat(*hold_groups).any())
+        in_ready.attrs["keep"] = 1  # one LUT6 over the groups, free and p_valid, not shared
         m.d.comb += in_ready.eq(~p_valid | ~stall)
 
         # Slot events of this cycle.
@@ -383,14 +413,15 @@ class ItchDecoder(wiring.Component):
         rem_pos = Signal(nstate)  # in cont: the state of the beat holding the frame's last byte
         for k in range(lanes):
             m.d.comb += rem_pos[k + 1].eq(rem1[:lb] == k if lb else 1)
+        m.d.comb += state_new.eq(one_hot_sum([
+            *[(sel[p], x_nx[p]) for p in positions],
+            (pos[lanes - 1], Mux(eop, Const(1, nstate), Const(1 << (lanes + 2), nstate))),
+            (pos[lanes], Const(1, nstate)),
+            (cont, Mux(eop, Const(1, nstate), Mux(cont_last, rem_pos, Const(1 << (lanes + 1), nstate)))),
+        ]))
         with m.If(go):
             m.d.sync += [
-                state.eq(one_hot_sum([
-                    *[(sel[p], x_nx[p]) for p in positions],
-                    (pos[lanes - 1], Mux(eop, Const(1, nstate), Const(1 << (lanes + 2), nstate))),
-                    (pos[lanes], Const(1, nstate)),
-                    (cont, Mux(eop, Const(1, nstate), Mux(cont_last, rem_pos, Const(1 << (lanes + 1), nstate)))),
-                ])),
+                state.eq(state_new),
                 rem1.eq(Mux(cont, Cat(rem1[:lb], (rem1[lb:] - 1)[: 16 - lb]),
                             one_hot_sum([(sel[p], x_rem1[p]) for p in positions]))),
                 cont_last.eq(Mux(cont, rem1[lb:] == 2, Cat(*[sel[p] & x_last[p] for p in positions]).any())),
@@ -411,14 +442,12 @@ class ItchDecoder(wiring.Component):
                 ]
             with m.If(start):
                 m.d.sync += [cur.eq(wr), wr.eq(wr_next), cur_rot.eq(new_rot), rot_ge.eq(new_ge)]
-            with m.If(advance):
-                m.d.sync += woff.eq(Mux(eop, 0, woff + lanes))
 
         m.d.comb += [
             alloc.eq(go & start),
             fin_cur.eq(go & (Cat(*pos[1:]).any() | (cont & eop) | sel_s_trunc)),
             trunc_cur.eq(Mux(half & ~p_therm[0], 2, Mux(c_trunc | sel_s_trunc, 1, 0))),
-            fin_new.eq(go & start & eop & ~new_hold),
+            fin_new.eq(go & Cat(*[pos[p] & x_fn[p] for p in range(lanes)]).any()),  # = go & start & eop & ~new_hold
             trunc_new.eq(Mux(full, 1, 2)),
         ]
 
@@ -434,10 +463,11 @@ class ItchDecoder(wiring.Component):
         head = max(lanes - 2, 0)  # body bytes of a frame that can be in the beat where it starts
         prev_bytes = [Signal(8, name=f"prev_b{k}") for k in range(lanes)]
         head_flag = Signal()  # the current frame started in the previous beat: write its head now
-        with m.If(advance):
+        # The copy moves with the input register (the same enable): the head is written in the cycle
+        # right after the step that started the frame, whether or not a beat is there then.
+        with m.If(in_ready):
             m.d.sync += [prev_bytes[k].eq(p_bytes[k]) for k in range(lanes)]
-        with m.If(go):
-            m.d.sync += head_flag.eq(sel_new_adv)
+        m.d.sync += head_flag.eq(go & sel_new_adv)
         rot_h = [Signal(8, name=f"rot_h{t}", attrs={"keep": 1}) for t in range(head)]
         for t in range(head):
             m.d.comb += rot_h[t].eq(one_hot_sum([(cur_rot[r], prev_bytes[(t - r) % lanes]) for r in range(lanes)]))
@@ -454,15 +484,32 @@ class ItchDecoder(wiring.Component):
         head_hit = Signal(max(head, 1))
         for j in range(head):
             m.d.comb += head_hit[j].eq(head_flag & ~rot_ge[j])
-        wdata = [Mux(head_hit[j], rot_h[j], rot_a[j % lanes]) if j < head else rot_a[j % lanes] for j in range(nbuf)]
-        hit = [cur_hit[j] | head_hit[j] if j < head else cur_hit[j] for j in range(nbuf)]
+        hit = [cur_writes & cur_hit[j] | head_hit[j] if j < head else cur_writes & cur_hit[j] for j in range(nbuf)]
+
+        # The slot data write (W) happens one cycle after the tracker's step, from registers: the rotated
+        # beat, the rotated head, the byte enables and the slot. The rotator then ends in a register next
+        # to it instead of fanning out to 3 x 44 slot bytes in the same cycle. A frame's last write can
+        # be in the cycle O1 takes its slot: O1 then takes those bytes from W (`w_byp`), so latency stays.
+        w_a = [Signal(8, name=f"w_a{t}") for t in range(lanes)]
+        w_h = [Signal(8, name=f"w_h{t}") for t in range(head)]
+        w_hh = Signal(max(head, 1))  # the byte comes from the head
+        w_hit = Signal(nbuf)
+        w_slot = Signal(nslots)
+        m.d.sync += [
+            *[w_a[t].eq(rot_a[t]) for t in range(lanes)],
+            *[w_h[t].eq(rot_h[t]) for t in range(head)],
+            w_hh.eq(head_hit),
+            w_hit.eq(Cat(*hit)),
+            w_slot.eq(cur),
+        ]
+        wdata = [Mux(w_hh[j], w_h[j], w_a[j % lanes]) if j < head else w_a[j % lanes] for j in range(nbuf)]
 
         # Type and length decode of the byte written to slot byte 0 (the type byte): the input register
         # decoded every lane already; select the lane the rotation puts in slot byte 0.
         prev_book = [Signal(len(BOOK_TYPES), name=f"prev_book{t}") for t in range(lanes)]
         prev_lenok = Signal(lanes)
         prev_known = Signal(lanes)
-        with m.If(advance):
+        with m.If(in_ready):
             m.d.sync += [*[prev_book[t].eq(p_book[t]) for t in range(lanes)], prev_lenok.eq(p_lenok),
                          prev_known.eq(p_known)]
         dec_book = Signal(len(BOOK_TYPES))
@@ -481,22 +528,19 @@ class ItchDecoder(wiring.Component):
                     dec_lenok.eq(one_hot_sum([(cur_rot[r], prev_lenok[-r % lanes]) for r in range(lanes)])),
                     dec_known.eq(one_hot_sum([(cur_rot[r], prev_known[-r % lanes]) for r in range(lanes)])),
                 ]
-        pend_set = Signal(nslots)  # the slot's frame is finished this cycle
-        for s in range(nslots):
-            m.d.comb += pend_set[s].eq((fin_new & wr[s]) | (fin_cur & cur[s]))
         kinds = []
         for s in range(nslots):
             is_cur = Signal(name=f"slot{s}_is_cur")
             m.d.comb += is_cur.eq(cur_writes & cur[s])
             for j in range(nbuf):
-                with m.If(is_cur & hit[j]):
+                with m.If(w_slot[s] & w_hit[j]):
                     m.d.sync += slot_buf[s][j].eq(wdata[j])
             book = Signal(len(BOOK_TYPES), name=f"slot{s}_book")
             lenok = Signal(name=f"slot{s}_lenok")
             known = Signal(name=f"slot{s}_known")
             zero = Signal(name=f"slot{s}_zero")
             kinds.append((book, lenok, known, zero))
-            with m.If(is_cur & hit[0]):
+            with m.If(cur[s] & hit[0]):
                 m.d.sync += [book.eq(dec_book), lenok.eq(dec_lenok), known.eq(dec_known)]
             # Metadata is written every cycle into the slot a new frame would get (while it is free) and
             # into the current frame's slot (while the frame lasts), so that these clock enables come
@@ -519,23 +563,29 @@ class ItchDecoder(wiring.Component):
                 ]
             with m.If(is_cur & half & p_therm[0]):
                 m.d.sync += [slot_n[s].eq(s_n), zero.eq(x_zero[-1])]
-            with m.If(pend_set[s]):
-                m.d.sync += slot_pend[s].eq(1)
 
         # -- 4. output: O1 takes the oldest finished slot, O2 (the output register) builds the record --
         rd = Signal(nslots, init=1)  # one-hot: oldest slot
-        # eligible = slot_pend[rd], kept as a register of its own (computed from both registers' next
-        # values): o1_take enables some 450 flip-flops of O1, and selecting the pending bit through rd
-        # in front of that fanout was a critical path (4 LUT levels).
+        # Slots are filled, finished and taken in order, so the finished ones waiting for O1 are a run
+        # from rd and only their number matters: `done` is that number as a thermometer code (done[k]:
+        # at least k + 1), and O1 may take when done[0]. Its next value needs no slot index, only
+        # whether one or two frames finished and whether O1 takes: an AND-OR of a few registers (per
+        # slot pending bits selected through rd were 4 LUT levels in front of O1's enable).
+        done = Signal(nslots)
         eligible = Signal()
+        m.d.comb += eligible.eq(done[0])
         o1_valid = Signal()
         o2_take = Signal()  # O1 moves into the output register
         m.d.comb += o2_take.eq(o1_valid & (~self.o.valid | self.o.ready))
         o1_take = Signal()  # the oldest slot moves into O1
         m.d.comb += o1_take.eq(eligible & (~o1_valid | o2_take))
-        pend_next = Signal(nslots)  # slot_pend's next value (the taken clear, then the tracker's set)
-        m.d.comb += pend_next.eq(pend_set | (slot_pend & ~taken))
-        m.d.sync += eligible.eq((pend_next & Mux(o1_take, rd.rotate_left(1), rd)).any())
+        # done's next value: shifted down by a take, then up by each finished frame (at most two).
+        t = [Const(1, 1), Const(1, 1), *done, Const(0, 1)]  # t[k + 2] = done[k]; below 0 always true
+        for k in range(nslots):
+            kept = Mux(o1_take, t[k + 3], t[k + 2])
+            up1 = Mux(o1_take, t[k + 2], t[k + 1])
+            up2 = Mux(o1_take, t[k + 1], t[k])
+            m.d.sync += done[k].eq(kept | (fin_cur | fin_new) & up1 | fin_cur & fin_new & up2)
 
         def one_hot_select(values):
             acc = 0
@@ -560,9 +610,23 @@ class ItchDecoder(wiring.Component):
                                       for k in range(src.width)}))
             if positions:
                 alpha_groups.setdefault(positions, []).append(i)
-        o1_high = Signal(len(alpha_groups))  # per group: some alpha byte has bit 7 set
+        o1_high = Signal(len(alpha_groups))  # per group: some alpha byte has bit 7 set (in O2)
 
-        sel_buf = [one_hot_select([slot_buf[s][j] for s in range(nslots)]) for j in range(nbuf)]
+        # w_byp[j]: W writes byte j of the slot O1 takes in this cycle; registered from the next values.
+        # Which slot O1 reads next cycle is only known late (o1_take), so whether the current frame's
+        # slot is rd (crd0) or the one after it (crd1) are registers of their own, and o1_take only
+        # picks one.
+        w_byp = Signal(nbuf)
+        crd0 = Signal(init=1)  # cur == rd
+        crd1 = Signal()  # cur == rd + 1
+        cur_next = Mux(go & start, wr, cur)
+        rd_next = Mux(o1_take, rd.rotate_left(1), rd)
+        m.d.sync += [crd0.eq((cur_next & rd_next).any()), crd1.eq((cur_next & rd_next.rotate_left(1)).any())]
+        w_rd = Signal()
+        m.d.comb += w_rd.eq(Mux(o1_take, crd1, crd0))
+        m.d.sync += w_byp.eq(Cat(*[h & w_rd for h in hit]))
+        sel_buf = [Mux(w_byp[j], wdata[j], one_hot_select([slot_buf[s][j] for s in range(nslots)]))
+                   for j in range(nbuf)]
         # Each slot's status before the select, so the select is the last step before O1.
         slot_status, slot_book, slot_typed = [], [], []
         for s in range(nslots):
@@ -605,10 +669,8 @@ class ItchDecoder(wiring.Component):
                 o1_status.eq(one_hot_select(slot_status)),
                 o1_book.eq(one_hot_select(slot_book)),
                 o1_type_ok.eq(one_hot_select(slot_typed)),
-                o1_high.eq(Cat(*[Cat(*[sel_buf[j][7] for j in positions]).any() for positions in alpha_groups])),
                 rd.eq(rd.rotate_left(1)),
             ]
-        m.d.sync += taken.eq(Mux(o1_take, rd, 0))
         # `free` (slot `wr` can be allocated next cycle) is registered and conservative: it assumes a
         # frame is allocated this cycle, so its logic does not wait for the tracker's decisions.
         allocs = Signal(range(2 * nslots))  # frames allocated, mod 2 * nslots
@@ -639,6 +701,7 @@ class ItchDecoder(wiring.Component):
                 acc = acc | term
             m.d.comb += getattr(record, field).eq(acc)
         bad = Signal()
+        m.d.comb += o1_high.eq(Cat(*[Cat(*[o1_buf[j][7] for j in positions]).any() for positions in alpha_groups]))
         m.d.comb += bad.eq(Cat(*[o1_high[g] & Cat(*[o1_book[i] for i in types]).any()
                                  for g, types in enumerate(alpha_groups.values())]).any())
         m.d.comb += [
