@@ -141,9 +141,13 @@ class Matcher(wiring.Component):
         lvl1_r = levels.read_port(transparent_for=(lvl_w,))  # the level the command names
         lvl2_r = levels.read_port(transparent_for=(lvl_w,))  # the best opposite level
         lvl3_r = levels.read_port(transparent_for=(lvl_w,))  # the command's new level (modify)
-        # Sweep reads: the fetcher's maker chase, and the walker's levels.
+        # Sweep reads: the fetcher's maker chase, and the walker's levels. The chase port is not
+        # transparent: its read data drive its own address within the cycle, and a read-through
+        # bypass puts a LUT and an address comparison on that loop. No next-pointer is written
+        # while it chases, and the one read before a chase that could meet a write (the start
+        # level's head, read in EXEC) is a hazard instead (see ``hazard_w``).
         ordf_r = orders.read_port(transparent_for=(ord_w,))
-        nxtf_r = nexts.read_port(transparent_for=(nxt_w,))
+        nxtf_r = nexts.read_port()
         lvlw_r = levels.read_port(transparent_for=(lvl_w,))
 
         # Writes are decided in X and performed a cycle later from registers (the W stage): the
@@ -164,7 +168,7 @@ class Matcher(wiring.Component):
         m.submodules.bitmap = bitmap = LevelBitmap(cfg.levels, cfg.group_width)
         walker = LevelWalker(cfg.levels, cfg.group_width)
         m.submodules.alloc = alloc = HandleAllocator(n_orders)
-        entry_shape = data.StructLayout({"level": lb, "head": hb, "tail": hb})
+        entry_shape = data.StructLayout({"level": lb, "head": hb, "tail": hb, "crosses": 1})
         m.submodules.queue = queue = LevelQueue(entry_shape.size, self.queue_depth)
         m.submodules.out = out = SyncFIFO(width=self.event_shape.size, depth=self.out_depth)
         m.d.comb += [
@@ -217,6 +221,14 @@ class Matcher(wiring.Component):
             "ref_in_window": 1,
             "handle_ok": 1,
             "bad": 1,  # a record the host never sends (checked at accept, off the execute path)
+            # The command's 8-bit op, side and tif fields decoded at accept: every comparison of a
+            # wide field in X or in the hazard logic costs a LUT level there.
+            "opc": 3,  # cmd.op when it is a known op (1..5), else 0
+            "new": 1,
+            "sell": 1,
+            "ioc": 1,
+            "fok": 1,
+            "l1_level": lb,  # the position lvl1 was read at (cmd.price for a new order, else cmd.ref)
             "same_level": 1,  # price and ref name the same position (a modify keeping its price)
             "rd2_level": lb,  # the opposite best position lvl2 was read at
             "ord": order_shape,
@@ -241,7 +253,7 @@ class Matcher(wiring.Component):
             new = Signal(slot_shape, name=name)
             m.d.comb += new.eq(src)
             h = src.cmd.handle[:hb]
-            l1 = Mux(src.cmd.op == MatcherOp.NEW, src.level, src.ref_level)
+            l1 = src.l1_level
             with m.If(ord_q.en & (ord_q.addr == h)):
                 m.d.comb += new.ord.eq(ord_q.data)
             with m.If(nxt_q.en & (nxt_q.addr == h)):
@@ -323,6 +335,12 @@ class Matcher(wiring.Component):
                     slot_f.bad.eq(record_bad(p)),
                     slot_f.same_level.eq(level_of(p.price) == level_of(p.ref)),
                     slot_f.rd2_level.eq(opp_best(p_sell)),
+                    slot_f.opc.eq(Mux((p.op >= MatcherOp.NEW) & (p.op <= MatcherOp.RESET), p.op[:3], 0)),
+                    slot_f.new.eq(p.op == MatcherOp.NEW),
+                    slot_f.sell.eq(p_sell),
+                    slot_f.ioc.eq(p.tif == TIF_IOC),
+                    slot_f.fok.eq(p.tif == TIF_FOK),
+                    slot_f.l1_level.eq(Mux(p.op == MatcherOp.NEW, level_of(p.price), level_of(p.ref))),
                 ]
 
         # -- execute-stage registers ------------------------------------------------------------
@@ -517,6 +535,11 @@ class Matcher(wiring.Component):
             """The taker still trades at this opposite level."""
             return tk_market | Mux(tk_sell, level >= tk_limit, level <= tk_limit)
 
+        # Whether a queued level crosses is worked out as it joins the queue (the taker does not
+        # change while the queue is in use: it is flushed outside the sweep states), so the
+        # fetcher's next address does not wait for a comparison's carry chain.
+        m.d.comb += inflight_entry.crosses.eq(level_crosses(inflight_level))
+
         # Fetcher: ``fe_valid`` = the maker ``fe_handle``'s successor is on nxtf_r this cycle;
         # ordf_r reads its order entry now, for ``f2``.
         fe_valid = Signal()
@@ -546,29 +569,36 @@ class Matcher(wiring.Component):
         # maker's order entry is read a cycle after its successor, from a register
         # (``fe_handle``): one more cycle per sweep, none per fill.
         fe_addr = Signal(hb)
-        fe_issue = Signal()
         chasing = Signal()
         m.d.comb += chasing.eq((state == State.SWEEP) | (state == State.SW_END))
         # Within a level the successor goes from the read data to the address through one 2:1
-        # mux whose select comes from registers only.
+        # mux whose select comes from registers only; every other address is worked out apart
+        # (``fe_other``, kept as a net so that synthesis cannot fold the read data deeper into
+        # it: it takes every input as equally early, a block RAM output included).
+        # The fetch ports read every cycle: a read enable costs a hold LUT after the RAM (the
+        # ports' enables are emulated). While the core holds they read again the address of the
+        # data they show (no write happens during a hold): ``fe_handle`` for the successor,
+        # ``f2.handle`` (a cycle behind) for the order entry.
         chase_next = Signal()
+        fe_other = Signal(hb, attrs={"keep": 1})
         m.d.comb += [
-            chase_next.eq(chasing & fe_valid & (fe_handle != fe_tail)),
-            ordf_r.addr.eq(fe_handle),
-            nxtf_r.addr.eq(Mux(chase_next, nxtf_r.data, Mux(chasing, fe_addr, fe_start_entry.head))),
-            ordf_r.en.eq(chasing & fe_valid & go_fetch),
-            nxtf_r.en.eq((chase_next | fe_issue | ~chasing) & go_fetch),
+            chase_next.eq(chasing & fe_valid & (fe_handle != fe_tail) & go_fetch),
+            fe_other.eq(Mux(~go_fetch, fe_handle, Mux(chasing, fe_addr, fe_start_entry.head))),
+            ordf_r.addr.eq(Mux(go_fetch, fe_handle, f2.handle)),
+            nxtf_r.addr.eq(Mux(chase_next, nxtf_r.data, fe_other)),
+            ordf_r.en.eq(1),
+            nxtf_r.en.eq(1),
         ]
 
         def fetch(handle, level, tail, first, *, start=False, chase=False):
             if not (start or chase):  # those reads are the ports' defaults (above)
-                m.d.comb += [fe_addr.eq(handle), fe_issue.eq(1)]
+                m.d.comb += fe_addr.eq(handle)
             m.d.sync += [fe_valid.eq(1), fe_handle.eq(handle), fe_level.eq(level), fe_tail.eq(tail),
                          fe_first.eq(first), fe_wait.eq(0)]
 
         def fetch_next_level():
             """At a level boundary: fetch the next crossing level's head, stop, or wait."""
-            with m.If(queue.nonempty & level_crosses(queue_head.level)):
+            with m.If(queue.nonempty & queue_head.crosses):
                 m.d.comb += queue_pop.eq(1)
                 fetch(queue_head.head, queue_head.level, queue_head.tail, 1)
             with m.Elif(queue.nonempty | (inflight & ~level_crosses(inflight_level))):
@@ -612,12 +642,12 @@ class Matcher(wiring.Component):
         c = slot_c
         cmd = c.cmd
         o = c.ord
-        c_sell = cmd.side == SIDE_SELL
+        c_sell = c.sell
         c_market = cmd.flags[0]
         c_post = cmd.flags[1]
         c_has_qty = cmd.flags[2]
-        c_ioc = cmd.tif == TIF_IOC
-        c_fok = cmd.tif == TIF_FOK
+        c_ioc = c.ioc
+        c_fok = c.fok
         c_handle = cmd.handle[:hb]
         live = (c.handle_ok & c.ref_in_window & o.valid & (o.level == c.ref_level) & below_fresh
                 & (o.sell == c_sell))
@@ -670,7 +700,7 @@ class Matcher(wiring.Component):
                         # A continuing command keeps what it needs of its slot (with this cycle's writes).
                         m.d.sync += [tk_rd2_level.eq(c.rd2_level), tk_lvl2.eq(c_next.lvl2), tk_lvl3.eq(c_next.lvl3),
                                      tk_occ.eq(c_next.occ)]
-                        with m.Switch(cmd.op):
+                        with m.Switch(c.opc):
                             with m.Case(MatcherOp.NEW):
                                 with m.If(c.bad):
                                     reject(MatcherReason.INVALID_COMMAND)
@@ -910,7 +940,7 @@ class Matcher(wiring.Component):
                     m.d.comb += finishing.eq(1)
 
         # -- port addressing: by state and command kind (registers) only ------------------------
-        is_new = cmd.op == MatcherOp.NEW
+        is_new = c.new
         with m.Switch(state):
             with m.Case(State.EXEC):
                 m.d.comb += [
@@ -920,8 +950,8 @@ class Matcher(wiring.Component):
                     nxt_d.data.eq(Mux(is_new, alloc.handle, c.nxt)),
                     prv_d.addr.eq(Mux(is_new, alloc.handle, c.nxt)),
                     prv_d.data.eq(Mux(is_new, c.lvl1.tail, c.prv)),
-                    lvl_d.addr.eq(Mux(is_new, c.level, c.ref_level)),
-                    bm_d.level.eq(Mux(is_new, c.level, c.ref_level)),
+                    lvl_d.addr.eq(c.l1_level),
+                    bm_d.level.eq(c.l1_level),
                     bm_d.set.eq(is_new),
                     alloc.free_handle.eq(c_handle),
                     # A new order sweeps from the best opposite level; a cancel or modify that
@@ -975,23 +1005,28 @@ class Matcher(wiring.Component):
             return Mux(advance, Mux(slot_h0.valid, compare(slot_h0), compare(slot_f)), compare(slot_c))
 
         def hits_lvl(src):
-            new = src.cmd.op == MatcherOp.NEW
+            new = src.new
             # lvl3 and a modify's lvl2 only reach the tk_* registers, which snoop W themselves.
-            return ((lvl_d.addr == Mux(new, src.level, src.ref_level))
+            return ((lvl_d.addr == src.l1_level)
                     | (new & (lvl_d.addr == src.rd2_level)))
 
         # The write enables are deep decisions, so the whole hazard is registered: it only meets
         # them at a flip-flop.
+        # A new order's fetcher reads the successor of its opposite best level's head as it
+        # executes, without read-through: a next-pointer written in that level (an unlink in its
+        # middle; its other writes there also write the level) makes it wait too.
         hazard_w = Signal()  # a write now in W hits slot C
         with m.If(go):
             m.d.sync += hazard_w.eq(
                 (ord_d.en & next_c(lambda src: ord_d.addr == src.cmd.handle[:hb]))
                 | (nxt_d.en & next_c(lambda src: nxt_d.addr == src.cmd.handle[:hb]))
+                | (nxt_d.en & next_c(lambda src: src.new & (lvl_d.addr == src.rd2_level)))
+
                 | (prv_d.en & next_c(lambda src: prv_d.addr == src.cmd.handle[:hb]))
                 | (lvl_d.en & next_c(hits_lvl))
-                | (bm_d.en & next_c(lambda src: (src.cmd.op == MatcherOp.NEW) & (bm_d.level == src.level))))
+                | (bm_d.en & next_c(lambda src: src.new & (bm_d.level == src.level))))
         m.d.comb += hazard.eq((state == State.EXEC)
-                              & (hazard_w | ((slot_c.cmd.op == MatcherOp.MODIFY) & ~c_settled)))
+                              & (hazard_w | ((slot_c.opc == MatcherOp.MODIFY) & ~c_settled)))
 
         # ``cmd.handle < alloc.fresh`` (a wide comparison) a cycle ahead, against this cycle's
         # ``fresh``; the allocator says how ``fresh`` changed at the edge. Every cycle, since the

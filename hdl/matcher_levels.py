@@ -175,7 +175,8 @@ class LevelWalker(wiring.Component):
     For a caller that only wants the first position (the matcher's best-price repair), the
     cycle after ``start`` shows it a cycle early and combinationally: ``first_valid`` and
     ``first_level``, or ``first_none`` when nothing is beyond the start (neither is set while a
-    further word is still being loaded). While ``valid`` is low, ``take_first`` takes that
+    further word is still being loaded; ``first_none`` waits a cycle more after the start, while
+    the walker works out which groups are left). While ``valid`` is low, ``take_first`` takes that
     position straight away (the caller uses ``first_level`` this cycle) instead of letting it
     into the output register: a cycle saved whenever the output register has run empty. Connect ``summary``,
     ``word_group`` and ``word`` to a :class:`LevelBitmap` (its walker port). The walk works on a
@@ -232,8 +233,11 @@ class LevelWalker(wiring.Component):
         # Next group to load, in walk order: a register, the priority encoder working on the
         # groups left after this cycle, so that the word read (the bitmap's asynchronous port)
         # starts from a flip-flop.
+        # Whether any group is left is a register too (an OR over every group is three LUT
+        # levels, and ``first_none``/``done`` feed the matcher's decisions). Like ``next_group``
+        # it is worked out in the cycle after a start (``group_pending``), when neither of them
+        # is used.
         any_groups = Signal()
-        m.d.comb += any_groups.eq(groups_left.any())
         next_group = Signal(self.group_bits)
         group_pending = Signal()  # next_group is not worked out yet (the cycle after a start)
         groups_next = Signal(self.groups)
@@ -285,10 +289,11 @@ class LevelWalker(wiring.Component):
             m.d.comb += [groups_next.eq(self.summary & beyond_groups), desc_next.eq(self.desc)]
             m.d.sync += group_pending.eq(1)
         with m.Elif(group_pending):
-            m.d.sync += [next_group.eq(first_group(groups_left, desc)), group_pending.eq(0)]
+            m.d.sync += [next_group.eq(first_group(groups_left, desc)), group_pending.eq(0),
+                         any_groups.eq(groups_left.any())]
         with m.Elif(load):
             m.d.comb += groups_next.eq(load_groups)
-            m.d.sync += next_group.eq(first_group(load_groups, desc))
+            m.d.sync += [next_group.eq(first_group(load_groups, desc)), any_groups.eq(load_groups.any())]
         m.d.sync += [groups_left.eq(groups_next), desc.eq(desc_next)]
 
         with m.If(self.start):
@@ -308,10 +313,10 @@ class LevelWalker(wiring.Component):
             with m.Elif(take):
                 m.d.sync += cur_word.eq(rest)
         m.d.comb += [
-            self.done.eq(~self.valid & ~any_bits & ~any_groups & ~self.start),
+            self.done.eq(~self.valid & ~any_bits & ~any_groups & ~group_pending & ~self.start),
             self.first_valid.eq(any_bits),
             self.first_level.eq(Cat(bit, cur_group)),
-            self.first_none.eq(~any_bits & ~any_groups),
+            self.first_none.eq(~any_bits & ~any_groups & ~group_pending),
         ]
         return m
 
