@@ -27,7 +27,8 @@ Pipeline, one command per cycle when commands are simple:
 
 Read data wait in up to two hold slots while a long command executes; every slot *snoops* the
 writes in W and takes any write to an address it holds, so held data never go stale. Read
-ports are also transparent, so a read issued in the cycle of a write sees it. A command whose
+ports are also transparent, so a read issued in the cycle of a write sees it (except the
+fetcher's successor port, whose one exposed read is a hazard instead). A command whose
 data a write still in W changes waits one cycle in X (a hazard, known from registers), so no
 forwarding mux sits in front of the decisions.
 
