@@ -62,15 +62,11 @@ def _inspect_actor(directory: Path, state: dict | None, records: list[bytes], re
     """A gateway's, risk shard's or market-data actor's journal: its snapshot and its records by tag."""
     kind = directory.name.split("-", 1)[0]
     if state is not None:
-        if kind == "gateway":
-            print(f"  snapshot: {len(state['orders'])} OUCH orders, id lease {state['id_lease']}, "
-                  f"{state['archive']} sequenced messages in archive/", file=out)
-        elif kind == "risk":
-            open_orders = len(state["orders"]) + len(state["orders_alone"])
-            print(f"  snapshot: {len(state['accounts'])} accounts, {open_orders} open orders, "
-                  f"{sum(len(w) for w in state['seen_ids'].values())} recent order ids kept", file=out)
-        elif kind == "md":
-            print(f"  snapshot: session {state['session']}, next message {state['next_seq']}", file=out)
+        try:
+            print(f"  snapshot: {_snapshot_summary(kind, state)}", file=out)
+        except (KeyError, TypeError, AttributeError) as exc:  # not a snapshot this version wrote
+            print(f"  snapshot: not a {kind} snapshot this version can read ({type(exc).__name__}: {exc})",
+                  file=out)
     tags: dict[str, int] = {}
     names = _TAGS.get(kind, {})
     for record in records:
@@ -82,6 +78,19 @@ def _inspect_actor(directory: Path, state: dict | None, records: list[bytes], re
     for line in report.truncated:
         print(f"  DAMAGED: {line} (recovery keeps the records before it)", file=out)
     return 1 if report.truncated else 0
+
+
+def _snapshot_summary(kind: str, state: dict) -> str:
+    if kind == "gateway":
+        return (f"{len(state['orders'])} OUCH orders, id lease {state['id_lease']}, "
+                f"{state['archive']} sequenced messages in archive/")
+    if kind == "risk":
+        open_orders = len(state["orders"]) + len(state["orders_alone"])
+        return (f"{len(state['accounts'])} accounts, {open_orders} open orders, "
+                f"{sum(len(w) for w in state['seen_ids'].values())} recent order ids kept")
+    if kind == "md":
+        return f"session {state['session']}, next message {state['next_seq']}"
+    return f"{len(state)} keys"
 
 
 def rebuild(path: str) -> tuple[OrderBook | None, object]:

@@ -103,9 +103,10 @@ class RecentOrderIds:
         if order_id in self.ids:
             return
         self.ids.add(order_id)
-        window = self.by_gateway.get(gateway_number_of(order_id))
+        gateway = gateway_number_of(order_id)
+        window = self.by_gateway.get(gateway)
         if window is None:
-            window = self.by_gateway[gateway_number_of(order_id)] = collections.deque()
+            window = self.by_gateway[gateway] = collections.deque()
         window.append(order_id)
         if len(window) > self.limit:
             self.ids.discard(window.popleft())

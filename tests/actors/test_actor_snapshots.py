@@ -279,3 +279,21 @@ def test_recent_order_ids_keep_a_window_per_gateway():
     restored = RecentOrderIds(limit=3)
     restored.load_state(seen.save_state())
     assert restored.ids == seen.ids and restored.save_state() == seen.save_state()
+
+
+def test_inspect_answers_garbage_journals_with_messages_not_tracebacks(tmp_path, capsys):
+    # A snapshot of another shape: summarised as unreadable, the records still counted.
+    gateway = tmp_path / "gateway-0"
+    writer = JournalWriter(gateway, "none")
+    writer.append_many([b"O-1", b"C"])
+    writer.snapshot({"something": "else"})
+    writer.append(b"E-2")
+    writer.close()
+    out = io.StringIO()
+    assert inspect(str(gateway), out) == 0
+    assert "not a gateway snapshot this version can read" in out.getvalue() and "reports 1" in out.getvalue()
+    # Every snapshot unreadable and the journal before it pruned: an error naming the segment, exit 2.
+    for path in snapshots(gateway):
+        path.write_bytes(b"\x00garbage")
+    assert inspect(str(gateway), io.StringIO()) == 2
+    assert "no readable snapshot covers" in capsys.readouterr().err
