@@ -330,6 +330,13 @@ class GatewayActor(ClusterActor):
         self._modify_versions: dict[int, int] = {}
         self._unanswered_modifies: dict[int, dict[int, tuple[int, bytes]]] = {}
         self._sent_number = itertools.count()
+        # Answers the gateway gives itself to a command for a known order (refused at once, or unable to reach
+        # risk) wait until the cluster has answered the order's earlier commands: a client reads an order's
+        # answers in the order it sent the commands, and OUCH pairs them with its requests that way (a refused
+        # replace overtaking an earlier one's answer was told Replaced, the earlier one Rejected).
+        # Order id -> [[cluster answers still to come before it, answer], ...] in command order; an answer is
+        # ("ouch", symbol, op name, reason, account) or ("client", session, symbol, client id, op, reason, trace).
+        self.held_answers: dict[int, list[list]] = {}
 
     def on_start(self) -> None:
         super().on_start()
@@ -403,6 +410,17 @@ class GatewayActor(ClusterActor):
             self.count("orders_resent", count)
             log.warning("%s: sent %d unanswered orders again%s", self.name, count, f" (to {node})" if node else "")
 
+    def on_peer_down(self, node: str) -> None:
+        super().on_peer_down(node)
+        if self.journal is None and self.held_answers:
+            # Without journals, commands a dead risk node held are never answered: what waits behind them goes.
+            shard_node = self.config.actor_node
+            for order_id in list(self.held_answers):
+                order = self.orders.get(order_id)
+                if order is None or shard_node[self.config.risk_shard(order.account)].name == node:
+                    self._release_held(order_id, 1 << 30)
+            self._emit()
+
     def on_peer_up(self, node: str) -> None:
         super().on_peer_up(node)
         # A risk node that comes back may have lost what it took in but had not journaled.
@@ -414,8 +432,15 @@ class GatewayActor(ClusterActor):
         assert self.store is not None
         self.replaying = True
         try:
+            failures: list[tuple[str, bytes]] = []  # a run of journaled send failures: one flush's (or more)
             for record in records:
                 tag = record[:1]
+                if tag == _TAG_FAILURE:
+                    failures.append((_FAILURE_REASONS[record[1]], record[2:]))
+                    continue
+                if failures:
+                    self._send_failures(failures)
+                    failures = []
                 if tag == b"S":
                     self.store.restore_record(record)
                 elif tag == _TAG_EVENT:
@@ -431,12 +456,12 @@ class GatewayActor(ClusterActor):
                     self._replay_limited = set(ids[minted:])
                     if self.translator is not None:
                         self._ouch(username, record[at:])
-                elif tag == _TAG_FAILURE:
-                    self._send_failure(_FAILURE_REASONS[record[1]], record[2:])
                 elif tag == _TAG_LEASE:
                     self.id_lease = max(self.id_lease, struct.unpack_from("<Q", record, 1)[0])
                 else:
                     self.count("journal_unknown_records")
+            if failures:
+                self._send_failures(failures)
         finally:
             self.replaying = False
             self._out.clear()
@@ -467,6 +492,8 @@ class GatewayActor(ClusterActor):
             "sent_number": sent,
             "replays": self.replays.save_state(),
             "translator": None if self.translator is None else self.translator.save_state(),
+            "held_answers": [[order_id, [[earlier, list(answer)] for earlier, answer in held if answer[0] == "ouch"]]
+                             for order_id, held in self.held_answers.items()],
         }
 
     def load_state(self, state: dict) -> None:
@@ -485,6 +512,8 @@ class GatewayActor(ClusterActor):
         self.replays.load_state(state["replays"])
         if self.translator is not None and state["translator"] is not None:
             self.translator.load_state(state["translator"])
+        self.held_answers = {order_id: [[earlier, tuple(answer)] for earlier, answer in held]
+                             for order_id, held in state.get("held_answers", ()) if held}
 
     def _snapshot(self) -> None:
         assert self.archive is not None and self.store is not None and self.snapshots is not None
@@ -585,7 +614,8 @@ class GatewayActor(ClusterActor):
             else:
                 order = self.orders.get(order_id)
                 if order is None or order.done:
-                    self._ouch_reject(command.symbol, order_id, command.op, RejectReason.UNKNOWN_ORDER, "")
+                    self._answer_after(order_id, 0 if order is None else order.pending,
+                                       ("ouch", command.symbol, order_id, command.op, RejectReason.UNKNOWN_ORDER, ""))
                     continue
                 order.pending += 1
                 account = order.account
@@ -668,10 +698,12 @@ class GatewayActor(ClusterActor):
                 order_id = self.by_client.get((session, client_id))
                 order = self.orders.get(order_id) if order_id is not None else None
                 if order is None or order.done:
-                    self._reject_to(session, symbol, client_id, op, RejectReason.UNKNOWN_ORDER, trace_ns)
+                    self._answer_after(order_id, 0 if order is None else order.pending,
+                                       ("client", session, symbol, client_id, op, RejectReason.UNKNOWN_ORDER, trace_ns))
                     continue
                 if op == Op.MODIFY and not self._rate_ok(session, order.account):
-                    self._reject_to(session, symbol, client_id, op, RiskReason.RATE_LIMIT, trace_ns)
+                    self._answer_after(order_id, order.pending,
+                                       ("client", session, symbol, client_id, op, RiskReason.RATE_LIMIT, trace_ns))
                     continue
                 # Kept until answered: its answer must find its way back even if the order ends first.
                 order.pending += 1
@@ -708,6 +740,7 @@ class GatewayActor(ClusterActor):
         """Orders the risk shard could not take are answered "busy" (or "instrument_unavailable")."""
         failures = [(ClusterReason.BUSY, item) for item in result.busy]
         failures += [(ClusterReason.INSTRUMENT_UNAVAILABLE, item) for item in result.unreachable]
+        failed: list[tuple[str, bytes]] = []
         for reason, (destination, kind, records) in failures:
             if kind is not MessageKind.ORDERS:
                 for record in records:
@@ -719,13 +752,23 @@ class GatewayActor(ClusterActor):
                     continue  # the book may have it: only an answer from there settles it
                 if self.journal is not None:
                     self.journal.append(_TAG_FAILURE + bytes((_FAILURE_REASONS.index(reason),)) + record)
-                self._send_failure(reason, record)
+                failed.append((reason, record))
+        self._send_failures(failed)
         self._emit()
         self._flush_clients()
 
-    def _send_failure(self, reason: str, record: bytes) -> None:
+    def _send_failures(self, failed: list[tuple[str, bytes]]) -> None:
+        """Answer the commands of one flush that could not go (a replay passes a run of journaled failures)."""
+        # An order's commands in one flush fail together (they all go to its risk shard), so its other commands
+        # still outstanding were sent before them and are answered first.
+        remaining = collections.Counter(_unpack_order(record, 0)[10] for _, record in failed)
+        for reason, record in failed:
+            self._send_failure(reason, record, remaining)
+
+    def _send_failure(self, reason: str, record: bytes, remaining: collections.Counter) -> None:
         fields = _unpack_order(record, 0)
         op, trace_ns, order_id = fields[0], fields[7], fields[10]
+        remaining[order_id] -= 1
         order = self.orders.get(order_id)
         if order is None:
             return
@@ -741,10 +784,13 @@ class GatewayActor(ClusterActor):
                 if not versions:
                     del self._unanswered_modifies[order_id]
         order.pending -= 1
+        earlier = order.pending - remaining[order_id]
         if order.session == OUCH_SESSION:
-            self._ouch_reject(order.symbol, order_id, _OP_NAMES.get(op, "new"), reason, order.account)
+            self._answer_after(order_id, earlier,
+                               ("ouch", order.symbol, order_id, _OP_NAMES.get(op, "new"), reason, order.account))
         elif not self.replaying:
-            self._reject_to(order.session, order.symbol, order.client_id, op, reason, trace_ns)
+            self._answer_after(order_id, earlier,
+                               ("client", order.session, order.symbol, order.client_id, op, reason, trace_ns))
         self._maybe_forget(order_id, order)
 
     # -- cluster -> client -----------------------------------------------------------------
@@ -846,6 +892,7 @@ class GatewayActor(ClusterActor):
         else:
             fields[13] = order.client_id
             self._to_client(order.session, _pack_report(*fields))
+        answered = True
         if kind == EventKind.ACCEPTED:
             order.pending -= 1
         elif kind == EventKind.REJECTED:
@@ -854,16 +901,53 @@ class GatewayActor(ClusterActor):
                 order.done = True
         elif kind == EventKind.CANCELLED:
             order.done = True
-            if REASONS_BY_CODE.get(fields[6]) == CancelReason.USER:
+            answered = REASONS_BY_CODE.get(fields[6]) == CancelReason.USER
+            if answered:
                 order.pending -= 1  # the answer to a cancel
         elif kind == EventKind.MODIFIED:
             order.pending -= 1
             order.leaves = fields[16]
+        else:
+            answered = False
+        if answered and self.held_answers:
+            self._release_held(order_id, 1)
         self._maybe_forget(order_id, order)
+
+    def _answer_after(self, order_id: int, earlier: int, answer: tuple) -> None:
+        """Give the gateway's own ``answer`` to a command once the cluster has given ``earlier`` more answers
+        for the order (and the answers held before it are out)."""
+        held = self.held_answers.get(order_id)
+        if held is None:
+            if earlier <= 0:
+                self._give(answer)
+                return
+            held = self.held_answers[order_id] = []
+        held.append([earlier, answer])
+        self.count("answers_held")
+
+    def _release_held(self, order_id: int, answers: int) -> None:
+        """The cluster gave ``answers`` more answers for the order: give the held answers now due."""
+        held = self.held_answers.get(order_id)
+        if held is None:
+            return
+        for entry in held:
+            entry[0] -= answers
+        while held and held[0][0] <= 0:
+            self._give(held.pop(0)[1])
+        if not held:
+            del self.held_answers[order_id]
+
+    def _give(self, answer: tuple) -> None:
+        if answer[0] == "ouch":
+            self._ouch_reject(answer[1], answer[2], answer[3], answer[4], answer[5])
+        else:
+            self._reject_to(answer[1], answer[2], answer[3], answer[4], answer[5], answer[6])
 
     def _maybe_forget(self, order_id: int, order: GatewayOrder) -> None:
         """Drop an order once nothing remains of it and every command for it was answered."""
         if order.done and order.pending <= 0:
+            if order_id in self.held_answers:
+                self._release_held(order_id, 1 << 30)  # nothing more will come for it
             del self.orders[order_id]
             self.by_client.pop((order.session, order.client_id), None)
             self._modify_versions.pop(order_id, None)
@@ -929,6 +1013,7 @@ class GatewayActor(ClusterActor):
         out["unanswered_orders"] = len(self._unanswered)
         out["unanswered_cancels"] = len(self._unanswered_cancels)
         out["unanswered_modifies"] = sum(len(v) for v in self._unanswered_modifies.values())
+        out["answers_waiting_for_earlier"] = sum(len(held) for held in self.held_answers.values())
         if self.journal is not None:
             out.update({f"journal_{k}": v for k, v in self.journal.stats.items()})
             out["journal_policy"] = self.journal.policy
