@@ -193,20 +193,27 @@ class ItchDecoder(wiring.Component):
         m.d.comb += in_eop.eq(in_last | ~therm[lanes - 1])
 
         lb = (lanes - 1).bit_length()  # log2(lanes): lane bits of a byte index
+        # Kept nets the decode below is built from, each at most two LUT levels from the port, so that
+        # every next-state bit is one LUT5 over them (three levels in all, where one function of the
+        # ~25 input bits per bit had become five cells): the end-of-packet test and the thermometer.
+        neop = Signal(name="pre_neop", attrs={"keep": 1})  # a full beat that does not end the packet
+        m.d.comb += neop.eq(~in_eop)
+        therm_k = Signal(lanes, name="pre_therm", attrs={"keep": 1})
+        m.d.comb += therm_k.eq(therm)
         pre_nx, pre_hold, pre_adv, pre_rem1, pre_last, pre_zero = {}, {}, {}, {}, {}, {}
         for p in positions:
             n = Cat(in_bytes[0], hist[1]) if p < 0 else Cat(in_bytes[p + 1], in_bytes[p])
             hb, lbyte = (hist[1], in_bytes[0]) if p < 0 else (in_bytes[p], in_bytes[p + 1])
-            # n <= bound for the three bounds lanes * q + b1 (q = 0, 1, 2; b1 = lanes - 2 - p < lanes): split
-            # into n's lane bits (lo) and the rest (hi), whose tests against 0, 1 and 2 are kept nets, so
-            # abc builds them as three shallow trees instead of chaining them through one another.
+            # n = lanes * hi + lo, with lo n's lane bits. The frame ends at lane e = p + 1 + n: in this
+            # beat if hi = 0 and lo <= b1, in the next one if hi = 0 and lo > b1 or hi = 1 and lo <= b1.
             lo = n[:lb]
             b1 = lanes - 2 - p
-            hi_eq = []
+            zl, zh = zero_nib[id(hb)]  # hi = 0, 1, 2 need hb = 0 and lbyte's high bits = 0, 1, 2
+            lq = []
             for q in range(3):
-                eq = Signal(name=f"pre_hi{p + 1}_{q}", attrs={"keep": 1})
-                m.d.comb += eq.eq(high_byte_zero(hb) & (lbyte[lb:] == q))  # hi == q
-                hi_eq.append(eq)
+                eq = Signal(name=f"pre_lq{p + 1}_{q}", attrs={"keep": 1})
+                m.d.comb += eq.eq(lbyte[lb:] == q)
+                lq.append(eq)
             lo_le = Signal(name=f"pre_lole{p + 1}")  # lo <= b1
             if lb:
                 with m.Switch(lo):
@@ -214,8 +221,13 @@ class ItchDecoder(wiring.Component):
                         m.d.comb += lo_le.eq(1)
             else:
                 m.d.comb += lo_le.eq(1)
-            lt2 = hi_eq[0] | hi_eq[1] & lo_le
-            lt3 = hi_eq[0] | hi_eq[1] | hi_eq[2] & lo_le
+            # hzc[c]: hb = 0 and lo = c, one LUT5 over the two kept nibble tests and the lane bits.
+            hzc = []
+            for c in range(lanes):
+                h = Signal(name=f"pre_hzc{p + 1}_{c}", attrs={"keep": 1})
+                m.d.comb += h.eq(zl & zh & (lo == c if lb else 1))
+                hzc.append(h)
+            # The frame is whole in this beat (hold): hi = 0, lo = c and lane c + p + 1 present.
             present = Signal(name=f"pre_present{p + 1}")  # therm[e], for e < lanes
             with m.Switch(lo if lb else Const(0, 1)):
                 for v in range(lanes):
@@ -223,25 +235,28 @@ class ItchDecoder(wiring.Component):
                         with m.Case(v):
                             m.d.comb += present.eq(therm[v + p + 1])
             hold = Signal(name=f"pre_hold{p + 1}")
-            m.d.comb += hold.eq(hi_eq[0] & present)
+            m.d.comb += hold.eq(zl & zh & lq[0] & present)
+            # n < 2 * lanes + b1 + 1 (the frame ends here or in the next beat) and n < 3 * lanes + ...
+            lq1le = Signal(name=f"pre_lq1le{p + 1}", attrs={"keep": 1})
+            lqlast = Signal(name=f"pre_lqlast{p + 1}", attrs={"keep": 1})
+            m.d.comb += [lq1le.eq((lbyte[lb:] == 1) & lo_le),
+                         lqlast.eq(Mux(lo_le, lbyte[lb:] == 2, lbyte[lb:] == 1))]
+            lt2 = zl & zh & (lq[0] | lq1le)
             nx = Signal(nstate, name=f"pre_nx{p + 1}")
-            # Next prefix at lane k: n's lane bits are then the constant c, so the frame's end lane
-            # c + p + 1 and the comparisons with the bounds are known per k, and each bit is one small
-            # function of hi's tests, the end-of-packet flag and one thermometer bit (no mux on lo).
+            # Next prefix at lane k + 1: the frame ends at lane k, so lo is the constant c, and the bit is
+            # hzc[c] and: (hi = 0, byte k present) or (hi = 1, a full beat not ending the packet), or
+            # for k in the next beat: hi = 0 and a full beat not ending the packet.
             for k in range(lanes):
                 c = (k - p - 1) % lanes
-                target = Signal(name=f"pre_tgt{p + 1}_{k}")
-                m.d.comb += target.eq(lo == c if lb else 1)
                 if c + p + 1 < lanes:
-                    soon = Mux(in_eop, hi_eq[0] & therm[c + p + 1], hi_eq[0] | hi_eq[1])
+                    m.d.comb += nx[k + 1].eq(hzc[c] & (lq[0] & therm_k[c + p + 1] | lq[1] & neop))
                 else:
-                    soon = ~in_eop & hi_eq[0]
-                m.d.comb += nx[k + 1].eq(target & soon)
-            m.d.comb += [nx[0].eq(in_eop & ~hold), nx[lanes + 1].eq(~in_eop & ~lt2)]
+                    m.d.comb += nx[k + 1].eq(hzc[c] & lq[0] & neop)
+            m.d.comb += [nx[0].eq(in_eop & ~hold), nx[lanes + 1].eq(neop & ~lt2)]
             pre_nx[p], pre_hold[p] = nx, hold
-            pre_adv[p] = ~hold & ~in_eop
+            pre_adv[p] = ~hold & neop
             pre_rem1[p] = (n + (p + 1 - lanes))[:16]
-            pre_last[p] = ~lt2 & lt3
+            pre_last[p] = zl & zh & lqlast
             pre_zero[p] = high_byte_zero(hb) & high_byte_zero(lbyte)
 
         pre_book, pre_lenok, pre_known = [], [], []
