@@ -9,6 +9,7 @@ Runs the same load against 1 and 2 book nodes and reports the scaling ratio.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -30,13 +31,29 @@ SYMBOLS = ("AAPL", "MSFT", "GOOG", "TSLA")
 BENCH_PASSWORD = "bench"
 
 
-def _config_text(base: int, book_nodes: int, extra_cluster: str = "", fsync: str = "off") -> str:
+# Where the actors run (--placement): "per-role" is the embedded default's shape (gateway, risk, book and
+# market-data nodes; --book-nodes splits the books); the others put roles together in one process, where
+# their actors talk through pykka instead of ZeroMQ.
+_BOOKS = ["book/AAPL", "book/MSFT", "book/GOOG", "book/TSLA"]
+PLACEMENTS: dict[str, list[tuple[str, list[str]]]] = {
+    "gateway+risk": [("front", ["gateway/0", "risk/0", "risk/1"]), ("book1", _BOOKS), ("md", ["md/0"])],
+    "gateway+risk+md": [("front", ["gateway/0", "risk/0", "risk/1", "md/0"]), ("book1", _BOOKS)],
+    "single": [("all", ["gateway/0", "risk/0", "risk/1", *_BOOKS, "md/0"])],
+}
+
+
+def _nodes(book_nodes: int, placement: str) -> list[tuple[str, list[str]]]:
+    if placement != "per-role":
+        return PLACEMENTS[placement]
+    books = [("book1", _BOOKS)] if book_nodes == 1 else [("book1", _BOOKS[:2]), ("book2", _BOOKS[2:])]
+    return [("gateway", ["gateway/0"]), ("risk", ["risk/0", "risk/1"]), *books, ("md", ["md/0"])]
+
+
+def _config_text(base: int, book_nodes: int, extra_cluster: str = "", fsync: str = "off",
+                 placement: str = "per-role") -> str:
     """The bench cluster; ``fsync`` "off" runs without journals, else journals with that fsync policy."""
-    if book_nodes == 1:
-        books = '[[node]]\nname = "book1"\nactors = ["book/AAPL", "book/MSFT", "book/GOOG", "book/TSLA"]\n'
-    else:
-        books = ('[[node]]\nname = "book1"\nactors = ["book/AAPL", "book/MSFT"]\n\n'
-                 '[[node]]\nname = "book2"\nactors = ["book/GOOG", "book/TSLA"]\n')
+    nodes = "".join(f'[[node]]\nname = "{name}"\nactors = {json.dumps(actors)}\n\n'
+                    for name, actors in _nodes(book_nodes, placement))
     instruments = "".join(f'[[instrument]]\nsymbol = "{s}"\ntick_size = 1\n\n' for s in SYMBOLS)
     accounts = "".join(f'[[account]]\nname = "B{i}"\n\n' for i in range(8))
     from exchange.accounts import hash_password
@@ -54,20 +71,7 @@ control_port = {base + 90}
 client_port = {base + 91}
 {extra_cluster}
 
-[[node]]
-name = "gateway"
-actors = ["gateway/0"]
-
-[[node]]
-name = "risk"
-actors = ["risk/0", "risk/1"]
-
-{books}
-[[node]]
-name = "md"
-actors = ["md/0"]
-
-{instruments}{accounts}"""
+{nodes}{instruments}{accounts}"""
 
 
 def latency_histogram(latencies_ns: list[int]) -> dict:
@@ -271,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                              "none, batch or always (docs/durability.md)")
     parser.add_argument("--transport", choices=("tcp", "ipc"), default="tcp",
                         help="how the nodes talk to each other (default tcp, as the embedded configuration)")
+    parser.add_argument("--placement", choices=("per-role", *PLACEMENTS), default="per-role",
+                        help="which actors share a node (process): per-role (default, as the embedded configuration; "
+                             "--book-nodes applies), or roles together (their actors talk through pykka)")
     parser.add_argument("--quick", action="store_true", help="a smoke-sized run (see the defaults above)")
     parser.add_argument("--json", metavar="FILE", help="also write every run as JSON (with HdrHistogram latencies)")
     args = parser.parse_args(argv)
@@ -291,11 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     for policy in policies:
         # The durability setting is only printed when asked for: the default lines stay as they were.
         tag = f"fsync={policy} " if policy != "off" else ""
-        for book_nodes in [int(n) for n in args.book_nodes.split(",")]:
+        if args.placement != "per-role":
+            tag += f"placement={args.placement} "
+        for book_nodes in [int(n) for n in args.book_nodes.split(",")] if args.placement == "per-role" else [1]:
             work = Path(tempfile.mkdtemp(prefix="matchwire-bench-"))
             path = work / "cluster.toml"
             transport = f'transport = "{args.transport}"\nipc_dir = "{work / "ipc"}"' if args.transport == "ipc" else ""
-            path.write_text(_config_text(free_port_block(100), book_nodes, transport, fsync=policy))
+            path.write_text(_config_text(free_port_block(100), book_nodes, transport, fsync=policy,
+                                         placement=args.placement))
             config = load_config(path)
             cluster = Cluster(config, str(path), log_dir=work / "logs")
             try:
@@ -305,12 +315,14 @@ def main(argv: list[str] | None = None) -> int:
                         cluster.pump(0)
                         before = {n: _cpu_seconds(p.process.pid) for n, p in cluster.nodes.items()}
                         gc_before = {n: _gc_totals(p.stats) for n, p in cluster.nodes.items()}
+                        bench_cpu = time.process_time()
                         if client == "ouch":
                             result = run_load_ouch(config.ouch_address(), rate, args.seconds)
                         else:
                             result = run_load(config.client_endpoint(), rate, args.seconds)
                         cpu = {n: (_cpu_seconds(p.process.pid) - before[n]) * 1e6 / max(result["sent"], 1)
                                for n, p in cluster.nodes.items()}
+                        cpu["client"] = (time.process_time() - bench_cpu) * 1e6 / max(result["sent"], 1)
                         time.sleep(1.1)  # the nodes' next statistics report covers the whole run
                         cluster.pump(0)
                         gc_ms = {n: _gc_totals(p.stats)[1] - gc_before[n][1] for n, p in cluster.nodes.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import select
 import time
 
 import zmq
@@ -30,6 +31,7 @@ from exchange.wire import REPORT_SIZE, MessageKind, command_to_record, pack_head
 
 # A plain int: pyzmq combines Flag members in Python, which costs on every send.
 NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 _session_numbers = itertools.count(1)
@@ -49,8 +51,7 @@ class ClusterClient:
         self.socket.setsockopt(zmq.SNDHWM, send_hwm)
         self.socket.setsockopt(zmq.RCVHWM, 0)
         self.socket.connect(endpoint)
-        self.poller = zmq.Poller()
-        self.poller.register(self.socket, zmq.POLLIN)
+        self._fd = [self.socket.getsockopt(zmq.FD)]
         self.pending: list[bytes] = []
         self.sent = 0
         self.busy = 0  # sends refused locally because the gateway's queue was full
@@ -118,7 +119,7 @@ class ClusterClient:
     def poll(self, timeout: float = 0.0) -> list[tuple[Event, int]]:
         """Reports received within ``timeout`` seconds: (event, trace_ns) pairs, in arrival order."""
         out: list[tuple[Event, int]] = []
-        if not self.poller.poll(int(timeout * 1000)):
+        if not self._wait(timeout):
             return out
         while True:
             try:
@@ -139,6 +140,27 @@ class ClusterClient:
             for offset in range(0, count * REPORT_SIZE, REPORT_SIZE):
                 out.append(record_to_event(payload, offset))
             self.received += count
+
+    def _wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a report; True when one can be read.
+
+        zmq_poll counts whole milliseconds, so a shorter wait would poll without waiting, and an open-loop
+        sender that waits for its next send time in sub-millisecond steps would spin on a core. The socket's
+        file descriptor (edge-triggered: reading ZMQ_EVENTS re-arms it) waits to the microsecond.
+        """
+        socket = self.socket
+        if socket.getsockopt(_EVENTS) & _POLLIN:
+            return True
+        if timeout <= 0:
+            return False
+        deadline = time.perf_counter() + timeout
+        while True:
+            select.select(self._fd, (), (), timeout)
+            if socket.getsockopt(_EVENTS) & _POLLIN:
+                return True
+            timeout = deadline - time.perf_counter()
+            if timeout <= 0:
+                return False
 
     def collect(self, until: object, timeout: float = 5.0) -> list[Event]:
         """Events until ``until(events)`` is true or ``timeout`` passes (for tests and tools)."""
