@@ -458,13 +458,15 @@ def _uint(name: str, value: Any, width: int) -> int:
 
 def encode_options(options: Mapping[str, Any]) -> bytes:
     """Encode TagValue options (names from the option table, or ``tag_<n>`` with raw bytes)."""
+    if not isinstance(options, Mapping):
+        raise OuchError(f"options: expected a mapping of option names to values, got {type(options).__name__}")
     parts = []
     for name, value in options.items():
         known = _OPTION_BY_NAME.get(name)
         if known is not None:
             tag, kind, width = known
             raw = _alpha(name, value, width) if kind == ALPHA else _uint(name, value, width).to_bytes(width, "big")
-        elif name.startswith("tag_") and name[4:].isdigit() and int(name[4:]) < 256:
+        elif isinstance(name, str) and name.startswith("tag_") and name[4:].isdigit() and int(name[4:]) < 256:
             tag = int(name[4:])
             if not isinstance(value, bytes | bytearray) or len(value) > 254:
                 raise OuchError(f"option {name}: expected at most 254 raw bytes")
@@ -499,14 +501,73 @@ def _encode(specs: dict[str, MessageSpec], direction: str, type: str, fields: di
     return spec.layout.pack(*values) + appendage
 
 
+def _make_encoder(spec: MessageSpec, specs: dict[str, MessageSpec], direction: str) -> Callable[..., bytes]:
+    # Generated straight-line code like the decoders: keyword-only parameters from the table, one pack. Values
+    # that the checks of _encode would refuse (wrong type, too long, out of range, unknown or missing fields)
+    # fail here too, and _encode then raises its precise OuchError: the result is the same, only faster
+    # (an Order Accepted was ~25 calls of _alpha/_uint; the gateway encodes one or more per order).
+    params, prepare, checks, values, names = [], [], [], ["_code"], []
+    appendage = "b''"
+    for i, (name, kind, width) in enumerate(spec.fields):
+        if not name.isidentifier():
+            raise AssertionError(f"bad field name {name!r}")
+        names.append(name)
+        if kind == APPENDAGE:
+            params.append(f"{name}=None")
+            prepare.append(f"_app = _options({name}) if {name} else b''")
+            checks.append("len(_app) > 0xFFFF")
+            values.append("len(_app)")
+            appendage = "_app"
+        elif kind == ALPHA:
+            params.append(name)
+            prepare.append(f"_a{i} = {name}.ljust({width}).encode('ascii')")
+            checks.append(f"len(_a{i}) != {width}")
+            values.append(f"_a{i}")
+        else:
+            params.append(name)
+            checks.append(f"type({name}) is not int")  # bool and float are refused, as by _uint
+            values.append(name)
+    body = "".join(f"        {line}\n" for line in prepare)
+    if checks:
+        body += f"        if {' or '.join(checks)}:\n            raise ValueError\n"
+    slow_fields = ", ".join(f'"{n}": {n}' for n in names)
+    src = (f"def encode({'*, ' if params else ''}{', '.join(params)}):\n"
+           f"    try:\n{body}"
+           f"        return _pack({', '.join(values)}) + {appendage}\n"
+           f"    except Exception:\n"
+           f"        pass\n"
+           f"    return _slow(_specs, _direction, _code_text, {{{slow_fields}}})\n")
+    namespace: dict[str, Any] = {"_pack": spec.layout.pack, "_code": spec.code.encode("ascii"),
+                                 "_code_text": spec.code, "_options": encode_options, "_slow": _encode,
+                                 "_specs": specs, "_direction": direction}
+    exec(src, namespace)  # source built only from the static tables above
+    return namespace["encode"]
+
+
+_FAST_INBOUND = {code: _make_encoder(spec, INBOUND_SPECS, "inbound") for code, spec in INBOUND_SPECS.items()}
+_FAST_OUTBOUND = {code: _make_encoder(spec, OUTBOUND_SPECS, "outbound") for code, spec in OUTBOUND_SPECS.items()}
+
+
 def encode_inbound(type: str, **fields: Any) -> bytes:
     """Encode a client-to-exchange message; ``options`` may be omitted (no appendage).
     ``encode_inbound(**decode_inbound(b))`` round-trips."""
+    fast = _FAST_INBOUND.get(type) if isinstance(type, str) else None
+    if fast is not None:
+        try:
+            return fast(**fields)
+        except TypeError:  # a field missing or unknown: _encode names it
+            pass
     return _encode(INBOUND_SPECS, "inbound", type, fields)
 
 
 def encode_outbound(type: str, **fields: Any) -> bytes:
     """Encode an exchange-to-client message; ``options`` may be omitted (no appendage)."""
+    fast = _FAST_OUTBOUND.get(type) if isinstance(type, str) else None
+    if fast is not None:
+        try:
+            return fast(**fields)
+        except TypeError:  # a field missing or unknown: _encode names it
+            pass
     return _encode(OUTBOUND_SPECS, "outbound", type, fields)
 
 

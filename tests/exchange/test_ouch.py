@@ -218,6 +218,30 @@ def test_roundtrip_every_message_type(inbound, outbound):
     assert decode_outbound(encode_outbound(**outbound)) == outbound
 
 
+@settings(max_examples=200, deadline=None)
+@given(_messages(ouch.OUTBOUND_SPECS), st.sampled_from([None, "", "x" * 15, "\u00e9", 1.5, True, -1, 1 << 64, "drop"]),
+       st.integers(0, 30))
+def test_generated_encoders_equal_the_checked_path(message, bad, where):
+    # The straight-line encoders must give the same bytes for good values and the same OuchError for bad ones.
+    code = message.pop("type")
+    names = [name for name, _, _ in ouch.OUTBOUND_SPECS[code].fields]
+    if bad is not None and names:
+        name = names[where % len(names)]
+        if bad == "drop":
+            del message[name]
+        else:
+            message[name] = bad
+    try:
+        fast: object = encode_outbound(code, **message)
+    except OuchError as exc:
+        fast = ("error", str(exc))
+    try:
+        checked: object = ouch._encode(ouch.OUTBOUND_SPECS, "outbound", code, message)
+    except OuchError as exc:
+        checked = ("error", str(exc))
+    assert fast == checked
+
+
 # -- reason codes -------------------------------------------------------------------------------------
 
 
