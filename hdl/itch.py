@@ -136,17 +136,18 @@ class ItchDecoder(wiring.Component):
             return expected, book, known
 
         in_ready = Signal()  # the input register may load: it is empty or the tracker is done with it
-        hist = [Signal(8, name="hist0"), Signal(8, name="hist1")]  # the two stream bytes before the beat
+        # The two stream bytes before the beat: those of the last real beat loaded into the input register.
+        # While that register holds one (p_valid), they are its own last bytes; hist_bak keeps them for
+        # the cycles it holds none. So no register here waits for i.ready and i.valid (an enable built
+        # from both was four LUTs from the tracker's state); the two bytes are one 2:1 mux from registers.
+        hist = [Signal(8, name="hist0"), Signal(8, name="hist1")]
+        hist_bak = [Signal(8, name="hist_bak0"), Signal(8, name="hist_bak1")]
         m.d.comb += self.i.ready.eq(in_ready)
         in_bytes, therm, in_last, src_valid = port_bytes, port_therm, beat.last, port_valid
         # Zero tests of each stream byte's nibbles, kept: every test of a length's high bits below is
         # one LUT over these and a few raw bits (abc9 otherwise derived one test from another).
         zero_nib = {id(byte): nibble_zero(byte, f"pre{i}") for i, byte in enumerate([*hist, *in_bytes])}
         types = [type_decode(in_bytes[t], t) for t in range(lanes)]
-        # The history moves with every beat, even a short one: that ends the packet, and framing then
-        # restarts at lane 0, where the history is not used (and its enable is one level shallower).
-        with m.If(in_ready & port_valid):
-            m.d.sync += [hist[0].eq(in_bytes[-2] if lanes > 1 else hist[1]), hist[1].eq(in_bytes[-1])]
 
         def high_byte_zero(byte):
             lo_z, hi_z = zero_nib[id(byte)]
@@ -178,7 +179,6 @@ class ItchDecoder(wiring.Component):
         nstate = lanes + 3
         x_nx = {p: Signal(nstate, name=f"x_nx{p + 1}") for p in positions}
         x_hold = {p: Signal(name=f"x_hold{p + 1}") for p in positions}  # whole frame here: see beat again
-        x_adv = {p: Signal(name=f"x_adv{p + 1}") for p in positions}  # frame goes on into the next beat
         x_rem1 = {p: Signal(16, name=f"x_rem{p + 1}") for p in positions}  # e - lanes
         x_last = {p: Signal(name=f"x_last{p + 1}") for p in positions}  # e - lanes is in the next beat
         x_zero = {p: Signal(name=f"x_zero{p + 1}") for p in positions}  # a zero length prefix
@@ -200,7 +200,7 @@ class ItchDecoder(wiring.Component):
         m.d.comb += neop.eq(~in_eop)
         therm_k = Signal(lanes, name="pre_therm", attrs={"keep": 1})
         m.d.comb += therm_k.eq(therm)
-        pre_nx, pre_hold, pre_adv, pre_rem1, pre_last, pre_zero = {}, {}, {}, {}, {}, {}
+        pre_nx, pre_hold, pre_rem1, pre_last, pre_zero = {}, {}, {}, {}, {}
         for p in positions:
             n = Cat(in_bytes[0], hist[1]) if p < 0 else Cat(in_bytes[p + 1], in_bytes[p])
             hb, lbyte = (hist[1], in_bytes[0]) if p < 0 else (in_bytes[p], in_bytes[p + 1])
@@ -254,7 +254,6 @@ class ItchDecoder(wiring.Component):
                     m.d.comb += nx[k + 1].eq(hzc[c] & lq[0] & neop)
             m.d.comb += [nx[0].eq(in_eop & ~hold), nx[lanes + 1].eq(neop & ~lt2)]
             pre_nx[p], pre_hold[p] = nx, hold
-            pre_adv[p] = ~hold & neop
             pre_rem1[p] = (n + (p + 1 - lanes))[:16]
             pre_last[p] = zl & zh & lqlast
             pre_zero[p] = high_byte_zero(hb) & high_byte_zero(lbyte)
@@ -265,25 +264,36 @@ class ItchDecoder(wiring.Component):
             n = Cat(stream[t + 1], stream[t])
             hb = stream[t]
             expected, book, known = types[t]
-            # Kept nets again, so the length's high-bit test and the per-bit comparison stay two
-            # shallow trees instead of one chain.
+            # Kept nets again: the type's length (each bit one function of the type byte), the length's
+            # high-bit test and the comparison in pairs of bits, so that the check is one LUT4 over four
+            # nets at most two levels deep (a comparison with the decoded length was six levels).
+            expected.attrs["keep"] = 1
             n_high_zero = Signal(name=f"pre_nhz{t}", attrs={"keep": 1})
-            n_low_eq = Signal(name=f"pre_neq{t}", attrs={"keep": 1})
-            m.d.comb += [n_high_zero.eq(high_byte_zero(hb) & (n[6:8] == 0)), n_low_eq.eq(n[:6] == expected)]
+            m.d.comb += n_high_zero.eq(high_byte_zero(hb) & (n[6:8] == 0))
+            pair_eq = []
+            for b in range(0, 6, 2):
+                eq = Signal(name=f"pre_neq{t}_{b}", attrs={"keep": 1})
+                m.d.comb += eq.eq(n[b : b + 2] == expected[b : b + 2])
+                pair_eq.append(eq)
             pre_book.append(book)
-            pre_lenok.append(n_high_zero & n_low_eq)
+            pre_lenok.append(n_high_zero & Cat(*pair_eq).all())
             pre_known.append(known)
         # The input register's data is loaded whenever it may be (in_ready), whether or not a beat is
         # offered: its enable (some 570 flip-flops) then waits only for the tracker, not for i.valid or
-        # keep. Its contents count only with p_valid; the byte history moves only with a real beat.
+        # keep. Its contents count only with p_valid; the byte history follows only real beats.
         with m.If(in_ready):
             m.d.sync += p_valid.eq(src_valid)
-        # The beat's offset in its packet, counted as beats are loaded (not as the tracker finishes
-        # them), so that it moves with the input register's enable.
+        # The offered beat's offset in its packet: the one after the last real beat loaded, taken from
+        # the input register while it holds that beat and kept in woff_bak for the cycles it holds none
+        # (as the history, so no enable waits for i.ready and i.valid together).
         in_woff = Signal(16)
         p_woff = Signal(16)
-        with m.If(in_ready & src_valid):
-            m.d.sync += in_woff.eq(Mux(in_eop, 0, in_woff + lanes))
+        woff_bak = Signal(16)
+        woff_after = Signal(16)
+        m.d.comb += woff_after.eq(Mux(p_eop, 0, p_woff + lanes))
+        with m.If(p_valid):
+            m.d.sync += woff_bak.eq(woff_after)
+        m.d.comb += in_woff.eq(Mux(p_valid, woff_after, woff_bak))
         with m.If(in_ready):
             m.d.sync += [
                 p_therm.eq(therm),
@@ -297,11 +307,17 @@ class ItchDecoder(wiring.Component):
                 m.d.sync += [p_book[t].eq(pre_book[t]), p_lenok[t].eq(pre_lenok[t]), p_known[t].eq(pre_known[t])]
             for p in positions:
                 m.d.sync += [
-                    x_nx[p].eq(pre_nx[p]), x_hold[p].eq(pre_hold[p]), x_adv[p].eq(pre_adv[p]),
+                    x_nx[p].eq(pre_nx[p]), x_hold[p].eq(pre_hold[p]),
                     x_rem1[p].eq(pre_rem1[p]), x_last[p].eq(pre_last[p]), x_zero[p].eq(pre_zero[p]),
                 ]
             m.d.sync += s_trunc.eq(~(therm[0] & (pre_hold[-1] | ~in_eop)))
             m.d.sync += x_fn.eq(Cat(*[therm[p] & (pre_nx[p][0] if p < lanes - 1 else in_eop) for p in range(lanes)]))
+        # The history follows every real beat, even a short one: that ends the packet, and framing then
+        # restarts at lane 0, where the history is not used.
+        p_last2 = [p_bytes[-2] if lanes > 1 else p_prev, p_bytes[-1]]
+        with m.If(p_valid):
+            m.d.sync += [hist_bak[k].eq(p_last2[k]) for k in range(2)]
+        m.d.comb += [hist[k].eq(Mux(p_valid, p_last2[k], hist_bak[k])) for k in range(2)]
         x_n = {p: Cat(p_bytes[p + 1], p_bytes[p]) for p in positions if p >= 0}
         s_n = Cat(p_bytes[0], p_prev)
 
@@ -409,7 +425,6 @@ class ItchDecoder(wiring.Component):
             return Const(1 << (cw + 2), nwords + 2)
 
         sel_s_hold = Signal()  # split prefix completed, whole frame in this beat
-        sel_s_adv = Signal()  # split prefix completed, frame continues
         sel_s_trunc = Signal()  # split prefix, packet ends
         sel_cont = Signal()  # frame continues through this beat
         sel_new_adv = Signal()  # new frame continues into the next beat
@@ -417,10 +432,10 @@ class ItchDecoder(wiring.Component):
         c_trunc = Signal()  # the current frame is cut by the packet's end
         m.d.comb += [
             sel_s_hold.eq(half & x_hold[-1]),
-            sel_s_adv.eq(half & x_adv[-1]),
             sel_s_trunc.eq(half & s_trunc),
             sel_cont.eq(cont & ~eop),
-            sel_new_adv.eq(Cat(*[pos[p] & x_adv[p] for p in positions if p >= 0]).any()),
+            # from registers here: in the input register, the hold it depends on is three levels deep
+            sel_new_adv.eq(~eop & Cat(*[pos[p] & ~x_hold[p] for p in positions if p >= 0]).any()),
             sel_new_half.eq(pos[lanes - 1] & ~eop),
             c_trunc.eq(Cat(*[pos[p] & ~p_therm[p - 1] for p in range(1, lanes + 1)], cont & eop).any()),
         ]
