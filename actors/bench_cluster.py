@@ -14,6 +14,7 @@ import os
 import platform
 import random
 import shutil
+import struct
 import sys
 import tempfile
 import time
@@ -24,6 +25,15 @@ from actors.cluster import Cluster
 from actors.config import load_config
 from actors.ports import free_port_block
 from exchange.orders import CancelOrder, NewOrder, Side, TimeInForce
+from exchange.wire import (
+    ORDER,
+    REASON_CODES,
+    REASONS_BY_CODE,
+    REPORT,
+    REPORT_SIZE,
+    EventKind,
+    command_to_record,
+)
 
 SYMBOLS = ("AAPL", "MSFT", "GOOG", "TSLA")
 
@@ -90,66 +100,91 @@ def latency_histogram(latencies_ns: list[int]) -> dict:
             "hdr": histogram.encode().decode("ascii") if count else ""}
 
 
-def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7) -> dict:
-    """Offer ``rate`` commands/s for ``seconds``; returns achieved rate and latency percentiles (us)."""
+def _zmq_plan(total: int, seed: int) -> list[bytes]:
+    """The order records of a run, made before it starts (the choices never depend on answers): at send time
+    only the scheduled time is written in, so the load generator takes little of the CPU it measures."""
     rng = random.Random(seed)
-    client = ClusterClient(endpoint, name=f"bench-{os.getpid()}-{rate:.0f}", send_hwm=1_000_000)
     live: list[tuple[str, int]] = []
     next_id = 1
+    records = []
+    for _ in range(total):
+        roll = rng.random()
+        if roll < 0.45 or not live:
+            symbol = rng.choice(SYMBOLS)
+            side = Side.BUY if rng.random() < 0.5 else Side.SELL
+            price = 10_000 - rng.randint(1, 50) if side is Side.BUY else 10_000 + rng.randint(1, 50)
+            records.append(command_to_record(NewOrder(symbol, next_id, f"B{next_id % 8}", side, price, 100)))
+            live.append((symbol, next_id))
+            next_id += 1
+        elif roll < 0.9:
+            symbol, order_id = live.pop(rng.randrange(len(live)))
+            records.append(command_to_record(CancelOrder(symbol, order_id)))
+        else:
+            symbol = rng.choice(SYMBOLS)
+            side = Side.BUY if rng.random() < 0.5 else Side.SELL
+            price = 10_060 if side is Side.BUY else 9_940
+            records.append(command_to_record(NewOrder(symbol, next_id, f"B{next_id % 8}", side, price, 100,
+                                                      tif=TimeInForce.IOC)))
+            next_id += 1
+    return records
+
+
+# Where a report's kind, reason and trace time sit (exchange/wire.py REPORT), read in place by the load loop.
+_TRACE_AT = REPORT.offset_of("trace_ns") // 8
+_REASON_AT = REPORT.offset_of("reason") // 8
+_ORDER_TRACE_AT = ORDER.offset_of("trace_ns") // 8
+_ACCEPTED, _REJECTED, _CANCELLED = int(EventKind.ACCEPTED), int(EventKind.REJECTED), int(EventKind.CANCELLED)
+_USER = REASON_CODES["user"]
+
+
+def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7) -> dict:
+    """Offer ``rate`` commands/s for ``seconds``; returns achieved rate and latency percentiles (us)."""
+    client = ClusterClient(endpoint, name=f"bench-{os.getpid()}-{rate:.0f}", send_hwm=1_000_000)
     latencies: list[int] = []
     answered = 0
     busy = 0
     rejected: dict[str, int] = {}
     total = int(rate * seconds)
+    plan = _zmq_plan(total, seed)
     interval_ns = int(1e9 / rate)
+    trace = struct.Struct("<Q").pack
+    unpack_trace = struct.Struct("<Q").unpack_from
+    first, rest = _ORDER_TRACE_AT, _ORDER_TRACE_AT + 8
     start = time.perf_counter_ns() + 20_000_000
     sent = 0
     last_answer = start
+
+    def read(timeout: float) -> None:
+        nonlocal answered, last_answer
+        for payload in client.poll_records(timeout):
+            now = time.perf_counter_ns()
+            for offset in range(0, len(payload), REPORT_SIZE):
+                kind = payload[offset]
+                if kind == _ACCEPTED or kind == _REJECTED or (kind == _CANCELLED and
+                                                              payload[offset + _REASON_AT] == _USER):
+                    latencies.append(now - unpack_trace(payload, offset + _TRACE_AT)[0])
+                    answered += 1
+                    last_answer = now
+                    if kind == _REJECTED:  # an answer, but not a trade: overload shows as "busy"
+                        reason = REASONS_BY_CODE.get(payload[offset + _REASON_AT], "?")
+                        rejected[reason] = rejected.get(reason, 0) + 1
+
     try:
         while sent < total:
             now = time.perf_counter_ns()
             due = min(total, (now - start) // interval_ns + 1) if now >= start else 0
+            pending = client.pending  # flush replaces the list
             while sent < due:
-                scheduled = start + sent * interval_ns
-                roll = rng.random()
-                if roll < 0.45 or not live:
-                    symbol = rng.choice(SYMBOLS)
-                    side = Side.BUY if rng.random() < 0.5 else Side.SELL
-                    price = 10_000 - rng.randint(1, 50) if side is Side.BUY else 10_000 + rng.randint(1, 50)
-                    client.queue(NewOrder(symbol, next_id, f"B{next_id % 8}", side, price, 100), scheduled)
-                    live.append((symbol, next_id))
-                    next_id += 1
-                elif roll < 0.9:
-                    symbol, order_id = live.pop(rng.randrange(len(live)))
-                    client.queue(CancelOrder(symbol, order_id), scheduled)
-                else:
-                    symbol = rng.choice(SYMBOLS)
-                    side = Side.BUY if rng.random() < 0.5 else Side.SELL
-                    price = 10_060 if side is Side.BUY else 9_940
-                    client.queue(NewOrder(symbol, next_id, f"B{next_id % 8}", side, price, 100,
-                                          tif=TimeInForce.IOC), scheduled)
-                    next_id += 1
+                record = plan[sent]
+                pending.append(record[:first] + trace(start + sent * interval_ns) + record[rest:])
                 sent += 1
             if not client.flush():
                 busy += 1
-            # Sleep in poll until the next order is due: a spinning generator would steal a core.
-            wait = (start + sent * interval_ns - time.perf_counter_ns()) / 1e9
-            for event, trace_ns in client.poll(min(max(wait, 0.0), 0.002)):
-                if event.kind in ("accepted", "rejected") or (event.kind == "cancelled" and event.reason == "user"):
-                    latencies.append(time.perf_counter_ns() - trace_ns)
-                    answered += 1
-                    if event.kind == "rejected":  # an answer, but not a trade: overload shows as "busy"
-                        rejected[event.reason] = rejected.get(event.reason, 0) + 1
-            last_answer = time.perf_counter_ns()
+            # Wait in the socket until the next order is due (to the microsecond: no spinning).
+            read(min(max((start + sent * interval_ns - time.perf_counter_ns()) / 1e9, 0.0), 0.002))
         deadline = time.monotonic() + 10
         while answered < sent and time.monotonic() < deadline:
-            for event, trace_ns in client.poll(0.05):
-                if event.kind in ("accepted", "rejected") or (event.kind == "cancelled" and event.reason == "user"):
-                    latencies.append(time.perf_counter_ns() - trace_ns)
-                    answered += 1
-                    last_answer = time.perf_counter_ns()
-                    if event.kind == "rejected":
-                        rejected[event.reason] = rejected.get(event.reason, 0) + 1
+            read(0.05)
         elapsed = (time.perf_counter_ns() - start) / 1e9 if answered < sent else (last_answer - start) / 1e9
     finally:
         client.close()

@@ -27,7 +27,7 @@ from exchange.orders import (
     Side,
     TimeInForce,
 )
-from exchange.wire import REPORT_SIZE, MessageKind, command_to_record, pack_header, record_to_event, unpack_header
+from exchange.wire import REPORT_SIZE, MessageKind, command_to_record, pack_header, parse_header, record_to_event
 
 # A plain int: pyzmq combines Flag members in Python, which costs on every send.
 NOBLOCK = int(zmq.NOBLOCK)
@@ -118,7 +118,13 @@ class ClusterClient:
 
     def poll(self, timeout: float = 0.0) -> list[tuple[Event, int]]:
         """Reports received within ``timeout`` seconds: (event, trace_ns) pairs, in arrival order."""
-        out: list[tuple[Event, int]] = []
+        return [record_to_event(payload, offset)
+                for payload in self.poll_records(timeout) for offset in range(0, len(payload), REPORT_SIZE)]
+
+    def poll_records(self, timeout: float = 0.0) -> list[bytes]:
+        """Like :meth:`poll`, undecoded: the payload of each message received, ``REPORT_SIZE`` bytes per report
+        (checked against its header), for callers that read a few fields in place, such as load generators."""
+        out: list[bytes] = []
         if not self._wait(timeout):
             return out
         while True:
@@ -130,15 +136,13 @@ class ClusterClient:
                 self.malformed += 1
                 continue
             try:
-                header = unpack_header(header_frame)
-                count = header["count"]
+                count = parse_header(header_frame)[1]
                 if len(payload) != count * REPORT_SIZE:
                     raise LayoutError("payload length")
             except LayoutError:
                 self.malformed += 1
                 continue
-            for offset in range(0, count * REPORT_SIZE, REPORT_SIZE):
-                out.append(record_to_event(payload, offset))
+            out.append(payload)
             self.received += count
 
     def _wait(self, timeout: float) -> bool:

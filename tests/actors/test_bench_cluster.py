@@ -1,0 +1,39 @@
+"""The cluster benchmark runs end to end: every order it offers is answered, in each placement of the actors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from actors.bench_cluster import _zmq_plan
+from exchange.orders import CancelOrder, NewOrder
+from exchange.wire import record_to_command
+
+
+@pytest.mark.parametrize("placement", ["per-role", "single"])
+def test_bench_cluster_answers_every_order(placement):
+    done = subprocess.run([sys.executable, "-m", "actors.bench_cluster", "--quick", "--book-nodes", "1",
+                           "--rates", "800", "--seconds", "0.5", "--placement", placement],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(line for line in done.stdout.splitlines() if "offered=800" in line)
+    sent, answered = int(re.search(r"answered=(\d+)/(\d+)", line)[2]), int(re.search(r"answered=(\d+)/", line)[1])
+    assert sent == 400 and answered == sent, line
+    assert re.search(r"cpu_us_per_order=.*client:\d+", line), line
+    assert ("placement=single" in line) == (placement == "single")
+
+
+def test_the_plan_is_deterministic_and_cancels_only_live_orders():
+    plan = _zmq_plan(2000, seed=7)
+    assert plan == _zmq_plan(2000, seed=7) and plan != _zmq_plan(2000, seed=8)
+    live = set()
+    for record in plan:
+        command = record_to_command(record)[0]
+        if type(command) is NewOrder:
+            live.add(command.order_id)
+        else:
+            assert type(command) is CancelOrder and command.order_id in live
+            live.discard(command.order_id)
