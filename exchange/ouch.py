@@ -548,27 +548,26 @@ _FAST_INBOUND = {code: _make_encoder(spec, INBOUND_SPECS, "inbound") for code, s
 _FAST_OUTBOUND = {code: _make_encoder(spec, OUTBOUND_SPECS, "outbound") for code, spec in OUTBOUND_SPECS.items()}
 
 
+def _encode_fast(fast: dict[str, Callable[..., bytes]], specs: dict[str, MessageSpec], direction: str, type: str,
+                 fields: dict[str, Any]) -> bytes:
+    encoder = fast.get(type) if isinstance(type, str) else None
+    if encoder is not None:
+        try:
+            return encoder(**fields)
+        except TypeError:  # a field missing or unknown: _encode names it
+            pass
+    return _encode(specs, direction, type, fields)
+
+
 def encode_inbound(type: str, **fields: Any) -> bytes:
     """Encode a client-to-exchange message; ``options`` may be omitted (no appendage).
     ``encode_inbound(**decode_inbound(b))`` round-trips."""
-    fast = _FAST_INBOUND.get(type) if isinstance(type, str) else None
-    if fast is not None:
-        try:
-            return fast(**fields)
-        except TypeError:  # a field missing or unknown: _encode names it
-            pass
-    return _encode(INBOUND_SPECS, "inbound", type, fields)
+    return _encode_fast(_FAST_INBOUND, INBOUND_SPECS, "inbound", type, fields)
 
 
 def encode_outbound(type: str, **fields: Any) -> bytes:
     """Encode an exchange-to-client message; ``options`` may be omitted (no appendage)."""
-    fast = _FAST_OUTBOUND.get(type) if isinstance(type, str) else None
-    if fast is not None:
-        try:
-            return fast(**fields)
-        except TypeError:  # a field missing or unknown: _encode names it
-            pass
-    return _encode(OUTBOUND_SPECS, "outbound", type, fields)
+    return _encode_fast(_FAST_OUTBOUND, OUTBOUND_SPECS, "outbound", type, fields)
 
 
 def timestamp_now() -> int:
