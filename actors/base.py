@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import struct
 import time
 from dataclasses import dataclass
 
@@ -13,6 +14,11 @@ import zmq
 from actors.config import ClusterConfig
 from actors.metrics import Log2Histogram
 from actors.transport import Batch, ControlRequest, LocalDirectory, Outbox, PeerDown, PeerUp, SendResult, Tick
+from exchange.wire import ORDER, ORDER_SIZE, REPORT, REPORT_SIZE, MessageKind
+
+_unpack_trace = struct.Struct("<Q").unpack_from
+_ORDER_TRACE_AT = ORDER.offset_of("trace_ns") // 8
+_REPORT_TRACE_AT = REPORT.offset_of("trace_ns") // 8
 
 log = logging.getLogger("matchwire")
 
@@ -74,6 +80,12 @@ class ClusterActor(pykka.ThreadingActor):
         self.batch_ns = Log2Histogram()
         self.flush_ns = Log2Histogram()
         self.batch_records = Log2Histogram(16)
+        # How old a batch's first record is when the actor takes it: time since the client sent it (binary API)
+        # or the gateway took it in (OUCH), so stage after stage shows where latency accumulates. The trace
+        # time is the sender's CLOCK_MONOTONIC: comparable only when every node runs on one host.
+        self.age_orders_ns = Log2Histogram()
+        self.age_reports_ns = Log2Histogram()
+        self._ages = len({node.host for node in context.config.nodes}) == 1
 
     # -- pykka life cycle ----------------------------------------------------------------
 
@@ -100,6 +112,8 @@ class ClusterActor(pykka.ThreadingActor):
         kind = type(message)
         if kind is Batch:
             started = time.perf_counter_ns()
+            if self._ages and message.count:  # type: ignore[union-attr]
+                self._record_age(message, started)  # type: ignore[arg-type]
             try:
                 self.handle_batch(message)  # type: ignore[arg-type]
             finally:
@@ -135,6 +149,17 @@ class ClusterActor(pykka.ThreadingActor):
             else:
                 self.flush()
         return None
+
+    def _record_age(self, batch: Batch, now: int) -> None:
+        payload = batch.payload
+        if batch.kind is MessageKind.ORDERS and len(payload) >= ORDER_SIZE:
+            trace, histogram = _unpack_trace(payload, _ORDER_TRACE_AT)[0], self.age_orders_ns
+        elif batch.kind is MessageKind.REPORTS and len(payload) >= REPORT_SIZE:
+            trace, histogram = _unpack_trace(payload, _REPORT_TRACE_AT)[0], self.age_reports_ns
+        else:
+            return  # other kinds, or too short (handle_batch counts a malformed batch)
+        if 0 < trace < now:  # 0: no trace (replays, records made inside the cluster)
+            histogram.record(now - trace)
 
     MAX_BATCH_RECORDS = 512
     MAX_BATCH_DELAY_NS = 500_000
@@ -185,6 +210,8 @@ class ClusterActor(pykka.ThreadingActor):
         out["batch_ns"] = self.batch_ns.snapshot()
         out["flush_ns"] = self.flush_ns.snapshot()
         out["batch_records"] = self.batch_records.snapshot()
+        out["age_orders_ns"] = self.age_orders_ns.snapshot()
+        out["age_reports_ns"] = self.age_reports_ns.snapshot()
         return out
 
     # -- helpers ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 from actors.client import ClusterClient
 from actors.cluster import Cluster
 from actors.config import load_config
+from actors.metrics import histogram_delta, histogram_quantile
 from actors.ports import free_port_block
 from exchange.orders import CancelOrder, NewOrder, Side, TimeInForce
 from exchange.wire import (
@@ -284,6 +285,29 @@ def run_load_ouch(address: tuple[str, int], rate: float, seconds: float, seed: i
             "latency": latency_histogram(latencies)}
 
 
+# The stages of an order's way, in order, by where a batch is taken: (stage, actor kind, histogram).
+_STAGES = (("gateway", "gateway/", "age_orders_ns"), ("risk", "risk/", "age_orders_ns"),
+           ("book", "book/", "age_orders_ns"), ("answer", "gateway/", "age_reports_ns"),
+           ("md", "md/", "age_reports_ns"))
+
+
+def _stage_ages(cluster: Cluster) -> dict[str, dict]:
+    """Per stage, every actor's histogram of record ages on arrival (see actors/base.py), added up."""
+    out: dict[str, dict] = {}
+    for stage, prefix, key in _STAGES:
+        counts: list[int] = []
+        for node in cluster.nodes.values():
+            for actor, stats in ((node.stats or {}).get("actors") or {}).items():
+                hist = stats.get(key) if actor.startswith(prefix) and isinstance(stats, dict) else None
+                for i, n in enumerate((hist or {}).get("counts", [])):
+                    if i >= len(counts):
+                        counts.append(0)
+                    counts[i] += n
+        if counts:
+            out[stage] = {"counts": counts}
+    return out
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -350,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                         cluster.pump(0)
                         before = {n: _cpu_seconds(p.process.pid) for n, p in cluster.nodes.items()}
                         gc_before = {n: _gc_totals(p.stats) for n, p in cluster.nodes.items()}
+                        ages_before = _stage_ages(cluster)
                         bench_cpu = time.process_time()
                         if client == "ouch":
                             result = run_load_ouch(config.ouch_address(), rate, args.seconds)
@@ -361,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
                         time.sleep(1.1)  # the nodes' next statistics report covers the whole run
                         cluster.pump(0)
                         gc_ms = {n: _gc_totals(p.stats)[1] - gc_before[n][1] for n, p in cluster.nodes.items()}
+                        ages = {stage: histogram_delta(hist, ages_before.get(stage) or None)
+                                for stage, hist in _stage_ages(cluster).items()}
+                        # None where nothing was measured (OUCH orders reach the gateway outside batches).
+                        age_us = {stage: [None if (v := histogram_quantile(h, q)) is None else round(v / 1000)
+                                          for q in (0.5, 0.99)] for stage, h in ages.items()}
                         # The longest pause of any node since the cluster started (reports reset their own max).
                         gc_max = max((p.stats or {}).get("gc", {}).get("max_us_ever", 0)
                                      for p in cluster.nodes.values())
@@ -371,11 +401,13 @@ def main(argv: list[str] | None = None) -> int:
                               f"max_us={result['max_us']:.0f} cpu_us_per_order="
                               + ",".join(f"{n}:{v:.0f}" for n, v in cpu.items())
                               + " gc_ms=" + ",".join(f"{n}:{v:.1f}" for n, v in gc_ms.items())
-                              + f" gc_max_pause_us={gc_max}", flush=True)
+                              + f" gc_max_pause_us={gc_max} arrival_age_p50/p99_us="
+                              + ",".join(f"{stage}:{p50}/{p99}" for stage, (p50, p99) in age_us.items()
+                                         if p50 is not None), flush=True)
                         sustained = result["answered"] == result["sent"] and result["achieved"] >= 0.95 * rate
                         runs.append({"fsync": policy, "book_nodes": book_nodes, "client": client, **result,
                                      "sustained": sustained, "cpu_us_per_order": cpu, "gc_ms": gc_ms,
-                                     "gc_max_pause_us": gc_max})
+                                     "gc_max_pause_us": gc_max, "arrival_age_us": age_us})
                         if sustained:
                             key = (policy, book_nodes, client)
                             best[key] = max(best.get(key, 0.0), result["achieved"])

@@ -190,6 +190,12 @@ _HISTOGRAMS = (
      "Time an actor spends flushing its outbox after work (sends; for durable books the journal commit)",
      1e-9, 10, 30),
     ("batch_records", "matchwire_batch_records", "Records per inbound batch", 1.0, 0, 12),
+    ("age_orders_ns", "matchwire_stage_order_age_seconds",
+     "Age of a batch's first order record when the actor takes it: since the client sent it (binary API) or "
+     "the gateway took it in (OUCH); one-host clusters only", 1e-9, 10, 30),
+    ("age_reports_ns", "matchwire_stage_report_age_seconds",
+     "Age of a batch's first report record when the actor takes it: since its order was sent (as above)",
+     1e-9, 10, 30),
 )
 
 # Counters with a name of their own: stats key -> (metric name without _total, help).
@@ -224,7 +230,7 @@ _ACTOR_GAUGES = {
 }
 # Keys that are consumed elsewhere (or are not numbers worth a series).
 _SPECIAL = {"orders", "client_orders", "ouch_messages", "rejects", "seq", "bid", "bid_qty", "ask", "ask_qty",
-            "batch_ns", "flush_ns", "batch_records", "card_link_errors"}
+            "batch_ns", "flush_ns", "batch_records", "age_orders_ns", "age_reports_ns", "card_link_errors"}
 _INBOUND = (
     ("messages", "matchwire_inbound_messages", "Messages the node's inbound socket delivered to actors"),
     ("records", "matchwire_inbound_records", "Records the node's inbound socket delivered to actors"),

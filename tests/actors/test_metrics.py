@@ -165,6 +165,13 @@ def test_every_node_of_a_running_cluster_serves_its_metrics(tmp_path):
             assert 0 < _total(series, "matchwire_stage_batch_seconds_sum") < handled  # each batch under 1 s
             assert _total(series, "matchwire_batch_records_count") == handled
             assert _total(series, "matchwire_inbound_records_total") > 0 or name == "gateway"
+        # Ages on arrival (one host): orders reach the books, reports reach risk, the gateway and market data,
+        # each batch younger than the test.
+        for name, metric in (("book1", "order"), ("risk", "order"), ("risk", "report"), ("gateway", "report"),
+                             ("md", "report")):
+            ages = _total(scraped[name], f"matchwire_stage_{metric}_age_seconds_count")
+            assert ages > 0, (name, metric)
+            assert 0 < _total(scraped[name], f"matchwire_stage_{metric}_age_seconds_sum") < 60 * ages, (name, metric)
         # a book batch's records: at least one per batch, at most what the books received
         for series in books:
             assert _total(series, "matchwire_batch_records_sum") == _total(series, "matchwire_orders_total")
