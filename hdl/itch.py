@@ -146,7 +146,12 @@ class ItchDecoder(wiring.Component):
         in_bytes, therm, in_last, src_valid = port_bytes, port_therm, beat.last, port_valid
         # Zero tests of each stream byte's nibbles, kept: every test of a length's high bits below is
         # one LUT over these and a few raw bits (abc9 otherwise derived one test from another).
-        zero_nib = {id(byte): nibble_zero(byte, f"pre{i}") for i, byte in enumerate([*hist, *in_bytes])}
+        zero_nib = {id(byte): nibble_zero(byte, f"pre{i + 2}") for i, byte in enumerate(in_bytes)}
+        # The history's nibble tests come from registers too (see hist below), one 2:1 mux deep.
+        hist_zero = [(Signal(name=f"pre{k}_zl", attrs={"keep": 1}), Signal(name=f"pre{k}_zh", attrs={"keep": 1}))
+                     for k in range(2)]
+        for k in range(2):
+            zero_nib[id(hist[k])] = hist_zero[k]
         types = [type_decode(in_bytes[t], t) for t in range(lanes)]
 
         def high_byte_zero(byte):
@@ -318,6 +323,16 @@ class ItchDecoder(wiring.Component):
         with m.If(p_valid):
             m.d.sync += [hist_bak[k].eq(p_last2[k]) for k in range(2)]
         m.d.comb += [hist[k].eq(Mux(p_valid, p_last2[k], hist_bak[k])) for k in range(2)]
+        # Their nibble zero tests, registered beside them (from the port's own tests).
+        last2_src = [in_bytes[-2] if lanes > 1 else hist[1], in_bytes[-1]]
+        for k in range(2):
+            pz = [Signal(name=f"p_last{k}_zl"), Signal(name=f"p_last{k}_zh")]
+            bz = [Signal(name=f"hist_bak{k}_zl", init=1), Signal(name=f"hist_bak{k}_zh", init=1)]
+            with m.If(in_ready):
+                m.d.sync += [pz[h].eq(zero_nib[id(last2_src[k])][h]) for h in range(2)]
+            with m.If(p_valid):
+                m.d.sync += [bz[h].eq(pz[h]) for h in range(2)]
+            m.d.comb += [hist_zero[k][h].eq(Mux(p_valid, pz[h], bz[h])) for h in range(2)]
         x_n = {p: Cat(p_bytes[p + 1], p_bytes[p]) for p in positions if p >= 0}
         s_n = Cat(p_bytes[0], p_prev)
 
@@ -640,7 +655,8 @@ class ItchDecoder(wiring.Component):
                                       for k in range(src.width)}))
             if positions:
                 alpha_groups.setdefault(positions, []).append(i)
-        o1_high = Signal(len(alpha_groups))  # per group: some alpha byte has bit 7 set (in O2)
+        # per group: some alpha byte has bit 7 set (in O2); kept, two levels, so the status is two more
+        o1_high = Signal(len(alpha_groups), attrs={"keep": 1})
 
         # w_byp[j]: W writes byte j of the slot O1 takes in this cycle; registered from the next values.
         # Which slot O1 reads next cycle is only known late (o1_take), so whether the current frame's
@@ -735,7 +751,9 @@ class ItchDecoder(wiring.Component):
         m.d.comb += bad.eq(Cat(*[o1_high[g] & Cat(*[o1_book[i] for i in types]).any()
                                  for g, types in enumerate(alpha_groups.values())]).any())
         m.d.comb += [
-            record.status.eq(Mux(bad, ItchStatus.NON_ASCII, o1_status)),
+            # A book type is only selected (o1_book) for an OK frame, so with `bad` o1_status is OK (0) and
+            # NON_ASCII can be ORed in: one OR per bit instead of a multiplexer behind the whole check.
+            record.status.eq(o1_status | Mux(bad, ItchStatus.NON_ASCII, 0)),
             record.type.eq(Mux(o1_type_ok, o1_buf[0], 0)),
             record.offset.eq(o1_off),
             record.length.eq(o1_n),
