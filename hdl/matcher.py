@@ -471,7 +471,7 @@ class Matcher(wiring.Component):
                     set_best(0, level)
             record(RecordKind.ADDED, sell=sell, handle=handle, level=level, qty=qty, leaves=qty)
 
-        def unlink(handle, level, sell, slot, fixup, *, then_re_enter):
+        def unlink(handle, level, sell, slot, fixup):
             """Take ``handle`` out of its level's list (``slot`` holds its entries and the
             level's head/tail); drives ``fixup`` when its side's best level emptied (the walker
             started in EXEC then finds the next best)."""
@@ -485,9 +485,9 @@ class Matcher(wiring.Component):
             with m.If(is_head & is_tail):
                 m.d.comb += upd_en.eq(1)
                 with m.If(level == Mux(sell, ask, bid)):
-                    # The best level emptied: walk away from it for the next best.
+                    # The best level emptied: walk away from it for the next best (``fix_sell``
+                    # and ``fix_return`` are loaded in every EXEC cycle).
                     m.d.comb += fixup.eq(1)
-                    m.d.sync += [fix_sell.eq(sell), fix_return.eq(then_re_enter)]
             with m.Elif(is_head):
                 write_level(slot.nxt, lvl.tail)
             with m.Elif(is_tail):
@@ -690,6 +690,30 @@ class Matcher(wiring.Component):
             tk_occ_now.eq(Mux(bm_q.en & (bm_q.level == tk_limit), bm_q.set, tk_occ)),
         ]
 
+        # The registers a continuing command works from (the taker, the FIXUP side) are loaded in
+        # every EXEC cycle from slot C alone, chosen by the decoded op (a register), whatever the
+        # command turns out to do: only the continuation states read them, so loading them for a
+        # command that finishes (or waits on a hazard) is harmless, and the deep decisions stay
+        # off the enables of some hundred flip-flops.
+        with m.If(go & (state == State.EXEC)):
+            c_modify = c.opc == MatcherOp.MODIFY
+            m.d.sync += [
+                tk_sell.eq(Mux(c.new, c_sell, o.sell)),
+                tk_limit.eq(c.level),
+                tk_price.eq(Mux(c.new, cmd.price, c.level - window)),
+                tk_market.eq(c.new & c_market),
+                # A modify without a quantity keeps the order's.
+                tk_qty.eq(Mux(c.new | c_has_qty, cmd.qty, o.qty)),
+                sweep_rem.eq(cmd.qty),
+                tk_ioc.eq(c.new & c_ioc),
+                tk_post.eq(~c.new & o.post_only),
+                tk_modify.eq(c_modify),
+                tk_handle.eq(c_handle),
+                dry.eq(c.new & c_fok),
+                fix_sell.eq(o.sell),
+                fix_return.eq(c_modify),
+            ]
+
         # Everything below is gated by ``go``: when the output FIFO is full the core holds.
         with m.If(go):
             with m.Switch(state):
@@ -721,12 +745,7 @@ class Matcher(wiring.Component):
                                     cancelled(MatcherReason.POST_ONLY, cmd.qty)
                                     m.d.comb += finishing.eq(1)
                                 with m.Else():
-                                    with m.If(go):
-                                        m.d.sync += [
-                                            tk_sell.eq(c_sell), tk_limit.eq(c.level), tk_price.eq(cmd.price),
-                                            tk_market.eq(c_market), tk_qty.eq(cmd.qty), sweep_rem.eq(cmd.qty),
-                                            tk_ioc.eq(c_ioc), tk_post.eq(0), tk_modify.eq(0), dry.eq(c_fok),
-                                        ]
+                                    # The taker registers were loaded above (from slot C alone).
                                     with m.If(c.rd2_level == opp_best(c_sell)):
                                         m.d.sync += state.eq(State.SWEEP)
                                         m.d.comb += continuing.eq(1)
@@ -739,7 +758,7 @@ class Matcher(wiring.Component):
                                     reject(MatcherReason.UNKNOWN_ORDER)
                                 with m.Else():
                                     fixup = Signal()
-                                    unlink(c_handle, c.ref_level, o.sell, c, fixup, then_re_enter=0)
+                                    unlink(c_handle, c.ref_level, o.sell, c, fixup)
                                     free_order(o)
                                     record(RecordKind.CANCELLED, reason=MatcherReason.REQUESTED, sell=o.sell,
                                            handle=c_handle, level=o.level, qty=o.qty)
@@ -751,9 +770,9 @@ class Matcher(wiring.Component):
 
                             with m.Case(MatcherOp.MODIFY):
                                 new_qty = Signal(qw)
-                                new_level = Signal(lb)
-                                # cmd.price is the target price even when unchanged (then it equals ref).
-                                m.d.comb += [new_qty.eq(Mux(c_has_qty, cmd.qty, o.qty)), new_level.eq(c.level)]
+                                # cmd.price is the target price even when unchanged (then it equals
+                                # ref): the re-entry's level is c.level (``tk_limit``).
+                                m.d.comb += new_qty.eq(Mux(c_has_qty, cmd.qty, o.qty))
                                 # new_qty == o.qty and new_qty < o.qty
                                 qty_same = ~c_has_qty | qty_eq
                                 qty_down = c_has_qty & qty_lt
@@ -777,16 +796,10 @@ class Matcher(wiring.Component):
                                     # order rests, so a fully filled re-entry leaves nothing behind and the
                                     # rest never finds the book full (as in the engine).
                                     fixup = Signal(name="fixup_modify")
-                                    unlink(c_handle, c.ref_level, o.sell, c, fixup, then_re_enter=1)
+                                    unlink(c_handle, c.ref_level, o.sell, c, fixup)
                                     free_order(o)
                                     record(RecordKind.REMOVED, sell=o.sell, handle=c_handle, level=o.level, qty=o.qty,
                                            leaves=new_qty, last=False)
-                                    with m.If(go):
-                                        m.d.sync += [
-                                            tk_sell.eq(o.sell), tk_limit.eq(new_level), tk_price.eq(new_level - window),
-                                            tk_market.eq(0), tk_qty.eq(new_qty), tk_ioc.eq(0), tk_post.eq(o.post_only),
-                                            tk_modify.eq(1), tk_handle.eq(c_handle), dry.eq(0),
-                                        ]
                                     with m.If(fixup):
                                         m.d.sync += state.eq(State.FIXUP)
                                         m.d.comb += continuing.eq(1)

@@ -65,12 +65,14 @@ class LevelBitmap(wiring.Component):
     Update port: ``upd_en`` sets (``upd_set``) or clears bit ``upd_level`` at the clock edge.
     Query port: ``q_bit`` is bit ``q_level`` now. Walker ports: ``rd_word`` is word ``rd_group``
     and ``start_word`` word ``start_group`` now (asynchronous reads, zero for an empty group).
-    ``summary`` has one bit per non-empty word. ``clear`` empties the bitmap (it wins over an
+    ``summary`` has one bit per word that may be non-empty: set for every non-empty word, and
+    still set for a cycle after the update that empties a word (its OR-reduction is registered
+    first; the words themselves are always exact). ``clear`` empties the bitmap (it wins over an
     update in the same cycle). ``start_word`` and ``walk_summary`` already include this cycle's
     update (and clear), so a walk that starts now sees the bitmap as it will be and the update
     can come from a register stage behind the decision that made it. ``walk_summary`` forwards
-    only a set: a word this cycle's update empties still shows as non-empty, which costs a walker
-    a cycle on an empty word but keeps the word's read and OR-reduction off the path.
+    only a set: a word an update empties still shows as non-empty (for two cycles), which costs a
+    walker a cycle on an empty word but keeps the word's read and OR-reduction off the path.
     """
 
     def __init__(self, levels: int, group_width: int) -> None:
@@ -136,12 +138,28 @@ class LevelBitmap(wiring.Component):
             start_write.data.eq(new_word),
             start_write.en.eq(self.upd_en & ~self.clear),
         ]
+        # A set makes its word non-empty, known without reading it: the summary bit is set at
+        # once. Whether a clear empties its word is known only after the word's read and update
+        # and a 32-bit OR: that is done a cycle later, from a register (``pend_*``), so the summary
+        # may show a word that has just been emptied as non-empty for a cycle more. Nothing needs
+        # it exact: a word whose summary bit is set is read from the memory (which is exact), and
+        # a walker that loads an empty word just goes on to the next one.
+        pend_en = Signal()
+        pend_group = Signal(self.group_bits)
+        pend_word = Signal(gw)
+        m.d.sync += [pend_en.eq(self.upd_en & ~self.upd_set & ~self.clear), pend_group.eq(group),
+                     pend_word.eq(new_word)]
         with m.If(self.clear):
             m.d.sync += self.summary.eq(0)
-        with m.Elif(self.upd_en):
-            for g in range(self.groups):
-                with m.If(group == g):
-                    m.d.sync += self.summary[g].eq(new_word.any())
+        with m.Else():
+            with m.If(pend_en):
+                for g in range(self.groups):
+                    with m.If(pend_group == g):
+                        m.d.sync += self.summary[g].eq(pend_word.any())
+            with m.If(self.upd_en & self.upd_set):  # after the pending clear: a set wins
+                for g in range(self.groups):
+                    with m.If(group == g):
+                        m.d.sync += self.summary[g].eq(1)
         with m.If(self.clear):
             m.d.comb += self.walk_summary.eq(0)
         with m.Elif(self.upd_en & self.upd_set):
