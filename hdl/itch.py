@@ -124,15 +124,28 @@ class ItchDecoder(wiring.Component):
             return lo_z, hi_z
 
         def type_decode(byte, t):
+            # From kept one-hot decodes of the byte's two nibbles (one LUT4 each, only those the ITCH
+            # codes use), each type a 2-input AND of them: abc9 otherwise shared the first LUT level of
+            # this decode with the nibble zero tests of the length decode and put both two levels deep.
             expected = Signal(6, name=f"explen{t}")  # the type's length (all ITCH lengths < 64)
             book = Signal(len(BOOK_TYPES), name=f"bmatch{t}")
             known = Signal(name=f"known{t}")
-            with m.Switch(byte):
-                for code, spec in MESSAGE_SPECS.items():
-                    with m.Case(ord(code)):
-                        m.d.comb += [expected.eq(spec.length), known.eq(1)]
-                        if code in BOOK_TYPES:
-                            m.d.comb += book.eq(1 << BOOK_TYPES.index(code))
+            his = sorted({ord(code) >> 4 for code in MESSAGE_SPECS})
+            los = sorted({ord(code) & 15 for code in MESSAGE_SPECS})
+            nib_hi, nib_lo = {}, {}
+            for v in his:
+                nib_hi[v] = Signal(name=f"typ{t}_h{v:x}", attrs={"keep": 1})
+                m.d.comb += nib_hi[v].eq(byte[4:] == v)
+            for v in los:
+                nib_lo[v] = Signal(name=f"typ{t}_l{v:x}", attrs={"keep": 1})
+                m.d.comb += nib_lo[v].eq(byte[:4] == v)
+            match = {code: nib_hi[ord(code) >> 4] & nib_lo[ord(code) & 15] for code in MESSAGE_SPECS}
+            m.d.comb += [
+                expected.eq(Cat(*[Cat(*[match[c] for c, spec in MESSAGE_SPECS.items() if spec.length >> b & 1]).any()
+                                  for b in range(6)])),
+                known.eq(Cat(*match.values()).any()),
+                book.eq(Cat(*[match[c] for c in BOOK_TYPES])),
+            ]
             return expected, book, known
 
         in_ready = Signal()  # the input register may load: it is empty or the tracker is done with it
