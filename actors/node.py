@@ -333,7 +333,9 @@ def main(config_path: str | None, name: str, control_endpoint: str | None, paren
         node.stopping.set()
 
     signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    # Ctrl-C in a terminal reaches every process of the foreground group: a node with a launcher leaves the
+    # shutdown to it (demo traders first, then the nodes, by SIGTERM), instead of vanishing under it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN if parent_pid is not None else request_stop)
     try:
         node.start()
     except (RuntimeError, BackendUnavailable, ConfigError) as exc:

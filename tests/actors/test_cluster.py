@@ -176,6 +176,31 @@ def test_nodes_die_with_a_killed_launcher(tmp_path):
             launcher.kill()
 
 
+def test_ctrl_c_to_the_terminal_group_is_an_orderly_shutdown(tmp_path):
+    """Ctrl-C in a terminal signals the launcher and every node at once: the launcher alone shuts down, nobody
+    is reported dead, and it exits 0 with its summary."""
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path)
+    launcher = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", "--config", str(path), "--no-demo",
+                                 "--duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, text=True)
+    try:
+        assert wait_for(lambda: len(_descendants(launcher.pid)) >= 5, timeout=20)
+        nodes = _descendants(launcher.pid)
+        time.sleep(1.0)  # the nodes have installed their signal handlers (ready reports come after)
+        os.killpg(launcher.pid, signal.SIGINT)
+        output, _ = launcher.communicate(timeout=30)
+        assert launcher.returncode == 0, output[-3000:]
+        assert "DIED" not in output and "matchwire summary" in output, output[-3000:]
+        assert "nodes exited: gateway=0, risk=0, book1=0, book2=0, md=0" in output, output[-3000:]
+        assert all(_gone(pid) for pid in nodes)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
 def test_overload_gives_busy_rejects_and_loses_nothing(tmp_path):
     # Tiny queues: the cluster must push back rather than buffer without bound.
     path = write_config(tmp_path, send_hwm=1, max_backlog=1, socket_buffer=4096,
