@@ -335,7 +335,8 @@ class GatewayActor(ClusterActor):
         # answers in the order it sent the commands, and OUCH pairs them with its requests that way (a refused
         # replace overtaking an earlier one's answer was told Replaced, the earlier one Rejected).
         # Order id -> [[cluster answers still to come before it, answer], ...] in command order; an answer is
-        # ("ouch", symbol, op name, reason, account) or ("client", session, symbol, client id, op, reason, trace).
+        # ("ouch", symbol, order id, op name, reason, account) or ("client", session, symbol, client id, op, reason,
+        # trace), the arguments of _ouch_reject and _reject_to.
         self.held_answers: dict[int, list[list]] = {}
 
     def on_start(self) -> None:
@@ -673,9 +674,14 @@ class GatewayActor(ClusterActor):
     def _client_orders(self, batch: Batch) -> None:
         payload = batch.payload
         session = batch.session
+        try:  # the client port checked the length; the actor does not rely on that
+            offsets = iter_records(payload, ORDER_SIZE, batch.count)
+        except LayoutError:
+            self.count("malformed_batches")
+            return
         add = self.outbox.add  # type: ignore[union-attr]
         self.count("client_orders", batch.count)
-        for offset in range(0, batch.count * ORDER_SIZE, ORDER_SIZE):
+        for offset in offsets:
             (op, side, order_type, tif, stp, flags, reserved, trace_ns, symbol_b, account_b, client_id, price, qty,
              display) = _unpack_order(payload, offset)
             symbol = text8(symbol_b)
