@@ -264,7 +264,7 @@ class GatewaySoupApplication(SoupApplication):
 class GatewayOrder:
     """A live order as the gateway knows it."""
 
-    __slots__ = ("session", "client_id", "account", "symbol", "leaves", "pending", "done")
+    __slots__ = ("session", "client_id", "account", "symbol", "leaves", "pending", "done", "accepted")
 
     def __init__(self, session: bytes, client_id: int, account: str, symbol: str, leaves: int) -> None:
         self.session = session
@@ -274,6 +274,7 @@ class GatewayOrder:
         self.leaves = leaves
         self.pending = 1  # commands sent for this order and not yet answered (the new order itself)
         self.done = False  # nothing remains of it in any book
+        self.accepted = False  # the client was told Accepted
 
 
 class GatewayActor(ClusterActor):
@@ -482,7 +483,7 @@ class GatewayActor(ClusterActor):
         self._sent_number = itertools.count(sent)
         return {
             "id_lease": self.id_lease,
-            "orders": [[order_id, o.account, o.symbol, o.leaves, o.pending, o.done]
+            "orders": [[order_id, o.account, o.symbol, o.leaves, o.pending, o.done, o.accepted]
                        for order_id, o in self.orders.items() if o.session == OUCH_SESSION],
             "unanswered": [[order_id, n, record.hex()] for order_id, (n, record) in self._unanswered.items()],
             "unanswered_cancels": [[order_id, n, record.hex()]
@@ -501,9 +502,11 @@ class GatewayActor(ClusterActor):
         """Continue from a snapshot made by :meth:`save_state`."""
         self.id_lease = state["id_lease"]
         self.orders = {}
-        for order_id, account, symbol, leaves, pending, done in state["orders"]:
+        for order_id, account, symbol, leaves, pending, done, *accepted in state["orders"]:
             order = self.orders[order_id] = GatewayOrder(OUCH_SESSION, order_id, account, symbol, leaves)
+            # (Snapshots before the flag: an order whose new-order answer is out and that is not done was accepted.)
             order.pending, order.done = pending, done
+            order.accepted = accepted[0] if accepted else not done
         self._unanswered = {order_id: (n, bytes.fromhex(r)) for order_id, n, r in state["unanswered"]}
         self._unanswered_cancels = {order_id: (n, bytes.fromhex(r)) for order_id, n, r in state["unanswered_cancels"]}
         self._modify_versions = dict(state["modify_versions"])
@@ -893,6 +896,11 @@ class GatewayActor(ClusterActor):
             # Rejects the gateway itself answered earlier, or reports for orders already done.
             self.count("reports_for_unknown_orders")
             return
+        if kind == EventKind.REJECTED or kind == EventKind.CANCELLED:
+            fields = self._consistent_ending(fields, order)
+            if fields[0] != kind:
+                kind = fields[0]
+                payload, offset = _pack_report(*fields), 0
         if order.session == OUCH_SESSION:
             self._ouch_event(record_to_event(payload, offset)[0])
         else:
@@ -900,6 +908,7 @@ class GatewayActor(ClusterActor):
             self._to_client(order.session, _pack_report(*fields))
         answered = True
         if kind == EventKind.ACCEPTED:
+            order.accepted = True
             order.pending -= 1
         elif kind == EventKind.REJECTED:
             order.pending -= 1
@@ -918,6 +927,29 @@ class GatewayActor(ClusterActor):
         if answered and self.held_answers:
             self._release_held(order_id, 1)
         self._maybe_forget(order_id, order)
+
+    def _consistent_ending(self, fields: list, order: GatewayOrder) -> list:
+        """The report's fields, or those of the ending the client can make sense of.
+
+        When a book node dies, its risk shard answers for the orders it had sent there: a new order it saw
+        accepted is cancelled, one it did not is rejected. But the book tells the gateway and the risk shard
+        at once, on different connections, so either may be behind the other: the client may have heard
+        Accepted for an order risk rejects, or not yet (or never, if the book died first) for one risk
+        cancels. The order is gone either way; what the client is told follows what it was told before.
+        """
+        if REASONS_BY_CODE.get(fields[6]) != ClusterReason.INSTRUMENT_UNAVAILABLE:
+            return fields
+        kind = fields[0]
+        if kind == EventKind.REJECTED and fields[7] == Op.NEW and order.accepted:
+            self.count("rejects_of_accepted_orders_as_cancels")
+            fields = list(fields)
+            fields[0], fields[7], fields[11], fields[16] = (EventKind.CANCELLED, 0, order.account.encode().ljust(8),
+                                                            order.leaves)
+        elif kind == EventKind.CANCELLED and not order.accepted:
+            self.count("cancels_of_unaccepted_orders_as_rejects")
+            fields = list(fields)
+            fields[0], fields[7], fields[11], fields[16] = EventKind.REJECTED, Op.NEW, b"        ", 0
+        return fields
 
     def _answer_after(self, order_id: int, earlier: int, answer: tuple) -> None:
         """Give the gateway's own ``answer`` to a command once the cluster has given ``earlier`` more answers

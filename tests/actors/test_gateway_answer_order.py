@@ -23,7 +23,7 @@ from actors.ouch_client import OuchClient
 from actors.ports import free_port_block
 from actors.transport import Batch, LocalDirectory
 from exchange.accounts import hash_password
-from exchange.orders import Accepted, CancelOrder, Fill, Modified, ModifyOrder, NewOrder, Rejected, Side
+from exchange.orders import Accepted, Cancelled, CancelOrder, Fill, Modified, ModifyOrder, NewOrder, Rejected, Side
 from exchange.wire import ORDER_SIZE, REPORT_SIZE, MessageKind, event_to_record, record_to_command
 
 CONFIG = """
@@ -248,3 +248,56 @@ def test_garbage_batches_leave_the_gateway_answering(gateway):
         while not got and time.monotonic() < deadline:
             got += [event for event, _ in client.poll(0.1)]
         assert [type(e) for e in got] == [Accepted]
+
+
+def _events(client: ClusterClient, count: int, timeout: float = 5.0) -> list:
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += [event for event, _ in client.poll(0.1)]
+    return got
+
+
+def cancelled(order_id: int, qty: int, reason: str) -> Cancelled:
+    return tuple.__new__(Cancelled, (None, "AAPL", order_id, "A1", qty, reason))
+
+
+def test_a_dead_books_orders_end_the_way_their_client_can_follow(gateway):
+    # A book node dies: risk answers for what it had sent there, but the book told the gateway and risk at once,
+    # so each may be behind the other. The client hears Accepted then Cancelled, or Rejected: never Accepted then
+    # Rejected (what CI once saw), nor Cancelled for an order it never heard accepted.
+    with ClusterClient(gateway.config.client_endpoint()) as client:
+        client.new_order("AAPL", 1, "A1", "buy", 100, price=1_000_000)
+        first = gateway.commands(1)[0]
+        gateway.answer(tuple.__new__(Accepted, (1, *Accepted(1, first)[1:])))
+        assert [type(e) for e in _events(client, 1)] == [Accepted]
+        gateway.answer(rejected(first.order_id, "new", "instrument_unavailable"))  # risk had not seen it accepted
+        got = _events(client, 1)
+        assert [(type(e), e.order_id, e.qty, e.reason) for e in got] == [
+            (Cancelled, 1, 100, "instrument_unavailable")], got
+
+        client.new_order("AAPL", 2, "A1", "buy", 100, price=1_000_000)
+        second = gateway.commands(2)[1]
+        gateway.answer(cancelled(second.order_id, 100, "instrument_unavailable"))  # the book's Accepted is late
+        gateway.answer(tuple.__new__(Accepted, (2, *Accepted(2, second)[1:])))
+        got = _events(client, 2, timeout=1.0)
+        assert [(type(e), e.order_id, e.op, e.reason) for e in got] == [
+            (Rejected, 2, "new", "instrument_unavailable")], got
+        stats = gateway.gateway.proxy().stats().get(timeout=5)
+        assert stats["rejects_of_accepted_orders_as_cancels"] == 1
+        assert stats["cancels_of_unaccepted_orders_as_rejects"] == 1
+        assert stats["live_orders"] == 0
+
+
+def test_an_ouch_order_of_a_dead_book_is_canceled_after_its_accept(gateway):
+    client = OuchClient(*gateway.config.ouch_address(), "TRADA", "trada-pw", next_seq=1)
+    try:
+        client.enter_order("AAPL", "B", 100, 1_000_000)
+        new = gateway.commands(1)[0]
+        gateway.answer(tuple.__new__(Accepted, (1, *Accepted(1, new)[1:])))
+        assert [m["type"] for m in _ouch_messages(client, 1)] == ["A"]
+        gateway.answer(rejected(new.order_id, "new", "instrument_unavailable"))
+        got = _ouch_messages(client, 1)
+        assert [(m["type"], m["quantity"]) for m in got] == [("C", 100)], got
+    finally:
+        client.close()
