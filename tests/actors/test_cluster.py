@@ -127,7 +127,7 @@ def test_killed_book_node_gives_rejects_not_hangs(cluster):
         # The resting GOOG order is gone with its node, and the owner is told so.
         gone = client.collect(lambda ev: any(isinstance(e, Cancelled) for e in ev), timeout=5)
         assert [(e.order_id, e.reason) for e in gone if isinstance(e, Cancelled)] == [
-            (1, "instrument_unavailable")]
+            (1, "instrument_unavailable")], gone
         started = time.monotonic()
         client.new_order("GOOG", 3, "A1", "buy", 100, price=1_000_000)
         client.new_order("TSLA", 4, "A1", "buy", 100, price=1_000_000)
