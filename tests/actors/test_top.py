@@ -12,6 +12,7 @@ import time
 import pytest
 from rich.console import Console
 
+from actors.admin import admin_request
 from actors.client import ClusterClient
 from actors.top import ClusterProbe, TopView, format_price, run_top
 from exchange.orders import Accepted, Fill
@@ -141,6 +142,12 @@ def test_a_dead_node_shows_unreachable_and_top_once_fails(cluster):
     config = cluster.config
     cluster.kill_node("book2")
     assert wait_for(lambda: not cluster.alive()["book2"], timeout=10)
+
+    def risk_sees_it() -> bool:  # its actors probe their peers each tick (0.1 s): a busy machine may lag
+        return all("book2" in admin_request(config, actor, {"command": "stats"})["stats"]["peers_down"]
+                   for actor in ("risk/0", "risk/1"))
+
+    assert wait_for(risk_sees_it, timeout=10)
     console = Console(width=WIDTH, record=True, file=io.StringIO(), color_system=None)
     assert run_top(config, interval=0.3, once=True, console=console, timeout=0.5) == 1
     lines = console.export_text().splitlines()
