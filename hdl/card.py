@@ -27,6 +27,7 @@ frames is :mod:`exchange.card_protocol`; summary::
 
 
 from amaranth import Cat, Module, Mux, Signal
+from amaranth.build import Platform
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -111,7 +112,7 @@ class Card(wiring.Component):
         self.version = (check_int("version major", version[0], 0, 255),
                         check_int("version minor", version[1], 0, 255))
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         cfg = self.config
         cmd_bytes = cfg.command_layout.size

@@ -8,6 +8,7 @@ simulators (Icarus) fast.
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth.build import Platform
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -69,7 +70,7 @@ class CRC(wiring.Component):
     def spec(self) -> CrcSpec:
         return self._spec
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         spec = self._spec
         reg = Signal(spec.width, init=spec.init)

@@ -30,6 +30,7 @@ so a ``DECODE`` frame the host repeats after a lost answer is simply decoded aga
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth.build import Platform
 from amaranth.lib import enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -106,7 +107,7 @@ class ItchCard(wiring.Component):
             raise
         super().__init__()
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         lanes = self.lanes
         per_frame = self.records_per_frame

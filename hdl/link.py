@@ -16,6 +16,7 @@ already forwarded ends with a ``last`` beat with ``good == 0``) followed, unless
 """
 
 from amaranth import Cat, Module, Signal
+from amaranth.build import Platform
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -83,7 +84,7 @@ class FrameDecoderCore(wiring.Component):
         self.max_body = spec.max_body(max_payload)
         super().__init__()
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         m.submodules.crc = crc = CRC(spec.CRC)
         min_body = spec.MIN_BODY
@@ -187,7 +188,7 @@ class FrameFilter(wiring.Component):
         self.depth = depth
         super().__init__()
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         depth = self.depth
         abits = depth.bit_length() - 1
@@ -276,7 +277,7 @@ class FrameDecoder(wiring.Component):
             _check_depth(buffer_depth, max_frame)
         super().__init__()
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         m.submodules.core = core = FrameDecoderCore(self.max_payload)
         wiring.connect(m, wiring.flipped(self.i), core.i)
@@ -301,7 +302,7 @@ class CrcAppender(wiring.Component):
     i: In(stream.Signature(FrameByte))
     o: Out(stream.Signature(FrameByte))
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         m.submodules.crc = crc = CRC(spec.CRC)
         fresh = Signal(init=1)  # next input byte starts a frame
@@ -366,7 +367,7 @@ class CobsEncoder(wiring.Component):
         self.groups = groups
         super().__init__()
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         ring = 512  # > 2 * 254: the open group always fits beside the queued ones
         abits = 9
@@ -482,7 +483,7 @@ class FrameEncoder(wiring.Component):
     i: In(stream.Signature(FrameByte))
     o: Out(stream.Signature(8))
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         m.submodules.crc = appender = CrcAppender()
         m.submodules.cobs = cobs = CobsEncoder()

@@ -42,6 +42,7 @@ the whole core holds (``go``, a register), which absorbs a stalling event sink w
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed
+from amaranth.build import Platform
 from amaranth.hdl import EnableInserter
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
@@ -117,7 +118,7 @@ class Matcher(wiring.Component):
             "o": Out(stream.Signature(self.event_shape)),
         })
 
-    def elaborate(self, platform) -> Module:
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         cfg = self.config
         n_orders = cfg.max_orders

@@ -19,6 +19,7 @@ valid bit is trustworthy exactly for the handles below ``fresh`` (the matcher ch
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal
+from amaranth.build import Platform
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -54,7 +55,7 @@ class HandleAllocator(wiring.Component):
             "cleared": Out(1),
         })
 
-    def elaborate(self, platform) -> Module:
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         n = self.max_orders
         hb = self.handle_bits

@@ -16,7 +16,8 @@ both sides, and the side of an occupied position follows from the best bid and a
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal, Value
+from amaranth.build import Platform
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -29,7 +30,7 @@ def _bits_for(count: int) -> int:
     return max(1, (count - 1).bit_length())
 
 
-def first_set(value, *, lowest: bool):
+def first_set(value: Value, *, lowest: bool) -> tuple[Value, Value]:
     """(index, any) of the lowest (or highest) set bit of ``value``, as a balanced mux tree.
 
     ``index`` has ``ceil(log2(len(value)))`` bits (at least one) and is meaningless when ``any``
@@ -98,7 +99,7 @@ class LevelBitmap(wiring.Component):
             "clear": In(1),
         })
 
-    def elaborate(self, platform) -> Module:
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         gw = self.group_width
         shift = gw.bit_length() - 1
@@ -230,7 +231,7 @@ class LevelWalker(wiring.Component):
             "take_first": In(1),
         })
 
-    def elaborate(self, platform) -> Module:
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         gw = self.group_width
         shift = gw.bit_length() - 1
@@ -361,7 +362,7 @@ class LevelQueue(wiring.Component):
             "count": Out(range(depth + 1)),
         })
 
-    def elaborate(self, platform) -> Module:
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         bits = self.depth.bit_length() - 1
         entries = [Signal(self.width, name=f"entry{i}") for i in range(self.depth)]

@@ -6,6 +6,7 @@ from the start bit's falling edge), so any divisor of 4 or more works.
 """
 
 from amaranth import Cat, Module, Signal
+from amaranth.build import Platform
 from amaranth.lib import stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
@@ -55,7 +56,7 @@ class UARTTx(wiring.Component):
         self.divisor = divisor
         super().__init__()
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         shreg = Signal(10, init=0x3FF)  # stop | data | start, shifted out from bit 0
         bits = Signal(range(11))
@@ -101,7 +102,7 @@ class UARTRx(wiring.Component):
         self.divisor = divisor
         super().__init__()
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         rx = Signal(init=1)
         m.submodules.sync = FFSynchronizer(self.rx, rx, init=1)
@@ -174,7 +175,7 @@ class UART(wiring.Component):
         self.baud = baud
         super().__init__()
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: Platform | None) -> Module:
         m = Module()
         m.submodules.tx = tx = UARTTx(self.divisor)
         m.submodules.rx = rx = UARTRx(self.divisor)

@@ -21,6 +21,7 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from exchange.engine import OrderBook
 from exchange.instruments import Instrument
@@ -40,6 +41,9 @@ from exchange.orders import (
 )
 from exchange.script import command_to_json, event_to_json
 from host.matcher_driver import MatcherDriver
+
+if TYPE_CHECKING:  # sim.runner imports amaranth and cocotb tools: loaded only when a design is built
+    from sim.runner import VerilogDesign
 
 __all__ = [
     "MatcherSession",
@@ -651,7 +655,7 @@ _DESIGN_SOURCES = ("hdl/matcher.py", "hdl/matcher_levels.py", "hdl/matcher_alloc
                    "exchange/matcher_format.py", "exchange/layout.py")
 
 
-def matcher_design(config: MatcherConfig, name: str | None = None):
+def matcher_design(config: MatcherConfig, name: str | None = None) -> VerilogDesign:
     """The matcher of ``config`` as Verilog (a ``sim.runner.VerilogDesign``), converted once.
 
     Converting the default matcher takes seconds, so the result is remembered under a key made

@@ -25,6 +25,7 @@ import threading
 from pathlib import Path
 
 import cocotb
+from cocotb.handle import HierarchyObject
 from cocotb.triggers import FallingEdge
 
 from sim.conftest_helpers import bench_params, reset, start_clock
@@ -88,7 +89,7 @@ def _readable(conn: socket.socket, timeout: float) -> bool:
 
 
 @cocotb.test()
-async def serve(dut):
+async def serve(dut: HierarchyObject) -> None:
     """Serve the card until the stop file appears or the parent process ends."""
     params = bench_params(DEFAULTS)
     _die_with_parent()

@@ -16,6 +16,7 @@ import json
 import random
 
 import cocotb
+from cocotb.handle import HierarchyObject
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from sim.conftest_helpers import bench_params, reset, start_clock
@@ -28,7 +29,7 @@ TIMEOUT_US = (P["beats"] * 8 + 10_000) * 10 / 1000
 
 
 @cocotb.test(timeout_time=TIMEOUT_US, timeout_unit="us")
-async def itch_stream(dut):
+async def itch_stream(dut: HierarchyObject) -> None:
     lanes = P["lanes"]
     with open(P["stream"]) as f:
         beats = []

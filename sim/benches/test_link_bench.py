@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 
 import cocotb
+from cocotb.handle import HierarchyObject
 from cocotb.triggers import RisingEdge
 
 from exchange import framing_spec as fs
@@ -123,7 +124,7 @@ def body_beats(frames: list[fs.Frame]) -> list[dict[str, int]]:
 # -- Benches ---------------------------------------------------------------------------------------
 
 
-async def _start(dut) -> dict:
+async def _start(dut: HierarchyObject) -> dict:
     params = bench_params(DEFAULTS)
     start_clock(dut)
     for port in ("dec_i", "enc_i"):
@@ -136,7 +137,7 @@ async def _start(dut) -> dict:
 
 
 @cocotb.test(timeout_time=200, timeout_unit="ms")
-async def decoder_mixed_traffic(dut):
+async def decoder_mixed_traffic(dut: HierarchyObject) -> None:
     """Reference-encoded frames among garbage, with random idles and stalls: exactly the good
     frames come out, in order, and the error counters agree with the reference."""
     params = await _start(dut)
@@ -168,7 +169,7 @@ async def decoder_mixed_traffic(dut):
 
 
 @cocotb.test(timeout_time=50, timeout_unit="ms")
-async def decoder_full_rate(dut):
+async def decoder_full_rate(dut: HierarchyObject) -> None:
     """Back-to-back good frames with no stalls are consumed at one byte per clock."""
     params = await _start(dut)
     rng = random.Random(params["seed"] + 1)
@@ -193,7 +194,7 @@ async def decoder_full_rate(dut):
 
 
 @cocotb.test(timeout_time=200, timeout_unit="ms")
-async def encoder_matches_reference(dut):
+async def encoder_matches_reference(dut: HierarchyObject) -> None:
     """FrameEncoder output is byte-for-byte the reference encoding and decodes with the reference."""
     params = await _start(dut)
     rng = random.Random(params["seed"] + 2)
@@ -219,7 +220,7 @@ async def encoder_matches_reference(dut):
 
 
 @cocotb.test(skip=not bench_params().get("runner_self_check"))
-async def runner_self_check(dut):
+async def runner_self_check(dut: HierarchyObject) -> None:
     """Fails on purpose (only when asked): proves sim.runner reports failing cocotb tests."""
     start_clock(dut)
     await RisingEdge(dut.clk)
