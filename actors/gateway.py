@@ -949,6 +949,11 @@ class GatewayActor(ClusterActor):
             self.count("cancels_of_unaccepted_orders_as_rejects")
             fields = list(fields)
             fields[0], fields[7], fields[11], fields[16] = EventKind.REJECTED, Op.NEW, b"        ", 0
+        elif kind == EventKind.CANCELLED and fields[16] != order.leaves:
+            # What is cancelled is what the client was told remains: fills that reached it before risk saw them
+            # count (risk's figure could be stale by those).
+            fields = list(fields)
+            fields[16] = order.leaves
         return fields
 
     def _answer_after(self, order_id: int, earlier: int, answer: tuple) -> None:

@@ -674,11 +674,13 @@ class RiskActor(ClusterActor):
                 self._reject(source if source is not None else self.gateway_indices[0], order.symbol,
                              order.order_id, Op.NEW, ClusterReason.INSTRUMENT_UNAVAILABLE, 0)
                 continue
-            # The book that held it is gone (and with it the order): tell the owner, once.
+            # The book that held it is gone (and with it the order): tell the owner, once, what was left of it
+            # (taken before the account's bookkeeping zeroes it).
+            leaves = order.leaves
             del self.orders[order.order_id]
             self.account(order.account).on_cancelled(order.order_id)
             self.count("cancelled_instrument_unavailable")
-            event = tuple.__new__(Cancelled, (None, order.symbol, order.order_id, order.account, order.leaves,
+            event = tuple.__new__(Cancelled, (None, order.symbol, order.order_id, order.account, leaves,
                                               ClusterReason.INSTRUMENT_UNAVAILABLE))
             gateway = self._gateway_for(order.order_id)
             if gateway is not None:

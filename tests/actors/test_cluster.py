@@ -126,8 +126,8 @@ def test_killed_book_node_gives_rejects_not_hangs(cluster):
         assert wait_for(lambda: (cluster.pump(0.05), not cluster.alive()["book2"])[1], timeout=5)
         # The resting GOOG order is gone with its node, and the owner is told so.
         gone = client.collect(lambda ev: any(isinstance(e, Cancelled) for e in ev), timeout=5)
-        assert [(e.order_id, e.reason) for e in gone if isinstance(e, Cancelled)] == [
-            (1, "instrument_unavailable")], gone
+        assert [(e.order_id, e.qty, e.reason) for e in gone if isinstance(e, Cancelled)] == [
+            (1, 100, "instrument_unavailable")], gone
         started = time.monotonic()
         client.new_order("GOOG", 3, "A1", "buy", 100, price=1_000_000)
         client.new_order("TSLA", 4, "A1", "buy", 100, price=1_000_000)
@@ -139,6 +139,36 @@ def test_killed_book_node_gives_rejects_not_hangs(cluster):
         assert outcome == {3: ("Rejected", "instrument_unavailable"), 4: ("Rejected", "instrument_unavailable"),
                            5: ("Accepted", None)}
     assert any("BOOK2 DIED" in line for line in cluster.events)
+
+
+def test_an_ouch_order_on_a_killed_book_node_is_canceled_with_what_was_left(tmp_path):
+    from actors.ouch_client import OuchClient
+    from exchange.accounts import hash_password
+
+    user = f'[[user]]\nname = "ALICE"\npassword_hash = "{hash_password("alice-pw", n=1 << 10)}"\naccounts = ["A1"]\n'
+    cluster = start_cluster(write_config(tmp_path, extra=user), tmp_path / "logs")
+    try:
+        client = OuchClient(*cluster.config.ouch_address(), "ALICE", "alice-pw", next_seq=0)
+        try:
+            def reports(count: int) -> list[dict]:
+                got: list[dict] = []
+                deadline = time.monotonic() + 5
+                while len(got) < count and time.monotonic() < deadline:
+                    got += [m for m in client.messages(0.05) if m["type"] != "Q"]
+                return got
+
+            ref = client.enter_order("GOOG", "B", 300, 1_000_000)
+            assert [m["type"] for m in reports(1)] == ["A"]
+            cluster.kill_node("book2")
+            # A Canceled that takes the whole order off (an OUCH client subtracts the quantity from what it
+            # thinks is open: 0 would leave it open forever), reason "Z", system cancel.
+            got = reports(1)
+            assert [(m["type"], m["user_ref_num"], m["quantity"], m["reason"]) for m in got] == [
+                ("C", ref, 300, "Z")], got
+        finally:
+            client.close()
+    finally:
+        cluster.stop()
 
 
 def test_shutdown_leaves_no_process_behind(tmp_path):
