@@ -89,6 +89,7 @@ class BookActor(ClusterActor):
         # snapshots and when the map outgrows the book (a copy for such an order is answered unknown_order,
         # which the gateway drops).
         self.modify_versions: dict[int, int] = {}
+        self.resending = False  # routing events again after a restart (not counted as new fills or rejects)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -129,8 +130,13 @@ class BookActor(ClusterActor):
         # Re-send what the book did since its older snapshot (receivers drop events they saw: what it sent
         # just before the crash may have died in its socket queues), then say so. Said even by a book with
         # an empty journal: risk refuses orders for a restarted book until it hears RECOVERED.
-        for event in replayed:
-            self._route(event, 0, None)
+        self.resending = True  # what it did before the crash, sent again: counted as resent, not as new
+        try:
+            for event in replayed:
+                self._route(event, 0, None)
+        finally:
+            self.resending = False
+        self.count("resent_events", len(replayed))
         marker = recovered_record(self.symbol, getattr(self.book, "seq", 0))
         for index in {*self.risk_indices, *self.gateway_indices, *self.md_indices}:
             self.outbox.add(index, _REPORTS, marker)  # type: ignore[union-attr]
@@ -260,7 +266,8 @@ class BookActor(ClusterActor):
         if kind not in _CLIENT_EVENTS:
             return 0 if only is None else sent[0]
         if kind is Fill:
-            self.count("fills")
+            if only is None and not self.resending:
+                self.count("fills")
             for index in {self._gateway_of(event[4]), self._gateway_of(event[5])}:
                 if index is not None:
                     add(index, _REPORTS, record)
@@ -273,7 +280,8 @@ class BookActor(ClusterActor):
         if kind is Rejected:
             # A reject names no account: it goes back to the risk shard that sent the command
             # (after a recovery, to every shard; they drop what they saw by sequence number).
-            self.count("rejects")
+            if only is None and not self.resending:
+                self.count("rejects")
             for index in (self.risk_indices if source is None else (source,)):
                 add(index, _REPORTS, record)
         else:

@@ -155,7 +155,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"matchwire run: {exc}", file=sys.stderr)
         return 2
-    return run_cluster(config, args.config, args.duration, not args.no_demo)
+    return run_cluster(config, args.config, args.duration, not args.no_demo,
+                       restart=False if args.no_restart else None)
 
 
 def cmd_node(args: argparse.Namespace) -> int:
@@ -289,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", help="cluster configuration (TOML)")
     run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
     run.add_argument("--no-demo", action="store_true", help="start no demo traders")
+    run.add_argument("--no-restart", action="store_true",
+                     help="leave a node that dies dead (default: started again when journals are on)")
     run.set_defaults(func=cmd_run)
 
     node = verbs.add_parser("node", help="run one node of a cluster (for spreading a cluster over hosts)")

@@ -3,7 +3,8 @@ traders, shows a live view, and shuts everything down with a summary.
 
 Each node is a child process that dies with the launcher (PR_SET_PDEATHSIG), and the launcher
 kills any child still alive when it exits, however it exits: no orphans. A child that dies
-while the cluster runs is reported loudly, with the instruments that became unavailable.
+while the cluster runs is reported loudly, with the instruments that became unavailable, and, when
+the configuration has journals, started again: it recovers from them and the cluster carries on.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import zmq
 from actors.config import ClusterConfig
 from actors.demo import DemoTrader, MarketMaker, Taker, TraderStats
 
+RESTARTS_PER_MINUTE = 3  # a node that dies this often is broken, not unlucky: it is left dead
+
 
 @dataclass
 class NodeProcess:
@@ -39,6 +42,8 @@ class NodeProcess:
     stats: dict = field(default_factory=dict)
     reported_dead: bool = False
     failures: list = field(default_factory=list)
+    restarted: bool = False  # started again by :meth:`Cluster.restart_dead`
+    given_up: bool = False  # died too often to be started again
 
 
 class Cluster:
@@ -59,6 +64,10 @@ class Cluster:
         self._lock = threading.Lock()
         # Journals: the configured directory, or a fresh one inside this run's directory.
         self.state_dir = config.durability.state_dir or str(self.log_dir / "state")
+        self.restarts: dict[str, int] = {}  # node -> times started again by restart_dead
+        # What the nodes' earlier incarnations counted (a restarted node counts from zero).
+        self.retired_counts = {"orders": 0, "trades": 0, "reports": 0}
+        self._restart_times: dict[str, list[float]] = {}
 
     # -- processes ------------------------------------------------------------------------
 
@@ -130,6 +139,8 @@ class Cluster:
                 node.last_report = time.monotonic()
                 kind = message.get("type")
                 if kind == "ready":
+                    if node.restarted and not node.ready:
+                        self.say(f"node {node.name} is back (recovered from its journals)")
                     node.ready = True
                     if message.get("peers_down"):
                         self.say(f"node {node.name} started, but cannot reach: {', '.join(message['peers_down'])}")
@@ -149,6 +160,26 @@ class Cluster:
         with self._lock:
             self.events.append(text)
         print(text, file=sys.stderr, flush=True)
+
+    def restart_dead(self, now: float | None = None, max_per_minute: int = RESTARTS_PER_MINUTE) -> None:
+        """Start again every node that died, as a supervisor would; without waiting for it (:meth:`pump`
+        says when it is back). Only for clusters with journals: a book node started empty would have lost
+        its orders. A node that dies ``max_per_minute`` times within a minute is left dead."""
+        now = time.monotonic() if now is None else now
+        for name, node in list(self.nodes.items()):
+            if not node.reported_dead or node.given_up:
+                continue
+            recent = [t for t in self._restart_times.get(name, []) if now - t < 60.0]
+            if len(recent) >= max_per_minute:
+                node.given_up = True
+                self.say(f"!!! node {name} died {len(recent) + 1} times within a minute: not starting it again")
+                continue
+            self._restart_times[name] = [*recent, now]
+            for key, value in node_counts(node.stats).items():
+                self.retired_counts[key] += value
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            self.say(f"restarting node {name} from its journals")
+            self._spawn(name).restarted = True
 
     def alive(self) -> dict[str, bool]:
         return {name: node.process.poll() is None for name, node in self.nodes.items()}
@@ -226,8 +257,11 @@ def render_view(cluster: Cluster, rates: dict[str, float]) -> list[str]:
 
 
 def run_cluster(config: ClusterConfig, config_path: str | None, duration: float | None, demo: bool,
-                out: TextIO = sys.stdout) -> int:
-    """``matchwire run``: start, trade, watch, stop, summarise."""
+                out: TextIO = sys.stdout, restart: bool | None = None) -> int:
+    """``matchwire run``: start, trade, watch, stop, summarise. ``restart``: start dead nodes again (default:
+    when the configuration has journals, so nothing is lost by it)."""
+    if restart is None:
+        restart = config.durability.enabled
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -254,6 +288,8 @@ def run_cluster(config: ClusterConfig, config_path: str | None, duration: float 
         drawn = 0
         while not stop.is_set():
             cluster.pump(0.1)
+            if restart:
+                cluster.restart_dead()
             now = time.monotonic()
             if duration is not None and now - t0 >= duration:
                 break
@@ -313,16 +349,24 @@ def _start_demo(config: ClusterConfig, stop: threading.Event) -> list[DemoTrader
     return traders
 
 
-def _counts(cluster: Cluster) -> dict[str, int]:
+def node_counts(node_stats: dict) -> dict[str, int]:
+    """Orders the node's books took, trades they made, reports its gateways sent (from its last stats)."""
     orders = trades = reports = 0
-    for node in cluster.nodes.values():
-        for name, stats in node.stats.get("actors", {}).items():
-            if name.startswith("book/"):
-                orders += stats.get("orders", 0)
-                trades += stats.get("fills", 0)
-            if name.startswith("gateway/"):
-                reports += stats.get("reports_out", 0) + stats.get("soup_sequenced_sent", 0)
+    for name, stats in node_stats.get("actors", {}).items():
+        if name.startswith("book/"):
+            orders += stats.get("orders", 0)
+            trades += stats.get("fills", 0)
+        if name.startswith("gateway/"):
+            reports += stats.get("reports_out", 0) + stats.get("soup_sequenced_sent", 0)
     return {"orders": orders, "trades": trades, "reports": reports}
+
+
+def _counts(cluster: Cluster) -> dict[str, int]:
+    total = dict(cluster.retired_counts)
+    for node in cluster.nodes.values():
+        for key, value in node_counts(node.stats).items():
+            total[key] += value
+    return total
 
 
 def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], elapsed: float,
@@ -332,6 +376,9 @@ def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], ela
         total.merge(trader.stats)
     print("\nmatchwire summary", file=out)
     print(f"  ran {elapsed:.1f} s; nodes exited: " + ", ".join(f"{k}={v}" for k, v in exit_codes.items()), file=out)
+    if cluster.restarts:
+        print("  nodes started again after dying: " + ", ".join(f"{k} x{v}" for k, v in cluster.restarts.items()),
+              file=out)
     for trader in traders:
         if trader.error:
             print(f"  trader error: {trader.error}", file=out)

@@ -231,6 +231,46 @@ def test_ctrl_c_to_the_terminal_group_is_an_orderly_shutdown(tmp_path):
             launcher.kill()
 
 
+def _node_pid(launcher_pid: int, name: str) -> int | None:
+    for pid in _descendants(launcher_pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if f"\0--name\0{name}\0".encode() in cmdline.read():
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-restart"]], ids=["journals", "no-restart"])
+def test_with_journals_the_launcher_starts_a_killed_node_again(tmp_path, flags):
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path, extra='[durability]\nenabled = true\nfsync = "batch"\n')
+    launcher = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", "--config", str(path), "--no-demo",
+                                 "--duration", "8", *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, text=True)
+    try:
+        assert wait_for(lambda: _node_pid(launcher.pid, "book2") is not None, timeout=20)
+        time.sleep(2.0)  # ready and trading
+        os.kill(_node_pid(launcher.pid, "book2"), signal.SIGKILL)
+        output, _ = launcher.communicate(timeout=60)
+        assert "NODE BOOK2 DIED (exit code -9)" in output, output[-3000:]
+        if flags:
+            assert "restarting" not in output and launcher.returncode == 1, output[-3000:]
+            assert "book2=-9" in output, output[-3000:]
+        else:
+            assert "restarting node book2 from its journals" in output, output[-3000:]
+            assert "node book2 is back" in output, output[-3000:]
+            assert "nodes started again after dying: book2 x1" in output, output[-3000:]
+            assert "nodes exited: gateway=0, risk=0, book1=0, book2=0, md=0" in output, output[-3000:]
+            assert launcher.returncode == 0, output[-3000:]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
 def test_overload_gives_busy_rejects_and_loses_nothing(tmp_path):
     # Tiny queues: the cluster must push back rather than buffer without bound.
     path = write_config(tmp_path, send_hwm=1, max_backlog=1, socket_buffer=4096,

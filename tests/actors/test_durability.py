@@ -716,3 +716,40 @@ def _reconnected(client: OuchClient) -> bool:
         time.sleep(0.1)
         return False
     return True
+
+
+def test_the_launcher_starts_a_dead_node_again_and_its_orders_are_still_there(tmp_path):
+    path = write_config(tmp_path, extra='[durability]\nenabled = true\nfsync = "batch"\nbatch_ms = 2.0\n')
+    cluster = start_cluster(path, tmp_path / "logs")
+    try:
+        with ClusterClient(cluster.config.client_endpoint(), name="restart") as client:
+            client.new_order("GOOG", 1, "A1", "buy", 100, price=1_000_000)
+            assert any(isinstance(e, Accepted) for e in client.collect(
+                lambda ev: any(isinstance(e, Accepted) for e in ev)))
+            cluster.kill_node("book2")
+            assert wait_for(lambda: (cluster.pump(0.02), cluster.nodes["book2"].reported_dead)[1], timeout=10)
+            cluster.restart_dead(max_per_minute=1)
+            # Not waited for: the launcher goes on pumping, and says when the node is back.
+            assert cluster.nodes["book2"].restarted
+            assert wait_for(lambda: (cluster.pump(0.05), cluster.nodes["book2"].ready)[1], timeout=60)
+            assert any("book2 is back" in line for line in cluster.events)
+            # The order outlived its process: a cancel finds it (once risk has heard the book is back: until
+            # then commands for it are refused, instrument_unavailable).
+            deadline = time.monotonic() + 20
+            while True:
+                client.cancel("GOOG", 1)
+                events = client.collect(lambda ev: any(isinstance(e, (Cancelled, Rejected)) for e in ev), timeout=10)
+                answers = [(type(e).__name__, e.reason) for e in events if isinstance(e, (Cancelled, Rejected))]
+                if answers != [("Rejected", "instrument_unavailable")] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert answers == [("Cancelled", "user")], events
+            # Within the minute, a second death is one too many for max_per_minute=1: left dead, and said so.
+            cluster.kill_node("book2")
+            assert wait_for(lambda: (cluster.pump(0.02), cluster.nodes["book2"].reported_dead)[1], timeout=10)
+            cluster.restart_dead(max_per_minute=1)
+            assert cluster.nodes["book2"].given_up and not cluster.alive()["book2"]
+            assert any("book2 died 2 times within a minute" in line for line in cluster.events)
+            assert cluster.restarts == {"book2": 1}
+    finally:
+        cluster.stop()
