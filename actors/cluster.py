@@ -389,6 +389,8 @@ def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], ela
               f"executed {total.messages.get('E', 0)}", file=out)
         print(f"  trades {counts['trades']} ({counts['trades'] / max(elapsed, 1e-9):.0f}/s); executions reported "
               f"to traders {total.executions}", file=out)
+        if total.reconnects:
+            print(f"  demo traders logged in again {total.reconnects} times (their connection dropped)", file=out)
         if total.rejects:
             print("  rejects by reason: " + ", ".join(f"{k} {v}" for k, v in total.rejects.most_common()), file=out)
         if total.cancels:

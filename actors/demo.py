@@ -17,6 +17,9 @@ from actors.ouch_client import OuchClient
 from exchange.instruments import Instrument
 from exchange.ouch import MARKET_PRICE, REJECT_REASON_NAMES
 
+RECONNECT_SECONDS = 30.0  # how long a demo trader keeps trying to log in again after its connection dropped
+ANSWER_GIVE_UP_NS = 5_000_000_000  # a market maker stops waiting for a replace's answer after this long
+
 
 class TraderStats:
     """What one trader saw: orders sent, answers by type, rejects by reason, answer latencies."""
@@ -28,9 +31,11 @@ class TraderStats:
         self.cancels: Counter[str] = Counter()
         self.executions = 0
         self.latencies_ns: list[int] = []
+        self.reconnects = 0
 
     def merge(self, other: TraderStats) -> None:
         self.sent += other.sent
+        self.reconnects += other.reconnects
         self.messages.update(other.messages)
         self.rejects.update(other.rejects)
         self.cancels.update(other.cancels)
@@ -69,14 +74,20 @@ class DemoTrader(threading.Thread):
             interval = 1.0 / self.rate
             next_send = time.perf_counter()
             while not self.stop_event.is_set():
-                now = time.perf_counter()
-                if now >= next_send:
-                    self.step()
-                    next_send += interval
-                    if now - next_send > 1.0:  # fell far behind: do not burst to catch up
-                        next_send = now
-                self._read(max(0.0, min(next_send - time.perf_counter(), 0.05)))
-            self._read(0.3)
+                try:
+                    now = time.perf_counter()
+                    if now >= next_send:
+                        self.step()
+                        next_send += interval
+                        if now - next_send > 1.0:  # fell far behind: do not burst to catch up
+                            next_send = now
+                    self._read(max(0.0, min(next_send - time.perf_counter(), 0.05)))
+                except OSError:  # the connection dropped (ConnectionClosed is one): its gateway may be restarting
+                    if not self._reconnect():
+                        break
+                    next_send = time.perf_counter()
+            if self.client.connected:
+                self._read(0.3)
         except Exception as exc:  # noqa: BLE001  # reported in the summary; the cluster keeps running
             self.error = f"{self.user}: {type(exc).__name__}: {exc}"
         finally:
@@ -85,6 +96,24 @@ class DemoTrader(threading.Thread):
             except (OSError, RuntimeError):
                 pass
             self.client.close()
+
+    def _reconnect(self, give_up_after: float = RECONNECT_SECONDS) -> bool:
+        """Log in again as a SoupBinTCP client does, asking for the next sequenced message: the server
+        replays what was missed. False when stopped, or when the gateway stays away (then an error)."""
+        assert self.client is not None
+        deadline = time.monotonic() + give_up_after
+        while not self.stop_event.is_set():
+            try:
+                self.client.reconnect()
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    self.error = f"{self.user}: gateway gone for {give_up_after:.0f} s: {exc}"
+                    return False
+                self.stop_event.wait(0.2)
+                continue
+            self.stats.reconnects += 1
+            return True
+        return False
 
     def _read(self, timeout: float) -> None:
         assert self.client is not None
@@ -152,16 +181,23 @@ class MarketMaker(DemoTrader):
         key = (symbol, side, account)
         ref = self.quotes.get(key)
         if ref is not None and ref in self.sent_at:
-            return  # OUCH: a replace names the order's current token, so wait for the last answer
+            # OUCH: a replace names the order's current token, so wait for the last answer; one that never comes
+            # (a message lost with a crashed gateway before its journal had it) is given up after a while.
+            if time.perf_counter_ns() - self.sent_at[ref] < ANSWER_GIVE_UP_NS:
+                return
+            del self.sent_at[ref]
+            self.on_done(ref)
+            ref = None
+        # Sent first, then recorded: a send that fails (the connection dropped) changes nothing.
         if ref is None:
-            ref = self._sent(self.client.enter_order(symbol, side, qty, price, options=self._firm(account)))
+            new = self._sent(self.client.enter_order(symbol, side, qty, price, options=self._firm(account)))
         else:
-            del self.key_of[ref]
+            new = self._sent(self.client.replace_order(ref, qty, price))
+            self.key_of.pop(ref, None)
             self.leaves.pop(ref, None)
-            ref = self._sent(self.client.replace_order(ref, qty, price))
-        self.quotes[key] = ref
-        self.key_of[ref] = key
-        self.leaves[ref] = qty
+        self.quotes[key] = new
+        self.key_of[new] = key
+        self.leaves[new] = qty
 
     def on_execution(self, ref: int, qty: int) -> None:
         if ref in self.leaves:

@@ -271,6 +271,48 @@ def test_with_journals_the_launcher_starts_a_killed_node_again(tmp_path, flags):
             launcher.kill()
 
 
+def test_make_run_trades_and_its_demo_traders_ride_out_a_gateway_restart(tmp_path):
+    """What `make run` runs (the embedded default with its demo traders, on ports of its own here), with the
+    gateway killed mid-run: started again from its journals, the traders log in again, trading goes on."""
+    import re
+    import subprocess
+    import sys
+
+    from actors.config import default_config_text
+    from actors.ports import free_port_block
+
+    base = free_port_block(100)
+    text = default_config_text()
+    for key, port in (("base_port = 7100", base), ("control_port = 7190", base + 90),
+                      ("client_port = 7191", base + 91), ("ouch_port = 7195", base + 95),
+                      ("base_port = 9100", base + 50), ('"127.0.0.1:31002"', f'"127.0.0.1:{base + 97}"'),
+                      ('"239.192.0.1:31000"', f'"239.192.0.1:{base + 98}"')):
+        assert key in text, key
+        text = text.replace(key, key.split("=")[0] + f"= {port}" if "=" in key else str(port))
+    path = tmp_path / "default.toml"
+    path.write_text(text)
+    launcher = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", "--config", str(path), "--duration", "14"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
+    try:
+        assert wait_for(lambda: _node_pid(launcher.pid, "gateway") is not None, timeout=20)
+        time.sleep(5.0)  # ready, and the traders trading
+        os.kill(_node_pid(launcher.pid, "gateway"), signal.SIGKILL)
+        output, _ = launcher.communicate(timeout=90)
+        tail = output[-4000:]
+        assert launcher.returncode == 0, tail
+        assert "node gateway is back" in output and "trader error" not in output, tail
+        assert re.search(r"demo traders logged in again \d+ times", output), tail
+        trades = int(re.search(r"  trades (\d+) ", output).group(1))
+        executions = int(re.search(r"executions reported to traders (\d+)", output).group(1))
+        assert trades > 100 and executions > 100, tail
+        # Trading went on after the restart: the live view's last lines show orders.
+        rates = [int(m) for m in re.findall(r"orders/s\s+(\d+)", output)]
+        assert rates and min(rates[-3:]) > 0, tail
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
 def test_overload_gives_busy_rejects_and_loses_nothing(tmp_path):
     # Tiny queues: the cluster must push back rather than buffer without bound.
     path = write_config(tmp_path, send_hwm=1, max_backlog=1, socket_buffer=4096,
