@@ -59,7 +59,14 @@ class Cluster:
         self.context = zmq.Context()
         self.control = self.context.socket(zmq.PULL)
         self.control.setsockopt(zmq.LINGER, 0)
-        self.control.bind(config.control_endpoint(bind=True))
+        try:
+            self.control.bind(config.control_endpoint(bind=True))
+        except zmq.ZMQError as exc:
+            self.control.close(linger=0)
+            self.context.term()
+            raise RuntimeError(f"cannot listen for the nodes' reports on {config.control_endpoint(bind=True)} "
+                               f"(cluster.control_port in {config.source}): {exc.strerror}; is another cluster "
+                               "running with the same ports?") from exc
         self.events: list[str] = []
         self._lock = threading.Lock()
         # Journals: the configured directory, or a fresh one inside this run's directory.
@@ -266,7 +273,12 @@ def run_cluster(config: ClusterConfig, config_path: str | None, duration: float 
     previous = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    cluster = Cluster(config, config_path, out=out)
+    try:
+        cluster = Cluster(config, config_path, out=out)
+    except RuntimeError as exc:
+        print(f"matchwire run: {exc}", file=sys.stderr)
+        signal.signal(signal.SIGINT, previous)
+        return 1
     traders: list[DemoTrader] = []
     started = time.monotonic()
     exit_codes: dict[str, int | None] = {}

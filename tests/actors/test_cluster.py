@@ -313,6 +313,26 @@ def test_make_run_trades_and_its_demo_traders_ride_out_a_gateway_restart(tmp_pat
             launcher.kill()
 
 
+def test_a_second_cluster_on_the_same_ports_is_refused_with_a_reason(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from actors.config import load_config
+
+    path = write_config(tmp_path)
+    host, port = load_config(path).control_endpoint(bind=True).rsplit("/", 1)[1].rsplit(":", 1)
+    with socket.socket() as taken:  # as a running cluster's launcher would hold it
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind((host, int(port)))
+        taken.listen()
+        result = subprocess.run([sys.executable, "-m", "actors.cli", "run", "--config", str(path), "--no-demo",
+                                 "--duration", "1"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "cannot listen for the nodes' reports" in result.stderr and "another cluster" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+
+
 def test_overload_gives_busy_rejects_and_loses_nothing(tmp_path):
     # Tiny queues: the cluster must push back rather than buffer without bound.
     path = write_config(tmp_path, send_hwm=1, max_backlog=1, socket_buffer=4096,
