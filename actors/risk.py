@@ -23,6 +23,7 @@ from actors.durable import (
     ActorSnapshots,
     ResendGate,
     commit_and_wait,
+    is_resend_done,
     open_journal,
     resend_request_record,
     risk_recovered_record,
@@ -533,7 +534,15 @@ class RiskActor(ClusterActor):
         gate = self.gate
         for offset in offsets:
             if gate.waiting:
+                returned = self.recovering and is_resend_done(payload, offset)
                 gate.route(payload, offset, REPORT_SIZE, self._report, self._request_resend)
+                if returned:
+                    symbol = _text(bytes(payload[offset + 24:offset + 32]))
+                    if symbol in self.recovering:
+                        # A book that was taken for dead and is back without having restarted (no RECOVERED
+                        # will come): it answered, after whatever it did meanwhile. Recovered all the same.
+                        self.count("books_back_without_restart")
+                        self._book_recovered(symbol)
                 continue
             self._report(payload, offset)
 
@@ -693,6 +702,13 @@ class RiskActor(ClusterActor):
     def on_peer_up(self, node: str) -> None:
         super().on_peer_up(node)
         self.down_nodes.discard(node)
+        # A durable book's node answers again. Restarted, its RECOVERED ends the wait; but a node only stalled
+        # past the heartbeat timeout (a long pause, SIGSTOP) never restarted and would never say it, leaving its
+        # instruments refused for the day. Asked for its events since the last one seen, either answers, after
+        # what it did meanwhile; the answer ends the wait (_reports).
+        for symbol in sorted(s for s in self.recovering if self.book_node[s] == node):
+            self.count("resend_requests_to_returning_books")
+            self._request_resend(symbol)
 
     # -- operators -----------------------------------------------------------------------
 

@@ -198,7 +198,10 @@ class Outbox:
         self.buffered = 0
         self.oldest_ns = 0  # when the oldest buffered record was added
         self.batch_counters: dict[int, itertools.count] = {}
-        self.up: dict[str, bool] = dict.fromkeys(self.peer_ids, False)
+        self.up: dict[str, bool] = dict.fromkeys(self.peer_ids, False)  # as last seen, by a send or a ping
+        # As last reported by probe(): a send that finds a node gone marks it down at once, and the next
+        # probe still reports the change, so the actor's on_peer_down runs whoever noticed first.
+        self.reported_up: dict[str, bool] = dict.fromkeys(self.peer_ids, False)
         self.stats = {"messages_sent": 0, "records_sent": 0, "busy": 0, "unreachable": 0, "local_batches": 0}
 
     def close(self) -> None:
@@ -284,9 +287,10 @@ class Outbox:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
                 alive = False
-            if alive != self.up[node]:
+            self.up[node] = alive
+            if alive != self.reported_up[node]:
                 (came_up if alive else went_down).append(node)
-                self.up[node] = alive
+                self.reported_up[node] = alive
         return came_up, went_down
 
     def wait_for_peers(self, nodes: list[str], timeout: float) -> list[str]:

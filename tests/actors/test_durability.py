@@ -753,3 +753,50 @@ def test_the_launcher_starts_a_dead_node_again_and_its_orders_are_still_there(tm
             assert cluster.restarts == {"book2": 1}
     finally:
         cluster.stop()
+
+
+def test_a_book_node_stalled_past_the_heartbeat_timeout_trades_again_when_it_resumes(tmp_path):
+    """Taken for dead (SIGSTOP for longer than the 5 s heartbeat timeout) but never restarted, a durable book
+    never says RECOVERED: risk asks it for its events when it answers again, and that answer ends the wait.
+    Before, its instruments stayed refused, instrument_unavailable, for the rest of the run."""
+    import signal
+
+    path = write_config(tmp_path, extra='[durability]\nenabled = true\nfsync = "batch"\nbatch_ms = 2.0\n')
+    cluster = start_cluster(path, tmp_path / "logs")
+    stopped = False
+    try:
+        with ClusterClient(cluster.config.client_endpoint(), name="stall") as client:
+            client.new_order("GOOG", 1, "A1", "buy", 100, price=1_000_000)
+            assert any(isinstance(e, Accepted) for e in client.collect(
+                lambda ev: any(isinstance(e, Accepted) for e in ev)))
+            cluster.kill_node("book2", signal.SIGSTOP)
+            stopped = True
+
+            def refused() -> bool:
+                client.new_order("GOOG", refused.next_id, "A1", "buy", 100, price=1_000_000)
+                refused.next_id += 1
+                events = client.collect(lambda ev: any(isinstance(e, Rejected) for e in ev), timeout=0.5)
+                return any(isinstance(e, Rejected) and e.reason == "instrument_unavailable" for e in events)
+
+            refused.next_id = 100
+            assert wait_for(refused, timeout=20, interval=0.2), "the stalled node was never taken for down"
+            cluster.kill_node("book2", signal.SIGCONT)
+            stopped = False
+            # Orders for its instruments are taken again, and the order resting there is still there.
+            deadline = time.monotonic() + 20
+            while True:
+                client.cancel("GOOG", 1)
+                events = client.collect(lambda ev: any(isinstance(e, (Cancelled, Rejected)) and e.order_id == 1
+                                                       for e in ev), timeout=5)
+                answers = [(type(e).__name__, e.reason) for e in events
+                           if isinstance(e, (Cancelled, Rejected)) and e.order_id == 1]
+                if answers != [("Rejected", "instrument_unavailable")] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert answers == [("Cancelled", "user")], events
+            stats = [admin_request(cluster.config, f"risk/{i}", {"command": "stats"})["stats"] for i in (0, 1)]
+            assert sum(s.get("books_back_without_restart", 0) for s in stats) >= 1, stats
+    finally:
+        if stopped:
+            cluster.kill_node("book2", signal.SIGCONT)
+        cluster.stop()

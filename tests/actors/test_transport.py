@@ -108,3 +108,40 @@ def test_actor_inbox_is_a_fifo_simple_queue():
     for n in range(3):
         inbox.put(n)
     assert [inbox.get() for _ in range(3)] == [0, 1, 2] and inbox.empty()
+
+
+def test_a_peer_a_send_finds_gone_is_still_reported_down_by_the_next_probe(tmp_path):
+    """Under load a send, not the probe, is the first to find a node gone: the actor's on_peer_down must run all
+    the same (it cancels or holds the dead books' orders; missing it left their owners never told)."""
+    import time
+
+    from actors.config import load_config
+    from actors.transport import Outbox
+    from exchange.orders import NewOrder, Side
+    from exchange.wire import command_to_record
+    from tests.actors.cluster_helpers import wait_for, write_config
+
+    config = load_config(write_config(tmp_path))
+    context = zmq.Context()
+    try:
+        book2 = context.socket(zmq.ROUTER)  # plays node book2's inbound socket
+        book2.setsockopt(zmq.ROUTING_ID, b"book2")
+        book2.setsockopt(zmq.LINGER, 0)
+        book2.bind(config.endpoint(config.node("book2"), bind=True))
+        outbox = Outbox(context, config, "risk/0", LocalDirectory(), "risk")
+        try:
+            assert wait_for(lambda: "book2" in outbox.probe()[0], timeout=10)
+            book2.close(linger=0)
+            record = command_to_record(NewOrder("GOOG", 1, "A1", Side.BUY, 1_000_000, 100))
+            destination = config.actor_index["book/GOOG"]
+            assert wait_for(lambda: bool(outbox.send_now(destination, MessageKind.ORDERS, [record]).unreachable),
+                            timeout=10)
+            assert not outbox.up["book2"]
+            came_up, went_down = outbox.probe()
+            assert went_down == ["book2"] and came_up == []
+            time.sleep(0.05)
+            assert outbox.probe() == ([], []), "reported once"
+        finally:
+            outbox.close()
+    finally:
+        context.term()
