@@ -85,7 +85,12 @@ class Cluster:
         if self.config_path:
             argv += ["--config", self.config_path]
         log_file = open(log_path, "ab")  # noqa: SIM115  # handed to the child; a restart appends
-        process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # A process group of its own: a terminal's Ctrl-C reaches the launcher alone, which shuts the nodes down in
+        # order (demo traders first, then SIGTERM). In the launcher's group, a Ctrl-C while a node was still
+        # importing (before it could ignore SIGINT) killed it mid-start. It still dies with the launcher
+        # (PR_SET_PDEATHSIG).
+        process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   process_group=0)
         log_file.close()
         node = NodeProcess(name, process, log_path)
         self.nodes[name] = node
