@@ -293,7 +293,7 @@ def run_cluster(config: ClusterConfig, config_path: str | None, duration: float 
         cluster.start()
         print(f"matchwire: cluster ready in {time.monotonic() - started:.1f} s; gateway client API at "
               f"{config.client_endpoint()}", file=out, flush=True)
-        if demo:
+        if demo and not stop.is_set():  # (Ctrl-C while the nodes were starting: straight to the shutdown)
             traders = _start_demo(config, stop)
             host, port = config.ouch_address()
             print(f"matchwire: {len(traders)} demo traders over OUCH 5.0 / SoupBinTCP 4.0 at {host}:{port}, "
