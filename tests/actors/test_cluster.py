@@ -242,6 +242,24 @@ def _node_pid(launcher_pid: int, name: str) -> int | None:
     return None
 
 
+def _read_until(launcher, text: str, timeout: float = 60.0) -> str:  # noqa: ANN001
+    """The launcher's output up to and including the line holding ``text`` (ready, say), as it comes."""
+    import select
+
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not select.select([launcher.stdout], [], [], 0.2)[0]:
+            continue
+        line = launcher.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"no {text!r} from the launcher:\n{''.join(seen)[-3000:]}")
+
+
 @pytest.mark.parametrize("flags", [[], ["--no-restart"]], ids=["journals", "no-restart"])
 def test_with_journals_the_launcher_starts_a_killed_node_again(tmp_path, flags):
     import subprocess
@@ -252,10 +270,10 @@ def test_with_journals_the_launcher_starts_a_killed_node_again(tmp_path, flags):
                                  "--duration", "8", *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True, text=True)
     try:
-        assert wait_for(lambda: _node_pid(launcher.pid, "book2") is not None, timeout=20)
-        time.sleep(2.0)  # ready and trading
+        started = _read_until(launcher, "cluster ready")
         os.kill(_node_pid(launcher.pid, "book2"), signal.SIGKILL)
         output, _ = launcher.communicate(timeout=60)
+        output = started + output
         assert "NODE BOOK2 DIED (exit code -9)" in output, output[-3000:]
         if flags:
             assert "restarting" not in output and launcher.returncode == 1, output[-3000:]
@@ -294,10 +312,11 @@ def test_make_run_trades_and_its_demo_traders_ride_out_a_gateway_restart(tmp_pat
     launcher = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", "--config", str(path), "--duration", "14"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
     try:
-        assert wait_for(lambda: _node_pid(launcher.pid, "gateway") is not None, timeout=20)
-        time.sleep(5.0)  # ready, and the traders trading
+        started = _read_until(launcher, "demo traders over OUCH")
+        time.sleep(3.0)  # trading
         os.kill(_node_pid(launcher.pid, "gateway"), signal.SIGKILL)
         output, _ = launcher.communicate(timeout=90)
+        output = started + output
         tail = output[-4000:]
         assert launcher.returncode == 0, tail
         assert "node gateway is back" in output and "trader error" not in output, tail
