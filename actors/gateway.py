@@ -897,9 +897,9 @@ class GatewayActor(ClusterActor):
             self.count("reports_for_unknown_orders")
             return
         if kind == EventKind.REJECTED or kind == EventKind.CANCELLED:
-            fields = self._consistent_ending(fields, order)
-            if fields[0] != kind:
-                kind = fields[0]
+            ending = self._consistent_ending(fields, order)
+            if ending is not fields:
+                fields, kind = ending, ending[0]
                 payload, offset = _pack_report(*fields), 0
         if order.session == OUCH_SESSION:
             self._ouch_event(record_to_event(payload, offset)[0])

@@ -534,7 +534,7 @@ class RiskActor(ClusterActor):
         gate = self.gate
         for offset in offsets:
             if gate.waiting:
-                returned = self.recovering and is_resend_done(payload, offset)
+                returned = bool(self.recovering) and is_resend_done(payload, offset)
                 gate.route(payload, offset, REPORT_SIZE, self._report, self._request_resend)
                 if returned:
                     symbol = _text(bytes(payload[offset + 24:offset + 32]))

@@ -302,3 +302,20 @@ def test_an_ouch_order_of_a_dead_book_is_canceled_after_its_accept(gateway):
         assert [(m["type"], m["quantity"]) for m in got] == [("C", 100)], got
     finally:
         client.close()
+
+
+def test_a_dead_books_cancel_takes_off_what_the_client_was_told_remains(gateway):
+    # Risk cancels the order with its own idea of what was left; a fill the gateway passed on before risk saw it
+    # makes that too much: the client's Canceled takes off what remains after the fills it heard of.
+    client = OuchClient(*gateway.config.ouch_address(), "TRADA", "trada-pw", next_seq=1)
+    try:
+        ref = client.enter_order("AAPL", "B", 100, 1_000_000)
+        new = gateway.commands(1)[0]
+        gateway.answer(tuple.__new__(Accepted, (1, *Accepted(1, new)[1:])))
+        gateway.answer(tuple.__new__(Fill, (1, "AAPL", 1_000_000, 40, new.order_id, 10**9, "A1", "A2", Side.SELL, 1)))
+        assert [m["type"] for m in _ouch_messages(client, 2)] == ["A", "E"]
+        gateway.answer(cancelled(new.order_id, 100, "instrument_unavailable"))
+        got = _ouch_messages(client, 1)
+        assert [(m["type"], m["user_ref_num"], m["quantity"]) for m in got] == [("C", ref, 60)], got
+    finally:
+        client.close()
