@@ -116,9 +116,14 @@ class DemoTrader(threading.Thread):
         return False
 
     def _read(self, timeout: float) -> None:
+        """Read what has come, waiting up to ``timeout`` for the first message only (the next send is due)."""
         assert self.client is not None
         stats = self.stats
-        for message in self.client.messages(timeout):
+        while True:
+            message = self.client.recv(timeout)
+            if message is None:
+                return
+            timeout = 0.0
             kind = message["type"]
             stats.messages[kind] += 1
             ref = message.get("user_ref_num")
@@ -136,7 +141,6 @@ class DemoTrader(threading.Thread):
                 self.on_done(ref)
             elif kind == "U":
                 self.on_replaced(message.get("orig_user_ref_num"), ref, message.get("quantity", 0))
-            timeout = 0.0
 
     def _sent(self, ref: int) -> int:
         self.sent_at[ref] = time.perf_counter_ns()
