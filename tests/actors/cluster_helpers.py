@@ -99,3 +99,13 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool: 
             return True
         time.sleep(interval)
     return predicate()
+
+
+def ouch_reports(client, count: int, timeout: float = 5.0) -> list[dict]:  # noqa: ANN001
+    """OUCH messages from ``client`` until ``count`` have come or ``timeout`` passed (Account Query answers, session
+    housekeeping, left out)."""
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += [m for m in client.messages(0.05) if m["type"] != "Q"]
+    return got

@@ -10,7 +10,7 @@ import pytest
 
 from actors.client import ClusterClient
 from exchange.orders import Accepted, Cancelled, Fill, NewOrder, Rejected, Side
-from tests.actors.cluster_helpers import start_cluster, wait_for, write_config
+from tests.actors.cluster_helpers import ouch_reports, start_cluster, wait_for, write_config
 
 
 def _gone(pid: int) -> bool:
@@ -150,19 +150,12 @@ def test_an_ouch_order_on_a_killed_book_node_is_canceled_with_what_was_left(tmp_
     try:
         client = OuchClient(*cluster.config.ouch_address(), "ALICE", "alice-pw", next_seq=0)
         try:
-            def reports(count: int) -> list[dict]:
-                got: list[dict] = []
-                deadline = time.monotonic() + 5
-                while len(got) < count and time.monotonic() < deadline:
-                    got += [m for m in client.messages(0.05) if m["type"] != "Q"]
-                return got
-
             ref = client.enter_order("GOOG", "B", 300, 1_000_000)
-            assert [m["type"] for m in reports(1)] == ["A"]
+            assert [m["type"] for m in ouch_reports(client, 1)] == ["A"]
             cluster.kill_node("book2")
             # A Canceled that takes the whole order off (an OUCH client subtracts the quantity from what it
             # thinks is open: 0 would leave it open forever), reason "Z", system cancel.
-            got = reports(1)
+            got = ouch_reports(client, 1)
             assert [(m["type"], m["user_ref_num"], m["quantity"], m["reason"]) for m in got] == [
                 ("C", ref, 300, "Z")], got
         finally:

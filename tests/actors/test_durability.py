@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import socket
@@ -718,6 +719,22 @@ def _reconnected(client: OuchClient) -> bool:
     return True
 
 
+def _cancel_once_the_book_is_back(client: ClusterClient, symbol: str, order_id: int,
+                                  timeout: float = 20.0) -> tuple[list, list]:
+    """Cancel an order, again while risk refuses it instrument_unavailable (it has not heard yet that the book
+    is back); the answers for the order and every event of the last try."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client.cancel(symbol, order_id)
+        events = client.collect(lambda ev: any(isinstance(e, (Cancelled, Rejected)) and e.order_id == order_id
+                                               for e in ev), timeout=5)
+        answers = [(type(e).__name__, e.reason) for e in events
+                   if isinstance(e, (Cancelled, Rejected)) and e.order_id == order_id]
+        if answers != [("Rejected", "instrument_unavailable")] or time.monotonic() > deadline:
+            return answers, events
+        time.sleep(0.1)
+
+
 def test_the_launcher_starts_a_dead_node_again_and_its_orders_are_still_there(tmp_path):
     path = write_config(tmp_path, extra='[durability]\nenabled = true\nfsync = "batch"\nbatch_ms = 2.0\n')
     cluster = start_cluster(path, tmp_path / "logs")
@@ -735,14 +752,7 @@ def test_the_launcher_starts_a_dead_node_again_and_its_orders_are_still_there(tm
             assert any("book2 is back" in line for line in cluster.events)
             # The order outlived its process: a cancel finds it (once risk has heard the book is back: until
             # then commands for it are refused, instrument_unavailable).
-            deadline = time.monotonic() + 20
-            while True:
-                client.cancel("GOOG", 1)
-                events = client.collect(lambda ev: any(isinstance(e, (Cancelled, Rejected)) for e in ev), timeout=10)
-                answers = [(type(e).__name__, e.reason) for e in events if isinstance(e, (Cancelled, Rejected))]
-                if answers != [("Rejected", "instrument_unavailable")] or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
+            answers, events = _cancel_once_the_book_is_back(client, "GOOG", 1)
             assert answers == [("Cancelled", "user")], events
             # Within the minute, a second death is one too many for max_per_minute=1: left dead, and said so.
             cluster.kill_node("book2")
@@ -772,27 +782,18 @@ def test_a_book_node_stalled_past_the_heartbeat_timeout_trades_again_when_it_res
             cluster.kill_node("book2", signal.SIGSTOP)
             stopped = True
 
+            order_ids = itertools.count(100)
+
             def refused() -> bool:
-                client.new_order("GOOG", refused.next_id, "A1", "buy", 100, price=1_000_000)
-                refused.next_id += 1
+                client.new_order("GOOG", next(order_ids), "A1", "buy", 100, price=1_000_000)
                 events = client.collect(lambda ev: any(isinstance(e, Rejected) for e in ev), timeout=0.5)
                 return any(isinstance(e, Rejected) and e.reason == "instrument_unavailable" for e in events)
 
-            refused.next_id = 100
             assert wait_for(refused, timeout=20, interval=0.2), "the stalled node was never taken for down"
             cluster.kill_node("book2", signal.SIGCONT)
             stopped = False
             # Orders for its instruments are taken again, and the order resting there is still there.
-            deadline = time.monotonic() + 20
-            while True:
-                client.cancel("GOOG", 1)
-                events = client.collect(lambda ev: any(isinstance(e, (Cancelled, Rejected)) and e.order_id == 1
-                                                       for e in ev), timeout=5)
-                answers = [(type(e).__name__, e.reason) for e in events
-                           if isinstance(e, (Cancelled, Rejected)) and e.order_id == 1]
-                if answers != [("Rejected", "instrument_unavailable")] or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
+            answers, events = _cancel_once_the_book_is_back(client, "GOOG", 1)
             assert answers == [("Cancelled", "user")], events
             stats = [admin_request(cluster.config, f"risk/{i}", {"command": "stats"})["stats"] for i in (0, 1)]
             assert sum(s.get("books_back_without_restart", 0) for s in stats) >= 1, stats

@@ -25,6 +25,7 @@ from actors.transport import Batch, LocalDirectory
 from exchange.accounts import hash_password
 from exchange.orders import Accepted, Cancelled, CancelOrder, Fill, Modified, ModifyOrder, NewOrder, Rejected, Side
 from exchange.wire import ORDER_SIZE, REPORT_SIZE, MessageKind, event_to_record, record_to_command
+from tests.actors.cluster_helpers import ouch_reports
 
 CONFIG = """
 [cluster]
@@ -139,14 +140,6 @@ def gateway(tmp_path):
     under_test.stop()
 
 
-def _ouch_messages(client: OuchClient, count: int, timeout: float = 5.0) -> list[dict]:
-    got: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
-        got += [m for m in client.messages(0.05) if m["type"] != "Q"]
-    return got
-
-
 def test_an_ouch_replace_that_cannot_reach_risk_is_answered_after_the_earlier_replace(gateway):
     client = OuchClient(*gateway.config.ouch_address(), "TRADA", "trada-pw", next_seq=1)
     try:
@@ -154,7 +147,7 @@ def test_an_ouch_replace_that_cannot_reach_risk_is_answered_after_the_earlier_re
         new = gateway.commands(1)[0]
         assert type(new) is NewOrder
         gateway.answer(tuple.__new__(Accepted, (1, *Accepted(1, new)[1:])))
-        assert [m["type"] for m in _ouch_messages(client, 1)] == ["A"]
+        assert [m["type"] for m in ouch_reports(client, 1)] == ["A"]
 
         first = client.replace_order(ref, 50, 1_000_000)
         assert type(gateway.commands(2)[1]) is ModifyOrder
@@ -168,7 +161,7 @@ def test_an_ouch_replace_that_cannot_reach_risk_is_answered_after_the_earlier_re
         assert [order_id for order_id, _ in state["held_answers"]] == [new.order_id]
         assert state["held_answers"][0][1][0][0] == 1  # one answer of the cluster still to come first
         gateway.answer(modified(new.order_id, 1_000_000, 50))
-        answers = _ouch_messages(client, 2)
+        answers = ouch_reports(client, 2)
         assert [(m["type"], m["user_ref_num"]) for m in answers] == [("U", first), ("J", second)], answers
         assert answers[0]["quantity"] == 50
         stats = gateway.gateway.proxy().stats().get(timeout=5)
@@ -296,9 +289,9 @@ def test_an_ouch_order_of_a_dead_book_is_canceled_after_its_accept(gateway):
         client.enter_order("AAPL", "B", 100, 1_000_000)
         new = gateway.commands(1)[0]
         gateway.answer(tuple.__new__(Accepted, (1, *Accepted(1, new)[1:])))
-        assert [m["type"] for m in _ouch_messages(client, 1)] == ["A"]
+        assert [m["type"] for m in ouch_reports(client, 1)] == ["A"]
         gateway.answer(rejected(new.order_id, "new", "instrument_unavailable"))
-        got = _ouch_messages(client, 1)
+        got = ouch_reports(client, 1)
         assert [(m["type"], m["quantity"]) for m in got] == [("C", 100)], got
     finally:
         client.close()
@@ -313,9 +306,9 @@ def test_a_dead_books_cancel_takes_off_what_the_client_was_told_remains(gateway)
         new = gateway.commands(1)[0]
         gateway.answer(tuple.__new__(Accepted, (1, *Accepted(1, new)[1:])))
         gateway.answer(tuple.__new__(Fill, (1, "AAPL", 1_000_000, 40, new.order_id, 10**9, "A1", "A2", Side.SELL, 1)))
-        assert [m["type"] for m in _ouch_messages(client, 2)] == ["A", "E"]
+        assert [m["type"] for m in ouch_reports(client, 2)] == ["A", "E"]
         gateway.answer(cancelled(new.order_id, 100, "instrument_unavailable"))
-        got = _ouch_messages(client, 1)
+        got = ouch_reports(client, 1)
         assert [(m["type"], m["user_ref_num"], m["quantity"]) for m in got] == [("C", ref, 60)], got
     finally:
         client.close()
