@@ -11,6 +11,7 @@ exchange is anonymous.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import operator
@@ -561,6 +562,25 @@ class GatewayActor(ClusterActor):
             self.journal.close()
         if self.archive is not None:
             self.archive.close()
+
+    def on_failure(self, exception_type: type, exception_value: BaseException, traceback: object) -> None:
+        # pykka calls this instead of on_stop when the actor dies of an exception. Without it the SoupBinTCP
+        # server went on taking logins and orders for an actor that was gone, and the node could not end: its
+        # ZeroMQ context waits for the push socket. Clients see the connection drop, as when the process
+        # dies, not End of Session: they log in again to the restarted gateway and get what they missed.
+        self.stopping = True
+        if self.soup is not None:
+            self.soup.stop(end_of_session=False, timeout=2.0)
+        if self.push is not None:
+            self.push.close(linger=0)
+            self.push = None
+        self.port.stopping.set()
+        self.port.join(2)
+        for closable in (self.journal, self.archive):
+            if closable is not None:
+                with contextlib.suppress(OSError):  # what could not be written stays unwritten: the journal
+                    closable.close()                 # recovers to its last whole record
+        super().on_failure(exception_type, exception_value, traceback)
 
     def _risk_of(self, account: str) -> int:
         index = self._risk_cache.get(account)

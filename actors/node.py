@@ -290,7 +290,8 @@ class Node:
                 break
         return EXIT_ACTOR_FAILED if self.fatal.is_set() else 0
 
-    def stop(self) -> None:
+    def stop(self, term_timeout: float = 5.0) -> bool:
+        """Stop every part of the node; False if its ZeroMQ context could not be terminated in time."""
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None
@@ -307,7 +308,17 @@ class Node:
                 self.supervisor.stop(timeout=2)
             except (pykka.ActorDeadError, pykka.Timeout):
                 pass
-        self.zmq_context.term()
+        # term() waits for every socket to be closed. One left open by a part that died (an actor's own socket,
+        # a thread killed by an exception) would keep a failed node alive, and its other threads (a client
+        # listener) serving, instead of exiting so that the launcher can start it again.
+        terminator = threading.Thread(target=self.zmq_context.term, name="zmq-term", daemon=True)
+        terminator.start()
+        terminator.join(term_timeout)
+        if terminator.is_alive():
+            log.error("node %s: sockets still open %.0f s after stopping; exiting without closing them",
+                      self.name, term_timeout)
+            return False
+        return True
 
 
 def main(config_path: str | None, name: str, control_endpoint: str | None, parent_pid: int | None = None,
@@ -347,6 +358,11 @@ def main(config_path: str | None, name: str, control_endpoint: str | None, paren
     log.info("node %s up: actors %s on %s%s", name, ", ".join(node.node.actors), config.endpoint(node.node),
              "" if tuned else " (garbage collector untuned)")
     code = node.run()
-    node.stop()
+    clean = node.stop()
     log.info("node %s stopped (exit %d)", name, code)
+    if not clean:
+        # Threads still holding sockets would keep the interpreter from exiting.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code or EXIT_ACTOR_FAILED)
     return code

@@ -25,7 +25,7 @@ from exchange.journal import JournalWriter, recover
 from exchange.moldudp64 import parse_packet
 from exchange.orders import Accepted, Cancelled, Fill, Modified, NewOrder, Rejected, Side
 from exchange.wire import command_to_record, record_to_command
-from tests.actors.cluster_helpers import start_cluster, wait_for, write_config
+from tests.actors.cluster_helpers import ouch_reports, start_cluster, wait_for, write_config
 
 
 def _commands(n: int, seed: int = 3):
@@ -801,3 +801,56 @@ def test_a_book_node_stalled_past_the_heartbeat_timeout_trades_again_when_it_res
         if stopped:
             cluster.kill_node("book2", signal.SIGCONT)
         cluster.stop()
+
+
+def test_a_gateway_that_cannot_write_its_journal_goes_down_at_once_and_comes_back(tmp_path):
+    """A journal write that fails (here: the gateway process may no longer grow any file, as on a full disk)
+    kills the gateway actor. Its node must then exit at once and drop its clients, not keep a SoupBinTCP
+    listener taking logins for an actor that is gone (it did, for tens of seconds). The order it could not
+    journal was never answered, so its client sends it again after the restart."""
+    import resource
+
+    users = "".join(f'[[user]]\nname = "{name}"\npassword_hash = "{hash_password(pw, n=1 << 10)}"\n'
+                    f'accounts = ["{account}"]\n' for name, (pw, account) in OUCH_USERS.items())
+    path = write_config(tmp_path, extra='[durability]\nenabled = true\nfsync = "batch"\nbatch_ms = 2.0\n' + users)
+    cluster = start_cluster(path, tmp_path / "logs")
+    client = OuchClient(*cluster.config.ouch_address(), "TRADA", "trada-pw", next_seq=1)
+    try:
+        first = client.enter_order("AAPL", "B", 100, 990_000)
+        assert [(m["type"], m["user_ref_num"]) for m in ouch_reports(client, 1)] == [("A", first)]
+        process = cluster.nodes["gateway"].process
+        # Every write that would grow a file now fails (EFBIG), journal and log alike.
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (1, 1))
+        second = client.enter_order("AAPL", "B", 50, 980_000)
+        failed_at = time.monotonic()
+        try:
+            code = process.wait(timeout=15)
+        except Exception:
+            raise AssertionError("the gateway node did not exit after its actor failed") from None
+        took = time.monotonic() - failed_at
+        assert code == 70 and took < 3, (code, took)
+        # Its client was dropped, not left talking to a listener of a dead actor.
+        assert _dropped(client, timeout=5)
+        assert wait_for(lambda: (cluster.pump(0.02), cluster.nodes["gateway"].reported_dead)[1], timeout=10)
+        cluster.restart_node("gateway", timeout=60)
+        assert wait_for(lambda: _reconnected(client), timeout=20)
+        # The unanswered order was never journaled: the client sends it again and it is taken once.
+        client.sync_user_ref_num()
+        again = client.enter_order("AAPL", "B", 50, 980_000)
+        answers = [m for m in ouch_reports(client, 2, timeout=10) if m["type"] in ("A", "J")]
+        assert [(m["type"], m["user_ref_num"]) for m in answers] == [("A", again)], (second, answers)
+        books = admin_request(cluster.config, "book/AAPL", {"command": "snapshot"})["state"]["orders"]
+        assert sorted((o[3], o[4]) for o in books) == [(980_000, 50), (990_000, 100)]
+    finally:
+        client.close()
+        cluster.stop()
+
+
+def _dropped(client: OuchClient, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            client.recv(0.1)
+        except ConnectionClosed:
+            return True
+    return False
