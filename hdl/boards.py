@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from amaranth import ClockDomain, Elaboratable, Instance, Module, Signal
-from amaranth.lib import wiring
+from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 
 from exchange.card_protocol import CARD_BAUD, matcher_preset
@@ -233,7 +233,8 @@ class CardTop(Elaboratable):
         b = self.board
         locked = Signal(init=1)
         if b.pll is not None:
-            clk_in = platform.request(platform.default_clk, 0).i
+            m.submodules.clk_buffer = clk_buffer = io.Buffer("i", platform.request(platform.default_clk, 0, dir="-"))
+            clk_in = clk_buffer.i
             locked = Signal()
             m.domains.sync = cd_sync = ClockDomain("sync")
             p = b.pll
@@ -280,8 +281,10 @@ class CardTop(Elaboratable):
 
         m.submodules.uart = uart = self.uart
         m.submodules.card = card = self.card
-        pads = platform.request("uart", 0)
-        m.d.comb += [uart.rx.eq(pads.rx.i), pads.tx.o.eq(uart.tx)]
+        pads = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = rx_buffer = io.Buffer("i", pads.rx)
+        m.submodules.uart_tx = tx_buffer = io.Buffer("o", pads.tx)
+        m.d.comb += [uart.rx.eq(rx_buffer.i), tx_buffer.o.eq(uart.tx)]
         wiring.connect(m, uart.o, card.rx)
         wiring.connect(m, card.tx, uart.i)
 
@@ -296,10 +299,13 @@ class CardTop(Elaboratable):
         with m.Else():
             m.d.sync += beat.eq(beat + 1)
         for index, value in enumerate((blink, act.o, err.o, locked)[: b.leds]):
-            m.d.comb += platform.request("led", index).o.eq(value)
+            m.submodules[f"led{index}"] = led = io.Buffer("o", platform.request("led", index, dir="-"))
+            m.d.comb += led.o.eq(value)
         if b.rgb_led:
-            rgb = platform.request("rgb_led", 0)
-            m.d.comb += [rgb.b.o.eq(blink), rgb.g.o.eq(act.o), rgb.r.o.eq(err.o)]
+            rgb = platform.request("rgb_led", 0, dir="-")
+            for colour, value in (("r", err.o), ("g", act.o), ("b", blink)):
+                m.submodules[f"rgb_{colour}"] = led = io.Buffer("o", getattr(rgb, colour))
+                m.d.comb += led.o.eq(value)
         return m
 
 
