@@ -17,7 +17,7 @@ from pathlib import Path
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import gateway_number_of
-from actors.durable import RESEND_REQUEST, resend_done_record
+from actors.durable import RESEND_REQUEST, instrument_grid, resend_done_record
 from exchange.engine import Book
 from exchange.journal import JournalWriter, recover
 from exchange.layout import LayoutError
@@ -101,9 +101,8 @@ class BookActor(ClusterActor):
         directory.mkdir(parents=True, exist_ok=True)
         instrument = self.config.instruments[self.symbol]
         # Replaying a journal needs the grid its commands were checked against.
-        (directory / "instrument.json").write_text(json.dumps(
-            {"symbol": instrument.symbol, "tick_size": instrument.tick_size, "lot_size": instrument.lot_size,
-             "band": list(instrument.band) if instrument.band else None}))
+        # (A journal written for another grid is refused before the node starts: check_state_dir.)
+        (directory / "instrument.json").write_text(json.dumps(instrument_grid(instrument)))
         state, records, report = recover(directory, oldest=True)
         if state is not None:
             state = dict(state)

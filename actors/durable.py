@@ -25,6 +25,7 @@ the owning actor's business. The rules shared by all three:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import struct
@@ -32,8 +33,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from actors.config import Durability
-from exchange.journal import FRAME, JournalError, JournalWriter, RecoveryReport, recover, scan_segment, segments
+from actors.config import ClusterConfig, ConfigError, Durability
+from exchange.instruments import Instrument
+from exchange.journal import (
+    FRAME,
+    JournalError,
+    JournalWriter,
+    RecoveryReport,
+    recover,
+    scan_segment,
+    segments,
+    snapshots,
+)
 from exchange.wire import REPORT, EventKind
 
 log = logging.getLogger("matchwire.durable")
@@ -49,6 +60,106 @@ _SEQ_SYMBOL = struct.Struct("<Q8x8s")  # a report record's seq (byte 8) and symb
 def journal_directory(durability: Durability, node: str, actor: str) -> Path:
     """Where ``actor`` of ``node`` keeps its journal: ``STATE_DIR/NODE/KIND-N``."""
     return Path(durability.directory(node)) / actor.replace("/", "-")
+
+
+_JOURNALED_KINDS = ("book", "gateway", "risk", "md")
+LAYOUT_FILE = "layout.json"  # in a risk shard's directory: how accounts were sharded when it was written
+
+
+def _has_journal(directory: Path) -> bool:
+    return bool(segments(directory) or snapshots(directory))
+
+
+def instrument_grid(instrument: Instrument) -> dict:
+    """What a book's journal was checked against (``instrument.json`` beside it): replaying its commands on
+    another grid would accept and reject other orders than the clients were told."""
+    return {"symbol": instrument.symbol, "tick_size": instrument.tick_size, "lot_size": instrument.lot_size,
+            "band": list(instrument.band) if instrument.band else None}
+
+
+def check_state_dir(config: ClusterConfig, node: str) -> list[str]:
+    """Make sure the journals in ``state_dir`` fit the configuration before ``node``'s actors replay them.
+
+    A configuration changed between runs must not make a book start empty or replay differently while the
+    gateways and risk shards still hold its orders (found by drill: moving a book to another node started it
+    empty, a new tick size dropped its resting orders off the grid on replay). So:
+
+    * an actor of this node whose journal is under another node's directory (the actor was moved) takes it
+      along: the directory is renamed into this node's; in both places at once is an error;
+    * journals of actors the configuration no longer has are an error (their orders would be forgotten);
+    * a book whose journal was written for another tick size, lot size or band is an error;
+    * so is a risk shard journaled with another number of shards (accounts are sharded by a hash modulo
+      that number, so each shard's positions and orders would belong to others).
+
+    Returns what was done (for the log); raises :class:`ConfigError` naming the directory otherwise.
+    """
+    durability = config.durability
+    if not durability.enabled or not durability.state_dir:
+        return []
+    root = Path(durability.state_dir)
+    if not root.is_dir():
+        return []
+    notes: list[str] = []
+    known = {actor.replace("/", "-"): actor for actor in config.actor_index}
+    found: dict[str, list[Path]] = {}
+    for directory in sorted(root.glob("*/*")):
+        if directory.is_dir() and directory.name.split("-", 1)[0] in _JOURNALED_KINDS and _has_journal(directory):
+            found.setdefault(directory.name, []).append(directory)
+    unknown = [str(path) for name, paths in found.items() if name not in known for path in paths]
+    if unknown:
+        raise ConfigError(f"{root} holds journals of actors the configuration does not have: {', '.join(unknown)}; "
+                          "their orders and state would be forgotten: put the actors back in the configuration, "
+                          "or move those directories out of the state directory")
+    for actor in config.node(node).actors:
+        name = actor.replace("/", "-")
+        here = root / node / name
+        elsewhere = [path for path in found.get(name, []) if path != here]
+        if elsewhere and here in found.get(name, []):
+            raise ConfigError(f"{actor}: journals in both {here} and {elsewhere[0]}: keep the one of its last run")
+        if len(elsewhere) > 1:
+            raise ConfigError(f"{actor}: journals in {', '.join(map(str, elsewhere))}: keep the one of its last run")
+        if elsewhere:
+            here.parent.mkdir(parents=True, exist_ok=True)
+            if here.exists():
+                here.rmdir()  # empty (no journal in it): made by a run that failed before writing
+            os.replace(elsewhere[0], here)
+            notes.append(f"{actor} moved to node {node}: its journal {elsewhere[0]} is now {here}")
+        if not here.is_dir():
+            continue
+        kind, key = actor.split("/", 1)
+        if kind == "book" and (here / "instrument.json").exists():
+            try:
+                written = json.loads((here / "instrument.json").read_text())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{here / 'instrument.json'}: unreadable: {exc}") from None
+            grid = instrument_grid(config.instruments[key])
+            changed = {k: (written.get(k), v) for k, v in grid.items() if written.get(k) != v}
+            if changed:
+                what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+                raise ConfigError(f"{actor}: its journal ({here}) was written for another grid ({what}); replayed "
+                                  "on the new one, its orders would be refused or numbered otherwise than its "
+                                  "receivers saw: keep the old values with this state directory; a new grid "
+                                  "takes a fresh one (a new trading day)")
+        if kind == "risk":
+            layout = here / LAYOUT_FILE
+            shards = len(config.risk_shards)
+            if layout.exists():
+                try:
+                    written_shards = json.loads(layout.read_text()).get("risk_shards")
+                except (OSError, ValueError) as exc:
+                    raise ConfigError(f"{layout}: unreadable: {exc}") from None
+                if written_shards != shards:
+                    raise ConfigError(f"{actor}: its journal ({here}) was written with {written_shards} risk shards, "
+                                      f"the configuration has {shards}: accounts are sharded by a hash modulo that "
+                                      "number, so each shard's positions and orders would belong to another")
+    return notes
+
+
+def write_risk_layout(directory: Path, config: ClusterConfig) -> None:
+    """Record how accounts are sharded beside a risk shard's journal (checked by :func:`check_state_dir`)."""
+    layout = directory / LAYOUT_FILE
+    if not layout.exists():
+        layout.write_text(json.dumps({"risk_shards": len(config.risk_shards)}))
 
 
 def open_journal(durability: Durability, node: str,

@@ -26,6 +26,7 @@ from actors.backends import BackendOptions, BackendUnavailable, book_factory
 from actors.base import ActorFailed, ClusterActor, NodeContext, StatsReport
 from actors.book import BookActor
 from actors.config import ClusterConfig, ConfigError, load_config
+from actors.durable import check_state_dir
 from actors.feed import FeedHandlerActor
 from actors.gateway import GatewayActor
 from actors.marketdata import MarketDataActor
@@ -239,6 +240,9 @@ class Node:
     def start(self) -> None:
         if self.config.transport == "ipc":
             os.makedirs(self.config.ipc_dir, exist_ok=True)
+        # Journals that do not fit the configuration any more are refused before anything replays them.
+        for note in check_state_dir(self.config, self.name):
+            log.warning("node %s: %s", self.name, note)
         self.inbound = Inbound(self.zmq_context, self.config, self.name, self.local)
         self.gc_pauses = GcPauses()
         self.supervisor = SupervisorActor.start(self.config, self.name, self.control_endpoint, self.fatal,
