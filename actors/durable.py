@@ -25,9 +25,11 @@ the owning actor's business. The rules shared by all three:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import shutil
 import struct
 import time
 from collections.abc import Callable
@@ -77,7 +79,43 @@ def instrument_grid(instrument: Instrument) -> dict:
             "band": list(instrument.band) if instrument.band else None}
 
 
-def check_state_dir(config: ClusterConfig, node: str) -> list[str]:
+LOCK_FILE = ".lock"  # in an actor's journal directory: held (flock) by the process whose actor writes it
+
+
+class StateLock:
+    """The exclusive lock of one actor's journal directory, held for the life of the node process.
+
+    Two processes writing one journal would corrupt it (the second cuts what it takes for a torn tail while the
+    first is writing it, and both re-send a book's events and say it recovered): a second copy of a node on the
+    same host (an operator's ``matchwire node`` beside the launcher's, a supervisor's restart of a node that is
+    stalled, not dead) is refused before it opens anything. The kernel drops the lock when the process ends,
+    however it ends, so a restart after a crash never finds it stale.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / LOCK_FILE
+        self.note = ""  # what taking it did, for the log
+        self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            self.fd = None
+            raise ConfigError(f"{directory} is in use by another process (pid {holder}): a journal takes one "
+                              "writer; stop that process first") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+def check_state_dir(config: ClusterConfig, node: str, locks: list[StateLock] | None = None) -> list[str]:
     """Make sure the journals in ``state_dir`` fit the configuration before ``node``'s actors replay them.
 
     A configuration changed between runs must not make a book start empty or replay differently while the
@@ -91,15 +129,16 @@ def check_state_dir(config: ClusterConfig, node: str) -> list[str]:
     * so is a risk shard journaled with another number of shards (accounts are sharded by a hash modulo
       that number, so each shard's positions and orders would belong to others).
 
+    Each of the node's actors' directories is locked (:class:`StateLock`) before it is looked at, and a moved
+    one is locked where it was before it moves (its old node may still be running with it): the locks go into
+    ``locks`` for the caller to hold while the actors run, or are released on return when it is None.
+
     Returns what was done (for the log); raises :class:`ConfigError` naming the directory otherwise.
     """
     durability = config.durability
     if not durability.enabled or not durability.state_dir:
         return []
     root = Path(durability.state_dir)
-    if not root.is_dir():
-        return []
-    notes: list[str] = []
     known = {actor.replace("/", "-"): actor for actor in config.actor_index}
     found: dict[str, list[Path]] = {}
     for directory in sorted(root.glob("*/*")):
@@ -110,49 +149,87 @@ def check_state_dir(config: ClusterConfig, node: str) -> list[str]:
         raise ConfigError(f"{root} holds journals of actors the configuration does not have: {', '.join(unknown)}; "
                           "their orders and state would be forgotten: put the actors back in the configuration, "
                           "or move those directories out of the state directory")
-    for actor in config.node(node).actors:
-        name = actor.replace("/", "-")
-        here = root / node / name
-        elsewhere = [path for path in found.get(name, []) if path != here]
-        if elsewhere and here in found.get(name, []):
-            raise ConfigError(f"{actor}: journals in both {here} and {elsewhere[0]}: keep the one of its last run")
-        if len(elsewhere) > 1:
-            raise ConfigError(f"{actor}: journals in {', '.join(map(str, elsewhere))}: keep the one of its last run")
-        if elsewhere:
-            here.parent.mkdir(parents=True, exist_ok=True)
+    held: list[StateLock] = []
+    try:
+        for actor in config.node(node).actors:
+            if actor.split("/", 1)[0] in _JOURNALED_KINDS:
+                held.append(_check_actor(config, root, node, actor, found))
+    except BaseException:
+        for lock in held:
+            lock.release()
+        raise
+    if locks is None:
+        for lock in held:
+            lock.release()
+    else:
+        locks.extend(held)
+    return notes_of(held)
+
+
+def notes_of(locks: list[StateLock]) -> list[str]:
+    return [lock.note for lock in locks if lock.note]
+
+
+def _check_actor(config: ClusterConfig, root: Path, node: str, actor: str, found: dict[str, list[Path]]) -> StateLock:
+    """Lock ``actor``'s directory (taking it along from another node's), then check it against the configuration."""
+    name = actor.replace("/", "-")
+    here = root / node / name
+    elsewhere = [path for path in found.get(name, []) if path != here]
+    if elsewhere and here in found.get(name, []):
+        raise ConfigError(f"{actor}: journals in both {here} and {elsewhere[0]}: keep the one of its last run")
+    if len(elsewhere) > 1:
+        raise ConfigError(f"{actor}: journals in {', '.join(map(str, elsewhere))}: keep the one of its last run")
+    if elsewhere:
+        # Locked where it is: the node it comes from must not be running with it. The lock (on the file, not
+        # the name) moves along and stays held.
+        lock = StateLock(elsewhere[0])
+        try:
             if here.exists():
-                here.rmdir()  # empty (no journal in it): made by a run that failed before writing
+                shutil.rmtree(here)  # no journal in it (else "in both places"): left by a start that failed
+            here.parent.mkdir(parents=True, exist_ok=True)
             os.replace(elsewhere[0], here)
-            notes.append(f"{actor} moved to node {node}: its journal {elsewhere[0]} is now {here}")
-        if not here.is_dir():
-            continue
-        kind, key = actor.split("/", 1)
-        if kind == "book" and (here / "instrument.json").exists():
+        except BaseException:
+            lock.release()
+            raise
+        lock.directory, lock.path = here, here / LOCK_FILE
+        lock.note = f"{actor} moved to node {node}: its journal {elsewhere[0]} is now {here}"
+    else:
+        lock = StateLock(here)
+    try:
+        _check_rules(config, here, actor)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_rules(config: ClusterConfig, here: Path, actor: str) -> None:
+    kind, key = actor.split("/", 1)
+    if kind == "book" and (here / "instrument.json").exists():
+        try:
+            written = json.loads((here / "instrument.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{here / 'instrument.json'}: unreadable: {exc}") from None
+        grid = instrument_grid(config.instruments[key])
+        changed = {k: (written.get(k), v) for k, v in grid.items() if written.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            raise ConfigError(f"{actor}: its journal ({here}) was written for another grid ({what}); replayed "
+                              "on the new one, its orders would be refused or numbered otherwise than its "
+                              "receivers saw: keep the old values with this state directory; a new grid "
+                              "takes a fresh one (a new trading day)")
+    if kind == "risk":
+        layout = here / LAYOUT_FILE
+        shards = len(config.risk_shards)
+        if layout.exists():
             try:
-                written = json.loads((here / "instrument.json").read_text())
+                written_shards = json.loads(layout.read_text()).get("risk_shards")
             except (OSError, ValueError) as exc:
-                raise ConfigError(f"{here / 'instrument.json'}: unreadable: {exc}") from None
-            grid = instrument_grid(config.instruments[key])
-            changed = {k: (written.get(k), v) for k, v in grid.items() if written.get(k) != v}
-            if changed:
-                what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
-                raise ConfigError(f"{actor}: its journal ({here}) was written for another grid ({what}); replayed "
-                                  "on the new one, its orders would be refused or numbered otherwise than its "
-                                  "receivers saw: keep the old values with this state directory; a new grid "
-                                  "takes a fresh one (a new trading day)")
-        if kind == "risk":
-            layout = here / LAYOUT_FILE
-            shards = len(config.risk_shards)
-            if layout.exists():
-                try:
-                    written_shards = json.loads(layout.read_text()).get("risk_shards")
-                except (OSError, ValueError) as exc:
-                    raise ConfigError(f"{layout}: unreadable: {exc}") from None
-                if written_shards != shards:
-                    raise ConfigError(f"{actor}: its journal ({here}) was written with {written_shards} risk shards, "
-                                      f"the configuration has {shards}: accounts are sharded by a hash modulo that "
-                                      "number, so each shard's positions and orders would belong to another")
-    return notes
+                raise ConfigError(f"{layout}: unreadable: {exc}") from None
+            if written_shards != shards:
+                raise ConfigError(f"{actor}: its journal ({here}) was written with {written_shards} risk shards, "
+                                  f"the configuration has {shards}: accounts are sharded by a hash modulo that "
+                                  "number, so each shard's positions and orders would belong to another")
 
 
 def write_risk_layout(directory: Path, config: ClusterConfig) -> None:

@@ -26,7 +26,7 @@ from actors.backends import BackendOptions, BackendUnavailable, book_factory
 from actors.base import ActorFailed, ClusterActor, NodeContext, StatsReport
 from actors.book import BookActor
 from actors.config import ClusterConfig, ConfigError, load_config
-from actors.durable import check_state_dir
+from actors.durable import StateLock, check_state_dir
 from actors.feed import FeedHandlerActor
 from actors.gateway import GatewayActor
 from actors.marketdata import MarketDataActor
@@ -236,12 +236,14 @@ class Node:
         self.metrics: MetricsServer | None = None
         self.metrics_started = time.monotonic()
         self.gc_pauses: GcPauses | None = None
+        self.state_locks: list[StateLock] = []
 
     def start(self) -> None:
         if self.config.transport == "ipc":
             os.makedirs(self.config.ipc_dir, exist_ok=True)
-        # Journals that do not fit the configuration any more are refused before anything replays them.
-        for note in check_state_dir(self.config, self.name):
+        # One process per node's journals; and journals that do not fit the configuration any more are refused
+        # before anything replays them.
+        for note in check_state_dir(self.config, self.name, self.state_locks):
             log.warning("node %s: %s", self.name, note)
         self.inbound = Inbound(self.zmq_context, self.config, self.name, self.local)
         self.gc_pauses = GcPauses()
@@ -315,6 +317,8 @@ class Node:
         # term() waits for every socket to be closed. One left open by a part that died (an actor's own socket,
         # a thread killed by an exception) would keep a failed node alive, and its other threads (a client
         # listener) serving, instead of exiting so that the launcher can start it again.
+        for lock in self.state_locks:
+            lock.release()
         terminator = threading.Thread(target=self.zmq_context.term, name="zmq-term", daemon=True)
         terminator.start()
         terminator.join(term_timeout)

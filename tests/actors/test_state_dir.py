@@ -5,6 +5,9 @@ on other rules while the gateways and risk shards still hold its orders."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import pytest
 from actors.admin import admin_request
 from actors.client import ClusterClient
 from actors.config import ConfigError, load_config
-from actors.durable import check_state_dir
+from actors.durable import StateLock, check_state_dir
 from exchange.journal import JournalWriter
 from exchange.orders import Accepted
 from tests.actors.cluster_helpers import start_cluster, wait_for, write_config
@@ -116,3 +119,44 @@ def test_a_book_moved_to_another_node_keeps_its_orders_and_a_new_grid_is_refused
     with pytest.raises(RuntimeError, match=r"node book1 exited with code 78 while starting:(.|\n)*book/GOOG: its "
                                            r"journal .* was written for another grid \(tick_size 100 -> 1000\)"):
         start_cluster(path, tmp_path / "logs3")
+
+
+def test_a_second_copy_of_a_running_node_is_refused_before_it_opens_a_journal(tmp_path):
+    path = _config(tmp_path)
+    cluster = start_cluster(path, tmp_path / "logs")
+    try:
+        with ClusterClient(cluster.config.client_endpoint(), name="dup") as client:
+            client.new_order("AAPL", 1, "A1", "buy", 100, price=1_000_100)
+            assert any(isinstance(e, Accepted) for e in client.collect(lambda ev: any(isinstance(e, Accepted)
+                                                                                      for e in ev)))
+            second = subprocess.run([sys.executable, "-m", "actors.cli", "node", "--config", str(path), "--name",
+                                     "book1"], capture_output=True, text=True, timeout=60)
+            pid = cluster.nodes["book1"].process.pid
+            assert second.returncode == 78, second.stderr
+            assert f"{tmp_path}/state/book1/book-AAPL is in use by another process (pid {pid})" in second.stderr
+            # It replayed nothing and told nobody it was a recovered book/AAPL: the running book goes on, alone.
+            time.sleep(0.5)
+            stats = admin_request(cluster.config, "md/0", {"command": "stats"})["stats"]
+            assert stats.get("books_recovered", 0) == 4, stats  # each of the 4 books once, at its start
+            client.new_order("AAPL", 2, "A1", "buy", 100, price=1_000_200)
+            assert any(isinstance(e, Accepted) and e.order_id == 2 for e in client.collect(
+                lambda ev: any(isinstance(e, Accepted) and e.order_id == 2 for e in ev)))
+    finally:
+        cluster.stop()
+    # A node's directory is free again once its process has ended.
+    StateLock(tmp_path / "state" / "book1" / "book-AAPL").release()
+
+
+def test_an_actor_is_not_taken_from_a_node_that_is_running(tmp_path):
+    path = _config(tmp_path)
+    state = tmp_path / "state"
+    _journal(state / "book2" / "book-GOOG")
+    _edit(path, BOOK1, 'actors = ["book/AAPL", "book/MSFT", "book/GOOG"]')
+    _edit(path, BOOK2, 'actors = ["book/TSLA"]')
+    running = StateLock(state / "book2" / "book-GOOG")
+    try:
+        with pytest.raises(ConfigError, match=r"state/book2/book-GOOG is in use by another process"):
+            check_state_dir(load_config(path), "book1")
+        assert (state / "book2" / "book-GOOG").is_dir()
+    finally:
+        running.release()
