@@ -29,7 +29,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import struct
 import time
 from collections.abc import Callable
@@ -65,7 +64,8 @@ def journal_directory(durability: Durability, node: str, actor: str) -> Path:
 
 
 _JOURNALED_KINDS = ("book", "gateway", "risk", "md")
-LAYOUT_FILE = "layout.json"  # in a risk shard's directory: how accounts were sharded when it was written
+LAYOUT_FILE = "layout.json"  # in STATE_DIR/NODE: the cluster as configured when the node first wrote there
+LOCK_FILE = ".lock"  # in an actor's journal directory: held (flock) by the process whose actor writes it
 
 
 def _has_journal(directory: Path) -> bool:
@@ -79,7 +79,13 @@ def instrument_grid(instrument: Instrument) -> dict:
             "band": list(instrument.band) if instrument.band else None}
 
 
-LOCK_FILE = ".lock"  # in an actor's journal directory: held (flock) by the process whose actor writes it
+def cluster_layout(config: ClusterConfig) -> dict:
+    """What journals depend on: the actors in number order (messages and journaled sources name actors by
+    number; accounts go to risk shards by a hash modulo their number, orders to gateways by the number in their
+    id), which node hosts each, and the instruments' grids."""
+    return {"actors": list(config.actor_names),
+            "nodes": {node.name: list(node.actors) for node in config.nodes},
+            "instruments": {symbol: instrument_grid(i) for symbol, i in config.instruments.items()}}
 
 
 class StateLock:
@@ -96,7 +102,6 @@ class StateLock:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / LOCK_FILE
-        self.note = ""  # what taking it did, for the log
         self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -115,45 +120,53 @@ class StateLock:
             self.fd = None
 
 
-def check_state_dir(config: ClusterConfig, node: str, locks: list[StateLock] | None = None) -> list[str]:
+def _layout_changes(old: dict, new: dict) -> list[str]:
+    changes = []
+    if old.get("actors") != new["actors"]:
+        was, now = old.get("actors") or [], new["actors"]
+        gone, added = [a for a in was if a not in now], [a for a in now if a not in was]
+        moved = [f"{a} #{was.index(a)} -> #{now.index(a)}" for a in was if a in now and was.index(a) != now.index(a)]
+        changes += ([f"removed {', '.join(gone)}"] if gone else []) + ([f"added {', '.join(added)}"] if added else [])
+        changes += [f"renumbered {', '.join(moved)}"] if moved else []
+    for node, actors in new["nodes"].items():
+        before = (old.get("nodes") or {}).get(node)
+        if before is not None and before != actors:
+            changes.append(f"node {node} hosts {', '.join(actors) or 'nothing'} (was {', '.join(before) or 'nothing'})")
+    for symbol, grid in new["instruments"].items():
+        before = (old.get("instruments") or {}).get(symbol)
+        if before is not None and before != grid:
+            changes.append(f"{symbol}: " + ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in grid.items()
+                                                    if before.get(k) != v))
+    return changes
+
+
+def check_state_dir(config: ClusterConfig, node: str, locks: list[StateLock] | None = None) -> None:
     """Make sure the journals in ``state_dir`` fit the configuration before ``node``'s actors replay them.
 
-    A configuration changed between runs must not make a book start empty or replay differently while the
-    gateways and risk shards still hold its orders (found by drill: moving a book to another node started it
-    empty, a new tick size dropped its resting orders off the grid on replay). So:
+    A state directory holds one trading day of a cluster whose shape is what the journals mean: a book moved
+    to another node started empty while the gateways and risk shards still held its orders, a book whose tick
+    size had changed dropped its resting orders on replay (both found by drill). So within a state directory:
 
-    * an actor of this node whose journal is under another node's directory (the actor was moved) takes it
-      along: the directory is renamed into this node's; in both places at once is an error;
-    * journals of actors the configuration no longer has are an error (their orders would be forgotten);
-    * a book whose journal was written for another tick size, lot size or band is an error;
-    * so is a risk shard journaled with another number of shards (accounts are sharded by a hash modulo
-      that number, so each shard's positions and orders would belong to others).
+    * the configuration must keep the shape it had when the node first wrote there (``layout.json`` in the
+      node's directory, :func:`cluster_layout`): the same actors in the same order, on the same nodes, the same
+      instruments' grids. A change takes a fresh state directory (a new day);
+    * journals of actors the configuration no longer has are an error (their orders would be forgotten), and
+      so is an actor's journal under another node's directory.
 
-    Each of the node's actors' directories is locked (:class:`StateLock`) before it is looked at, and a moved
-    one is locked where it was before it moves (its old node may still be running with it): the locks go into
-    ``locks`` for the caller to hold while the actors run, or are released on return when it is None.
-
-    Returns what was done (for the log); raises :class:`ConfigError` naming the directory otherwise.
+    Each of the node's actors' directories is locked (:class:`StateLock`) before anything else: the locks go
+    into ``locks`` for the caller to hold while the actors run, or are released on return when it is None.
+    Raises :class:`ConfigError` naming the directory and the change.
     """
     durability = config.durability
     if not durability.enabled or not durability.state_dir:
-        return []
+        return
     root = Path(durability.state_dir)
-    known = {actor.replace("/", "-"): actor for actor in config.actor_index}
-    found: dict[str, list[Path]] = {}
-    for directory in sorted(root.glob("*/*")):
-        if directory.is_dir() and directory.name.split("-", 1)[0] in _JOURNALED_KINDS and _has_journal(directory):
-            found.setdefault(directory.name, []).append(directory)
-    unknown = [str(path) for name, paths in found.items() if name not in known for path in paths]
-    if unknown:
-        raise ConfigError(f"{root} holds journals of actors the configuration does not have: {', '.join(unknown)}; "
-                          "their orders and state would be forgotten: put the actors back in the configuration, "
-                          "or move those directories out of the state directory")
     held: list[StateLock] = []
     try:
         for actor in config.node(node).actors:
             if actor.split("/", 1)[0] in _JOURNALED_KINDS:
-                held.append(_check_actor(config, root, node, actor, found))
+                held.append(StateLock(root / node / actor.replace("/", "-")))
+        _check(config, root, node)
     except BaseException:
         for lock in held:
             lock.release()
@@ -163,80 +176,45 @@ def check_state_dir(config: ClusterConfig, node: str, locks: list[StateLock] | N
             lock.release()
     else:
         locks.extend(held)
-    return notes_of(held)
 
 
-def notes_of(locks: list[StateLock]) -> list[str]:
-    return [lock.note for lock in locks if lock.note]
-
-
-def _check_actor(config: ClusterConfig, root: Path, node: str, actor: str, found: dict[str, list[Path]]) -> StateLock:
-    """Lock ``actor``'s directory (taking it along from another node's), then check it against the configuration."""
-    name = actor.replace("/", "-")
-    here = root / node / name
-    elsewhere = [path for path in found.get(name, []) if path != here]
-    if elsewhere and here in found.get(name, []):
-        raise ConfigError(f"{actor}: journals in both {here} and {elsewhere[0]}: keep the one of its last run")
-    if len(elsewhere) > 1:
-        raise ConfigError(f"{actor}: journals in {', '.join(map(str, elsewhere))}: keep the one of its last run")
-    if elsewhere:
-        # Locked where it is: the node it comes from must not be running with it. The lock (on the file, not
-        # the name) moves along and stays held.
-        lock = StateLock(elsewhere[0])
+def _check(config: ClusterConfig, root: Path, node: str) -> None:
+    known = {actor.replace("/", "-"): actor for actor in config.actor_index}
+    mine = {actor.replace("/", "-") for actor in config.node(node).actors}
+    unknown, misplaced = [], []
+    for directory in sorted(root.glob("*/*")):
+        if not (directory.is_dir() and directory.name.split("-", 1)[0] in _JOURNALED_KINDS
+                and _has_journal(directory)):
+            continue
+        if directory.name not in known:
+            unknown.append(str(directory))
+        elif directory.name in mine and directory.parent.name != node:
+            misplaced.append(f"{known[directory.name]} is on node {node} but its journal is {directory}")
+    if unknown:
+        raise ConfigError(f"{root} holds journals of actors the configuration does not have: {', '.join(unknown)}; "
+                          "their orders and state would be forgotten: put the actors back in the configuration, "
+                          "or start with a fresh state directory")
+    if misplaced:
+        raise ConfigError(f"{'; '.join(misplaced)}: an actor stays on its node within a state directory "
+                          "(a trading day); put it back, or start with a fresh state directory")
+    layout_path = root / node / LAYOUT_FILE
+    layout = cluster_layout(config)
+    if layout_path.exists():
         try:
-            if here.exists():
-                shutil.rmtree(here)  # no journal in it (else "in both places"): left by a start that failed
-            here.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(elsewhere[0], here)
-        except BaseException:
-            lock.release()
-            raise
-        lock.directory, lock.path = here, here / LOCK_FILE
-        lock.note = f"{actor} moved to node {node}: its journal {elsewhere[0]} is now {here}"
-    else:
-        lock = StateLock(here)
-    try:
-        _check_rules(config, here, actor)
-    except BaseException:
-        lock.release()
-        raise
-    return lock
-
-
-def _check_rules(config: ClusterConfig, here: Path, actor: str) -> None:
-    kind, key = actor.split("/", 1)
-    if kind == "book" and (here / "instrument.json").exists():
-        try:
-            written = json.loads((here / "instrument.json").read_text())
+            written = json.loads(layout_path.read_text())
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"{here / 'instrument.json'}: unreadable: {exc}") from None
-        grid = instrument_grid(config.instruments[key])
-        changed = {k: (written.get(k), v) for k, v in grid.items() if written.get(k) != v}
-        if changed:
-            what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
-            raise ConfigError(f"{actor}: its journal ({here}) was written for another grid ({what}); replayed "
-                              "on the new one, its orders would be refused or numbered otherwise than its "
-                              "receivers saw: keep the old values with this state directory; a new grid "
-                              "takes a fresh one (a new trading day)")
-    if kind == "risk":
-        layout = here / LAYOUT_FILE
-        shards = len(config.risk_shards)
-        if layout.exists():
-            try:
-                written_shards = json.loads(layout.read_text()).get("risk_shards")
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"{layout}: unreadable: {exc}") from None
-            if written_shards != shards:
-                raise ConfigError(f"{actor}: its journal ({here}) was written with {written_shards} risk shards, "
-                                  f"the configuration has {shards}: accounts are sharded by a hash modulo that "
-                                  "number, so each shard's positions and orders would belong to another")
-
-
-def write_risk_layout(directory: Path, config: ClusterConfig) -> None:
-    """Record how accounts are sharded beside a risk shard's journal (checked by :func:`check_state_dir`)."""
-    layout = directory / LAYOUT_FILE
-    if not layout.exists():
-        layout.write_text(json.dumps({"risk_shards": len(config.risk_shards)}))
+            raise ConfigError(f"{layout_path}: unreadable: {exc}") from None
+        changes = _layout_changes(written, layout)
+        if changes:
+            raise ConfigError(f"the configuration is not the one {root} was written with ({layout_path}): "
+                              f"{'; '.join(changes)}. Journals name actors by number and replay orders on their "
+                              "books' grids, so the cluster keeps its shape within a state directory (a trading "
+                              "day): put it back, or start with a fresh state directory")
+    else:
+        layout_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = layout_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(layout, indent=1))
+        os.replace(temporary, layout_path)
 
 
 def open_journal(durability: Durability, node: str,

@@ -243,8 +243,7 @@ class Node:
             os.makedirs(self.config.ipc_dir, exist_ok=True)
         # One process per node's journals; and journals that do not fit the configuration any more are refused
         # before anything replays them.
-        for note in check_state_dir(self.config, self.name, self.state_locks):
-            log.warning("node %s: %s", self.name, note)
+        check_state_dir(self.config, self.name, self.state_locks)
         self.inbound = Inbound(self.zmq_context, self.config, self.name, self.local)
         self.gc_pauses = GcPauses()
         self.supervisor = SupervisorActor.start(self.config, self.name, self.control_endpoint, self.fatal,

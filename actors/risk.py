@@ -24,11 +24,9 @@ from actors.durable import (
     ResendGate,
     commit_and_wait,
     is_resend_done,
-    journal_directory,
     open_journal,
     resend_request_record,
     risk_recovered_record,
-    write_risk_layout,
 )
 from actors.transport import SendResult
 from exchange.layout import LayoutError
@@ -184,7 +182,6 @@ class RiskActor(ClusterActor):
         if not self.config.durability.enabled:
             return
         self.journal, state, records, report = open_journal(self.config.durability, self.ctx.node, self.name)
-        write_risk_layout(journal_directory(self.config.durability, self.ctx.node, self.name), self.config)
         self.snapshots = ActorSnapshots(self.config.durability, self.journal)
         self.recovery = str(report)
         # Orders that reached the old process but not its journal died with it: the gateways send their

@@ -1,7 +1,7 @@
-"""A configuration changed between runs meets the journals of the last one: moved actors take their journals
-along, and what would replay differently (another grid, another number of risk shards) or be forgotten (an
-actor no longer configured) is refused at start with the directory named, never started empty or replayed
-on other rules while the gateways and risk shards still hold its orders."""
+"""A state directory holds one trading day of a cluster of one shape: a configuration changed between runs
+(an actor moved, removed or renumbered, another grid, another number of risk shards) is refused at start with
+the directory and the change named, never started empty or replayed on other rules while the gateways and risk
+shards still hold its orders; and one process at a time writes a journal."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from actors.config import ConfigError, load_config
 from actors.durable import StateLock, check_state_dir
 from exchange.journal import JournalWriter
 from exchange.orders import Accepted
-from tests.actors.cluster_helpers import start_cluster, wait_for, write_config
+from tests.actors.cluster_helpers import start_cluster, write_config
 
 BOOK1 = 'actors = ["book/AAPL", "book/MSFT"]'
 BOOK2 = 'actors = ["book/GOOG", "book/TSLA"]'
+NODES = ("gateway", "risk", "book1", "book2", "md")
 
 
 def _config(tmp_path: Path) -> Path:
@@ -42,59 +43,59 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
-def test_a_moved_actor_takes_its_journal_along(tmp_path):
+def _first_run(path: Path) -> None:
+    """What the nodes' first start leaves: each node's layout.json (and locks released)."""
+    config = load_config(path)
+    for node in NODES:
+        check_state_dir(config, node)
+
+
+def _refused(path: Path, node: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        check_state_dir(load_config(path), node)
+
+
+def test_the_same_configuration_starts_again_and_every_change_of_shape_is_refused(tmp_path):
+    path = _config(tmp_path)
+    _first_run(path)
+    assert (tmp_path / "state" / "book1" / "layout.json").exists()
+    _first_run(path)  # unchanged: accepted
+    original = path.read_text()
+    changes = [
+        # another grid: replayed on it, resting orders would be refused or numbered otherwise
+        (lambda: _edit(path, 'symbol = "AAPL"\ntick_size = 100', 'symbol = "AAPL"\ntick_size = 1000'),
+         "book1", r"AAPL: tick_size 100 -> 1000"),
+        # another number of risk shards: accounts are sharded by a hash modulo that number
+        (lambda: _edit(path, 'actors = ["risk/0", "risk/1"]', 'actors = ["risk/0", "risk/1", "risk/2"]'),
+         "risk", r"added risk/2.*node risk hosts risk/0, risk/1, risk/2 \(was risk/0, risk/1\)"),
+        # a book moved to another node: every actor after it is renumbered
+        (lambda: (_edit(path, BOOK1, 'actors = ["book/AAPL"]'),
+                  _edit(path, BOOK2, 'actors = ["book/GOOG", "book/TSLA", "book/MSFT"]')),
+         "md", r"renumbered book/MSFT #4 -> #6.*node book1 hosts book/AAPL \(was book/AAPL, book/MSFT\)"),
+    ]
+    for change, node, pattern in changes:
+        change()
+        _refused(path, node, r"the configuration is not the one .* was written with \(.*layout.json\): .*" + pattern)
+        path.write_text(original)
+    _first_run(path)
+
+
+def test_an_actor_journal_under_another_node_or_of_an_actor_no_longer_configured_is_refused(tmp_path):
     path = _config(tmp_path)
     state = tmp_path / "state"
     _journal(state / "book2" / "book-GOOG")
-    (state / "book1" / "book-GOOG").mkdir(parents=True)  # empty: left by an earlier start, no journal in it
     _edit(path, BOOK1, 'actors = ["book/AAPL", "book/MSFT", "book/GOOG"]')
     _edit(path, BOOK2, 'actors = ["book/TSLA"]')
-    config = load_config(path)
-    notes = check_state_dir(config, "book1")
-    assert notes == [f"book/GOOG moved to node book1: its journal {state}/book2/book-GOOG is now "
-                     f"{state}/book1/book-GOOG"]
-    assert (state / "book1" / "book-GOOG").is_dir() and not (state / "book2" / "book-GOOG").exists()
-    assert check_state_dir(config, "book1") == []  # done once
-    # A journal in both places is the operator's to sort out: which one is the book's last run?
-    _journal(state / "book2" / "book-GOOG")
-    with pytest.raises(ConfigError, match="book/GOOG: journals in both .*book1/book-GOOG and .*book2/book-GOOG"):
-        check_state_dir(config, "book1")
-
-
-def test_journals_of_actors_no_longer_configured_are_refused(tmp_path):
-    path = _config(tmp_path)
-    _journal(tmp_path / "state" / "book2" / "book-GOOG")
-    _edit(path, BOOK2, 'actors = ["book/TSLA"]')
+    _refused(path, "book1", r"book/GOOG is on node book1 but its journal is .*/state/book2/book-GOOG: an actor stays "
+                            r"on its node")
+    _edit(path, 'actors = ["book/AAPL", "book/MSFT", "book/GOOG"]', BOOK1)
     _edit(path, '[[instrument]]\nsymbol = "GOOG"\ntick_size = 100\n', "")
-    config = load_config(path)
     for node in ("gateway", "book1", "book2"):  # whichever node starts first says so
-        with pytest.raises(ConfigError, match=r"holds journals of actors the configuration does not have: "
-                                              r".*/state/book2/book-GOOG; their orders"):
-            check_state_dir(config, node)
+        _refused(path, node, r"holds journals of actors the configuration does not have: .*/state/book2/book-GOOG; "
+                             r"their orders")
 
 
-def test_a_book_journaled_on_another_grid_and_a_risk_shard_of_another_sharding_are_refused(tmp_path):
-    path = _config(tmp_path)
-    state = tmp_path / "state"
-    _journal(state / "book1" / "book-AAPL")
-    (state / "book1" / "book-AAPL" / "instrument.json").write_text(
-        '{"symbol": "AAPL", "tick_size": 100, "lot_size": 1, "band": null}')
-    _journal(state / "risk" / "risk-1")
-    (state / "risk" / "risk-1" / "layout.json").write_text('{"risk_shards": 2}')
-    config = load_config(path)
-    assert check_state_dir(config, "book1") == [] and check_state_dir(config, "risk") == []
-    _edit(path, 'symbol = "AAPL"\ntick_size = 100', 'symbol = "AAPL"\ntick_size = 1000')
-    with pytest.raises(ConfigError, match=r"book/AAPL: its journal \(.*book1/book-AAPL\) was written for another "
-                                          r"grid \(tick_size 100 -> 1000\)"):
-        check_state_dir(load_config(path), "book1")
-    _edit(path, 'symbol = "AAPL"\ntick_size = 1000', 'symbol = "AAPL"\ntick_size = 100')
-    _edit(path, 'actors = ["risk/0", "risk/1"]', 'actors = ["risk/0", "risk/1", "risk/2"]')
-    with pytest.raises(ConfigError, match=r"risk/1: its journal \(.*risk/risk-1\) was written with 2 risk shards, "
-                                          r"the configuration has 3"):
-        check_state_dir(load_config(path), "risk")
-
-
-def test_a_book_moved_to_another_node_keeps_its_orders_and_a_new_grid_is_refused_at_start(tmp_path):
+def test_a_book_moved_to_another_node_is_refused_at_start_and_its_orders_are_there_when_it_is_put_back(tmp_path):
     path = _config(tmp_path)
     cluster = start_cluster(path, tmp_path / "logs1")
     try:
@@ -104,21 +105,24 @@ def test_a_book_moved_to_another_node_keeps_its_orders_and_a_new_grid_is_refused
             assert any(isinstance(e, Accepted) for e in events), events
     finally:
         cluster.stop()
+    original = path.read_text()
+    # Before: book1 started GOOG empty, and the order its client was told rests was gone.
     _edit(path, BOOK1, 'actors = ["book/AAPL", "book/MSFT", "book/GOOG"]')
     _edit(path, BOOK2, 'actors = ["book/TSLA"]')
-    cluster = start_cluster(path, tmp_path / "logs2")
+    with pytest.raises(RuntimeError, match=r"exited with code 78 while starting:(.|\n)*(is on node book1 but its "
+                                           r"journal is|the configuration is not the one)"):
+        start_cluster(path, tmp_path / "logs2")
+    # Before: replayed on the new grid, the order at 1,000,100 was refused and the book started without it.
+    path.write_text(original.replace('symbol = "GOOG"\ntick_size = 100', 'symbol = "GOOG"\ntick_size = 1000'))
+    with pytest.raises(RuntimeError, match=r"exited with code 78 while starting:(.|\n)*GOOG: tick_size 100 -> 1000"):
+        start_cluster(path, tmp_path / "logs3")
+    path.write_text(original)
+    cluster = start_cluster(path, tmp_path / "logs4")
     try:
-        # Before: book1 started GOOG empty, and the order the client was told rests was gone.
         orders = admin_request(cluster.config, "book/GOOG", {"command": "snapshot"})["state"]["orders"]
         assert [(o[1], o[3], o[4]) for o in orders] == [("A1", 1_000_100, 100)]
-        assert wait_for(lambda: any("book/GOOG moved to node book1" in line
-                                    for line in (tmp_path / "logs2" / "book1.log").read_text().splitlines()))
     finally:
         cluster.stop()
-    _edit(path, 'symbol = "GOOG"\ntick_size = 100', 'symbol = "GOOG"\ntick_size = 1000')
-    with pytest.raises(RuntimeError, match=r"node book1 exited with code 78 while starting:(.|\n)*book/GOOG: its "
-                                           r"journal .* was written for another grid \(tick_size 100 -> 1000\)"):
-        start_cluster(path, tmp_path / "logs3")
 
 
 def test_a_second_copy_of_a_running_node_is_refused_before_it_opens_a_journal(tmp_path):
@@ -143,20 +147,10 @@ def test_a_second_copy_of_a_running_node_is_refused_before_it_opens_a_journal(tm
                 lambda ev: any(isinstance(e, Accepted) and e.order_id == 2 for e in ev)))
     finally:
         cluster.stop()
-    # A node's directory is free again once its process has ended.
+    # A node's directories are free again once its process has ended, however it ended.
     StateLock(tmp_path / "state" / "book1" / "book-AAPL").release()
-
-
-def test_an_actor_is_not_taken_from_a_node_that_is_running(tmp_path):
-    path = _config(tmp_path)
-    state = tmp_path / "state"
-    _journal(state / "book2" / "book-GOOG")
-    _edit(path, BOOK1, 'actors = ["book/AAPL", "book/MSFT", "book/GOOG"]')
-    _edit(path, BOOK2, 'actors = ["book/TSLA"]')
-    running = StateLock(state / "book2" / "book-GOOG")
+    running = StateLock(tmp_path / "state" / "book2" / "book-GOOG")
     try:
-        with pytest.raises(ConfigError, match=r"state/book2/book-GOOG is in use by another process"):
-            check_state_dir(load_config(path), "book1")
-        assert (state / "book2" / "book-GOOG").is_dir()
+        _refused(path, "book2", r"state/book2/book-GOOG is in use by another process")
     finally:
         running.release()
