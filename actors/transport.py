@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,8 @@ from exchange.layout import LayoutError
 from exchange.wire import HEADER, MessageKind, pack_header, parse_header
 
 # Plain ints: pyzmq combines Flag members in Python, which costs on every send.
+log = logging.getLogger("matchwire.transport")
+
 NOBLOCK = int(zmq.NOBLOCK)
 MORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
 MORE = int(zmq.SNDMORE)
@@ -324,8 +327,15 @@ class Inbound(threading.Thread):
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.stats = {"messages": 0, "records": 0, "pings": 0, "malformed": 0, "misaddressed": 0, "paused_ms": 0,
-                      "control": 0}
+                      "control": 0, "wrong_source": 0}
         self.pending_control: list[tuple[bytes, object, float]] = []
+        # A batch names its source actor by number, and actors answer to that number (a book sends a reject to
+        # the risk shard that sent the command). The sending socket's routing id starts with the actor's name
+        # (Outbox), so a number that is out of range or not the sender's (a peer started with another
+        # configuration file numbers the actors otherwise; a forged message) is refused here: it once made a
+        # book answer actor 9999 and die of it.
+        self.source_prefixes = [f"{name}@".encode() for name in config.actor_names]
+        self.wrong_senders: set[bytes] = set()
 
     def run(self) -> None:
         socket = self.context.socket(zmq.ROUTER)
@@ -387,6 +397,16 @@ class Inbound(threading.Thread):
             self._control(sender, payload)
             return
         stats = self.stats
+        prefixes = self.source_prefixes
+        if not (0 <= source < len(prefixes) and sender.startswith(prefixes[source])):
+            stats["wrong_source"] += 1
+            name = sender.split(b"@", 1)[0]
+            if name not in self.wrong_senders and len(self.wrong_senders) < 64:  # said once per sender
+                self.wrong_senders.add(name)
+                log.error("node %s: a message from %r names source actor #%d (%s): refused; is that node running "
+                          "with another configuration?", self.node.name, name.decode(errors="replace"), source,
+                          self.config.actor_names[source] if 0 <= source < len(prefixes) else "no such actor")
+            return
         if not self.local.deliver(destination, Batch(kind, source, payload, count)):
             stats["misaddressed"] += 1
             return

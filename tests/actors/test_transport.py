@@ -145,3 +145,68 @@ def test_a_peer_a_send_finds_gone_is_still_reported_down_by_the_next_probe(tmp_p
             outbox.close()
     finally:
         context.term()
+
+
+def test_a_batch_whose_source_is_not_its_sender_is_refused_and_the_book_lives(tmp_path):
+    """Actors answer to the source number of a batch (a book sends a reject to the risk shard that sent the
+    command). A number out of range (forged) made a book answer actor 9999 and die of it; a peer started with
+    another configuration numbers the actors otherwise and would be answered at the wrong actor. The inbound
+    pump refuses both: the number must name the actor whose socket sent it."""
+    import time
+
+    from actors.client import ClusterClient
+    from actors.config import load_config
+    from actors.transport import Outbox
+    from exchange.orders import Accepted, NewOrder, Side
+    from exchange.wire import MessageKind, command_to_record, pack_header
+    from tests.actors.cluster_helpers import start_cluster, wait_for, write_config
+
+    path = write_config(tmp_path)
+    cluster = start_cluster(path, tmp_path / "logs")
+    context = zmq.Context()
+    stranger = forger = None
+    try:
+        config = cluster.config
+        book = config.actor_index["book/AAPL"]
+        # Rejected by the book (off the tick grid), so it would answer the source.
+        off_grid = command_to_record(NewOrder("AAPL", (1 << 48) | 77, "A1", Side.BUY, 1_000_050, 100), 0)
+        forger = context.socket(zmq.DEALER)
+        forger.setsockopt(zmq.LINGER, 0)
+        forger.connect(config.endpoint(config.node("book1")))
+        for source in (9999, config.actor_index["risk/0"]):  # no such actor; an actor that is not the sender
+            forger.send_multipart([pack_header(MessageKind.ORDERS, 1, source, book, 1), off_grid])
+        # A risk shard of a cluster whose file lists the nodes in another order: its own number differs.
+        other = tmp_path / "other"
+        other.mkdir()
+        text = path.read_text()
+        gateway = '[[node]]\nname = "gateway"\nactors = ["gateway/0"]\n'
+        risk = '[[node]]\nname = "risk"\nactors = ["risk/0", "risk/1"]\n'
+        (other / "cluster.toml").write_text(text.replace(gateway + "\n" + risk, risk + "\n" + gateway))
+        stranger_config = load_config(other / "cluster.toml")
+        assert stranger_config.actor_index["risk/1"] != config.actor_index["risk/1"]
+        stranger = Outbox(context, stranger_config, "risk/1", LocalDirectory(), "risk")
+        assert stranger.wait_for_peers(["book1"], timeout=5) == []
+        stranger.add(stranger_config.actor_index["book/AAPL"], MessageKind.ORDERS, off_grid)
+        stranger.flush()
+        assert stranger.stats["messages_sent"] == 1
+
+        def refused() -> int:
+            cluster.pump(0.05)
+            return cluster.nodes["book1"].stats.get("inbound", {}).get("wrong_source", 0)
+
+        assert wait_for(lambda: refused() == 3, timeout=10), cluster.nodes["book1"].stats.get("inbound")
+        time.sleep(0.3)
+        assert all(cluster.alive().values()), cluster.events
+        log = (tmp_path / "logs" / "book1.log").read_text()
+        assert "names source actor #9999 (no such actor): refused" in log
+        assert "a message from 'risk/1' names source actor" in log and "another configuration" in log
+        with ClusterClient(config.client_endpoint(), name="after") as client:
+            client.new_order("AAPL", 1, "A1", "buy", 100, price=1_000_000)
+            assert any(isinstance(e, Accepted) for e in client.collect(
+                lambda ev: any(isinstance(e, Accepted) for e in ev)))
+    finally:
+        for closable in (stranger, forger):
+            if closable is not None:
+                closable.close()
+        context.term()
+        cluster.stop()
