@@ -241,8 +241,8 @@ class Node:
     def start(self) -> None:
         if self.config.transport == "ipc":
             os.makedirs(self.config.ipc_dir, exist_ok=True)
-        # One process per node's journals; and journals that do not fit the configuration any more are refused
-        # before anything replays them.
+        # One process per journal (each actor's directory locked), and journals that do not fit the configuration
+        # any more refused, before anything replays them.
         check_state_dir(self.config, self.name, self.state_locks)
         self.inbound = Inbound(self.zmq_context, self.config, self.name, self.local)
         self.gc_pauses = GcPauses()
@@ -313,11 +313,11 @@ class Node:
                 self.supervisor.stop(timeout=2)
             except (pykka.ActorDeadError, pykka.Timeout):
                 pass
+        for lock in self.state_locks:  # the actors that wrote the journals have stopped
+            lock.release()
         # term() waits for every socket to be closed. One left open by a part that died (an actor's own socket,
         # a thread killed by an exception) would keep a failed node alive, and its other threads (a client
         # listener) serving, instead of exiting so that the launcher can start it again.
-        for lock in self.state_locks:
-            lock.release()
         terminator = threading.Thread(target=self.zmq_context.term, name="zmq-term", daemon=True)
         terminator.start()
         terminator.join(term_timeout)
