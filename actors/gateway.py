@@ -600,8 +600,13 @@ class GatewayActor(ClusterActor):
         if type(message) is OuchInbound:
             try:
                 username = message.username  # type: ignore[attr-defined]
-                for payload in message.payloads:  # type: ignore[attr-defined]
-                    self._ouch(username, payload)
+                payloads = message.payloads  # type: ignore[attr-defined]
+                for position, payload in enumerate(payloads):
+                    if not self._ouch(username, payload):
+                        # The session ends at a protocol error: what the client sent behind it in the same read
+                        # is not acted on (nor journaled), as if the connection had been cut there.
+                        self.count("ouch_messages_after_protocol_error", len(payloads) - position - 1)
+                        break
             finally:
                 self.ctx.local.done(self.index)
             self.count("ouch_messages", len(message.payloads))  # type: ignore[attr-defined]
@@ -609,7 +614,8 @@ class GatewayActor(ClusterActor):
 
     # -- OUCH over SoupBinTCP ---------------------------------------------------------------
 
-    def _ouch(self, username: str, payload: bytes) -> None:
+    def _ouch(self, username: str, payload: bytes) -> bool:
+        """Act on one OUCH message; False if it broke the protocol (the session is being ended)."""
         assert self.translator is not None
         replaying = self.replaying
         self._minted = []
@@ -619,8 +625,9 @@ class GatewayActor(ClusterActor):
             # A malformed OUCH message inside valid SoupBinTCP framing: end that session alone.
             self.count("ouch_protocol_errors")
             if self.soup is not None and not replaying:
+                log.warning("%s: OUCH session %s disconnected: %s", self.name, username, result.error)
                 self.soup.disconnect(username)
-            return
+            return False
         for reply in result.replies:
             self._sequenced(username, reply)
         now = time.perf_counter_ns()
@@ -665,6 +672,7 @@ class GatewayActor(ClusterActor):
             self.journal.append(_TAG_OUCH + _OUCH_HEAD.pack(len(name), len(self._minted), len(limited)) + name
                                 + struct.pack(f"<{len(ids)}Q", *ids) + payload)
         self._emit()
+        return True
 
     def _sequenced(self, username: str, payload: bytes) -> None:
         self._out.append((username, payload))

@@ -845,7 +845,8 @@ class SoupServer:
     def _close(self, conn: _Conn, why: str) -> None:
         if conn.ended:
             return
-        log.debug("closing %s (%s): %s", conn.peer, conn.username, why)
+        # Once per connection: the line an operator looks for when a client asks why it was cut off.
+        log.info("closing %s (%s): %s", conn.peer, conn.username or "not logged in", why)
         self._end_session(conn)
         conn.ended = True
         if conn.registered:
