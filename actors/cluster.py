@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -410,6 +411,15 @@ def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], ela
             print(f"  demo traders logged in again {total.reconnects} times (their connection dropped)", file=out)
         if total.rejects:
             print("  rejects by reason: " + ", ".join(f"{k} {v}" for k, v in total.rejects.most_common()), file=out)
+            # OUCH has one code for several of matchwire's reasons (0x0F "other"): the gateways know which.
+            cluster_reasons: Counter[str] = Counter()
+            for node in cluster.nodes.values():
+                for name, stats in node.stats.get("actors", {}).items():
+                    if name.startswith("gateway/"):
+                        cluster_reasons.update(stats.get("ouch_rejects_by_reason", {}))
+            if cluster_reasons:
+                reasons = ", ".join(f"{k} {v}" for k, v in cluster_reasons.most_common())
+                print(f"    as the gateways sent them: {reasons}", file=out)
         if total.cancels:
             print("  cancels by reason: " + ", ".join(f"{k} {v}" for k, v in total.cancels.most_common()), file=out)
         pct = _percentiles(total.latencies_ns)

@@ -15,7 +15,7 @@ from collections import Counter
 
 from actors.ouch_client import OuchClient
 from exchange.instruments import Instrument
-from exchange.ouch import MARKET_PRICE, REJECT_REASON_NAMES
+from exchange.ouch import CANCEL_REASON_NAMES, MARKET_PRICE, REJECT_REASON_NAMES
 
 RECONNECT_SECONDS = 30.0  # how long a demo trader keeps trying to log in again after its connection dropped
 ANSWER_GIVE_UP_NS = 5_000_000_000  # a market maker stops waiting for a replace's answer after this long
@@ -137,7 +137,8 @@ class DemoTrader(threading.Thread):
                 stats.executions += 1
                 self.on_execution(ref, message["quantity"])
             elif kind == "C":
-                stats.cancels[message.get("reason", "?")] += 1
+                code = message.get("reason", "?")
+                stats.cancels[CANCEL_REASON_NAMES.get(code, code)] += 1
                 self.on_done(ref)
             elif kind == "U":
                 self.on_replaced(message.get("orig_user_ref_num"), ref, message.get("quantity", 0))

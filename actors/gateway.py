@@ -468,6 +468,8 @@ class GatewayActor(ClusterActor):
         finally:
             self.replaying = False
             self._out.clear()
+            if self.translator is not None:
+                self.translator.rejects.clear()  # counted by the incarnation that sent them
         self.next_id = itertools.count(max(self.id_lease, 1))
         if records:
             log.warning("%s: recovered %d journal records: %d orders, ids from %d", self.name,
@@ -1085,6 +1087,8 @@ class GatewayActor(ClusterActor):
         out["unanswered_cancels"] = len(self._unanswered_cancels)
         out["unanswered_modifies"] = sum(len(v) for v in self._unanswered_modifies.values())
         out["answers_waiting_for_earlier"] = sum(len(held) for held in self.held_answers.values())
+        if self.translator is not None:
+            out["ouch_rejects_by_reason"] = dict(self.translator.rejects)
         if self.journal is not None:
             out.update({f"journal_{k}": v for k, v in self.journal.stats.items()})
             out["journal_policy"] = self.journal.policy

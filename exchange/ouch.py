@@ -35,6 +35,7 @@ See docs/order-entry.md for the field-by-field mapping.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import struct
 import time
@@ -778,6 +779,9 @@ class OuchTranslator:
         self.last_user_ref_num: dict[str, int] = {}
         self.orders: dict[tuple[str, int], OuchOrder] = {}  # (username, current UserRefNum) -> order
         self.by_id: dict[int, OuchOrder] = {}  # matchwire order id -> order
+        # Rejects sent, by matchwire reason: several reasons share an OUCH code (0x0F "other"), and an
+        # operator wants to know which (the run's summary prints them).
+        self.rejects: collections.Counter[str] = collections.Counter()
 
     # -- journal snapshots -------------------------------------------------------------------------
 
@@ -832,9 +836,13 @@ class OuchTranslator:
         self.last_user_ref_num[username] = user_ref_num
         return True
 
+    def _reject_code(self, reason: str) -> int:
+        self.rejects[reason] += 1
+        return ouch_reason(reason, REJECT)  # type: ignore[return-value]
+
     def _reject(self, result: OuchResult, user_ref_num: int, reason: str, cl_ord_id: str) -> None:
         result.replies.append(encode_outbound("J", timestamp=self.clock(), user_ref_num=user_ref_num,
-                                              reason=ouch_reason(reason, REJECT), cl_ord_id=cl_ord_id))
+                                              reason=self._reject_code(reason), cl_ord_id=cl_ord_id))
 
     def _on_enter_order(self, username: str, msg: OuchMessage, result: OuchResult) -> None:
         ref = msg["user_ref_num"]
@@ -1011,17 +1019,17 @@ class OuchTranslator:
             self._forget(order)
             return [(order.username, encode_outbound(
                 "J", timestamp=self.clock(), user_ref_num=order.user_ref_num,
-                reason=ouch_reason(event.reason, REJECT), cl_ord_id=order.cl_ord_id))]
+                reason=self._reject_code(event.reason), cl_ord_id=order.cl_ord_id))]
         request, msg = order.pending.popleft() if order.pending else ("cancel", None)
         if request in ("cancel", "reduce"):
             out = encode_outbound("I", timestamp=self.clock(), user_ref_num=order.user_ref_num)
         elif request == "replace":
             # The order itself is unchanged; the reject carries the replacement's UserRefNum.
             out = encode_outbound("J", timestamp=self.clock(), user_ref_num=msg["user_ref_num"],
-                                  reason=ouch_reason(event.reason, REJECT), cl_ord_id=msg["cl_ord_id"])
+                                  reason=self._reject_code(event.reason), cl_ord_id=msg["cl_ord_id"])
         else:
             out = encode_outbound("J", timestamp=self.clock(), user_ref_num=order.user_ref_num,
-                                  reason=ouch_reason(event.reason, REJECT), cl_ord_id=order.cl_ord_id)
+                                  reason=self._reject_code(event.reason), cl_ord_id=order.cl_ord_id)
         self._maybe_forget(order)
         return [(order.username, out)]
 

@@ -433,6 +433,18 @@ def test_rejects_carry_the_ouch_reason(change, reason):
     assert (out[0][1]["reason"], out[0][1]["user_ref_num"], out[0][1]["cl_ord_id"]) == (reason, 1, "C1")
 
 
+def test_the_translator_counts_its_rejects_by_matchwire_reason():
+    """Several of matchwire's reasons share OUCH's 0x0F "other": the count by our reason says which (the run's
+    summary prints it)."""
+    v = Venue({"AAPL": Instrument("AAPL")})
+    v.enter("U1", 1, "B", 10, 1_000_000, tif="6")  # invalid time in force: 0x0F
+    v.send("U1", encode_inbound("M", user_ref_num=7, side="B", quantity=5))  # unknown order: 0x0F too
+    v.enter("U1", 2, "X", 10, 1_000_000)  # invalid side: 0x09
+    v.enter("U1", 3, "B", 10, 1_000_000, symbol="MSFT")  # the engine's reject, through on_events
+    assert v.tr.rejects == {RejectReason.INVALID_TIF: 1, RejectReason.UNKNOWN_ORDER: 1,
+                            RejectReason.INVALID_SIDE: 1, RejectReason.UNKNOWN_SYMBOL: 1}
+
+
 def test_user_without_accounts_is_rejected():
     v = Venue()
     out = v.enter("U3", 1, "B", 10, 1_000_000)
