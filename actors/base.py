@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import struct
+import sys
 import time
 from dataclasses import dataclass
 
@@ -59,6 +61,30 @@ class ClusterActor(pykka.ThreadingActor):
     After each message, when the inbox is empty, buffered output is flushed: under load, many
     records leave in one message.
     """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # pykka calls on_failure when handling a message raises, but not when on_start raises: the actor just
+        # stops. An actor that failed half-way through its start (a gateway with its client port and SoupBinTCP
+        # server up, and no journal) would then keep those running and never tell its supervisor. So every
+        # on_start of a subclass goes through on_failure when it raises.
+        super().__init_subclass__(**kwargs)
+        start = cls.__dict__.get("on_start")
+        if start is None:
+            return
+
+        @functools.wraps(start)
+        def on_start(self: ClusterActor) -> None:
+            try:
+                start(self)
+            except Exception:
+                if not self._start_failed:  # once, in the innermost on_start that raised
+                    self._start_failed = True
+                    self.on_failure(*sys.exc_info())
+                raise
+
+        cls.on_start = on_start  # type: ignore[method-assign]
+
+    _start_failed = False
 
     @staticmethod
     def _create_actor_inbox() -> queue.SimpleQueue:  # type: ignore[override]

@@ -577,7 +577,8 @@ class GatewayActor(ClusterActor):
             self.push.close(linger=0)
             self.push = None
         self.port.stopping.set()
-        self.port.join(2)
+        if self.port.is_alive():  # not started when on_start failed before it
+            self.port.join(2)
         for closable in (self.journal, self.archive):
             if closable is not None:
                 with contextlib.suppress(OSError):  # what could not be written stays unwritten: the journal

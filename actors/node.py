@@ -342,6 +342,9 @@ def main(config_path: str | None, name: str, control_endpoint: str | None, paren
         config = load_config(config_path)
         if state_dir and not config.durability.state_dir:
             config.durability = dataclasses.replace(config.durability, state_dir=state_dir)
+        if config.durability.enabled and not config.durability.state_dir:
+            raise ConfigError(f"{config.source}: journals are on ([durability] enabled) but no state directory is "
+                              "set: give [durability] state_dir, or --state-dir DIR (matchwire run sets one itself)")
         node = Node(config, name, control_endpoint, parent_pid)
     except (ConfigError, BackendUnavailable) as exc:
         print(f"matchwire node: {exc}", file=sys.stderr)

@@ -154,3 +154,14 @@ def test_a_second_copy_of_a_running_node_is_refused_before_it_opens_a_journal(tm
         _refused(path, "book2", r"state/book2/book-GOOG is in use by another process")
     finally:
         running.release()
+
+
+def test_a_node_started_alone_with_journals_on_needs_a_state_directory(tmp_path):
+    """``matchwire run`` gives its nodes a fresh state directory; a node started alone (one per host) must be
+    told where its journals go. It used to start, fail in its gateway's start with a traceback, and exit 70."""
+    path = write_config(tmp_path, extra='[durability]\nenabled = true\n')
+    alone = subprocess.run([sys.executable, "-m", "actors.cli", "node", "--config", str(path), "--name", "gateway"],
+                           capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 78, alone.stderr
+    assert "journals are on ([durability] enabled) but no state directory is set: give [durability] state_dir, " \
+           "or --state-dir DIR" in alone.stderr and "Traceback" not in alone.stderr
