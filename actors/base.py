@@ -252,8 +252,14 @@ class ClusterActor(pykka.ThreadingActor):
         if result.busy or result.unreachable:
             self.handle_send_failures(result)
 
+    #: Seconds between this actor's pings of every peer node. Risk shards and gateways act on a peer's death
+    #: (refuse, cancel, answer) and probe every tick; see BookActor for the actors that do not.
+    PROBE_INTERVAL = 0.0
+    _last_probe = 0.0
+
     def _tick(self, tick: Tick) -> None:
-        if self.outbox is not None:
+        if self.outbox is not None and tick.now - self._last_probe >= self.PROBE_INTERVAL:
+            self._last_probe = tick.now
             came_up, went_down = self.outbox.probe()
             for node in went_down:
                 self.on_peer_down(node)

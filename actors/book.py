@@ -62,6 +62,11 @@ class BookActor(ClusterActor):
     order (the book's sequence numbers) and goes to market data, and execution reports also go
     to the gateway that owns the order and the risk shard of its account."""
 
+    # A book does nothing when a peer node dies (what it could not send is kept and sent again), so it pings its
+    # peers once a second, for the health view, not every tick: with one actor per instrument a node of 200
+    # books sent 8,000 pings a second to stand still (docs/cluster.md "Many instruments").
+    PROBE_INTERVAL = 1.0
+
     def __init__(self, context: NodeContext, name: str, book: Book) -> None:
         super().__init__(context, name)
         self.book = book
@@ -90,6 +95,13 @@ class BookActor(ClusterActor):
         # which the gateway drops).
         self.modify_versions: dict[int, int] = {}
         self.resending = False  # routing events again after a restart (not counted as new fills or rejects)
+
+    def on_peer_down(self, node: str) -> None:
+        # Said once by the launcher, the risk shards and the gateways; a node of 200 books said it 200 times.
+        log.debug("%s: node %s is down", self.name, node)
+
+    def on_peer_up(self, node: str) -> None:
+        log.debug("%s: node %s is up", self.name, node)
 
     # -- life cycle ----------------------------------------------------------------------
 
