@@ -37,3 +37,17 @@ def test_the_plan_is_deterministic_and_cancels_only_live_orders():
         else:
             assert type(command) is CancelOrder and command.order_id in live
             live.discard(command.order_id)
+
+
+def test_bench_instruments_prints_every_node_and_answers_every_instrument(capsys):
+    from actors import bench_instruments
+
+    assert bench_instruments.main(["--instruments", "30", "--idle", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "accepted=30/30" in out
+    for node in ("gateway", "risk", "book1", "book2", "md"):
+        line = next(line for line in out.splitlines() if line.startswith(f"node={node} "))
+        threads = int(line.split("threads=")[1].split()[0])
+        assert threads > (15 if node.startswith("book") else 2), line  # one thread per book actor
+    with pytest.raises(SystemExit):
+        bench_instruments.main(["--instruments", "1"])
