@@ -46,7 +46,8 @@ def inspect(path: str, out: TextIO = sys.stdout) -> int:
     if ops:
         print("  commands after the snapshot: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())), file=out)
     for line in report.truncated:
-        print(f"  DAMAGED: {line} (recovery keeps the records before it)", file=out)
+        print(f"  DAMAGED: {line}" + ("" if "snapshot passed over" in line else
+                                      " (recovery keeps the records before it)"), file=out)
     return 1 if report.truncated else 0
 
 
@@ -76,7 +77,8 @@ def _inspect_actor(directory: Path, state: dict | None, records: list[bytes], re
     if tags:
         print("  records after the snapshot: " + ", ".join(f"{k} {v}" for k, v in sorted(tags.items())), file=out)
     for line in report.truncated:
-        print(f"  DAMAGED: {line} (recovery keeps the records before it)", file=out)
+        print(f"  DAMAGED: {line}" + ("" if "snapshot passed over" in line else
+                                      " (recovery keeps the records before it)"), file=out)
     return 1 if report.truncated else 0
 
 
@@ -136,9 +138,12 @@ def replay(path: str, out: TextIO = sys.stdout, depth: int = 10) -> int:
     except JournalError as exc:
         print(f"matchwire journal: {exc}", file=sys.stderr)
         return 2
+    damage = getattr(report, "truncated", [])
+    for line in damage:  # the book below is what the records before the damage make (exit code 1, as inspect)
+        print(f"matchwire journal: {path}: DAMAGED: {line}", file=sys.stderr)
     if book is None:
         print(f"journal {path}: empty", file=out)
-        return 0
+        return 1 if damage else 0
     print(f"book {book.symbol} after {report}: event seq {book.seq}, {len(book.orders)} resting orders", file=out)
     levels = book.depth(depth)
     for name, side in (("asks", 2), ("bids", 1)):
@@ -148,6 +153,6 @@ def replay(path: str, out: TextIO = sys.stdout, depth: int = 10) -> int:
             print(f"  {name[:-1]} {price:>12} {qty:>10} ({count} orders: "
                   + ", ".join(f"#{o['order_id']} {o['account']} {o['displayed']}" for o in orders[:5])
                   + (" ..." if len(orders) > 5 else "") + ")", file=out)
-    return 0
+    return 1 if damage else 0
 
 

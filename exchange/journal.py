@@ -112,15 +112,19 @@ def scan_segment(path: Path) -> tuple[list[bytes], int, str | None]:
     return records, offset, None
 
 
-def load_snapshot(directory: Path, oldest: bool = False) -> tuple[int, dict | None, str | None]:
+def load_snapshot(directory: Path, oldest: bool = False,
+                  skipped: list[str] | None = None) -> tuple[int, dict | None, str | None]:
     """The newest (or the oldest kept) readable snapshot: (index, state, file name); (0, None, None) when
-    there is none."""
+    there is none. Unreadable ones passed over are described in ``skipped``."""
     candidates = snapshots(directory)
     for path in (candidates if oldest else reversed(candidates)):
         try:
             return _index_of(path.name), json.loads(path.read_text()), path.name
-        except (OSError, ValueError):
-            continue  # a damaged snapshot: fall back to another one (and more journal)
+        except (OSError, ValueError) as exc:
+            # A damaged snapshot: fall back to another one (and more journal), and say so.
+            if skipped is not None:
+                skipped.append(f"{path.name}: unreadable snapshot passed over ({exc})")
+            continue
     return 0, None, None
 
 
@@ -137,7 +141,7 @@ def recover(directory: str | Path, truncate: bool = True,
     report = RecoveryReport(str(directory))
     if not directory.exists():
         return None, [], report
-    index, state, name = load_snapshot(directory, oldest=oldest)
+    index, state, name = load_snapshot(directory, oldest=oldest, skipped=report.truncated)
     report.snapshot_index, report.snapshot_file = index, name
     records: list[bytes] = []
     position = 0

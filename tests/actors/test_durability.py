@@ -58,6 +58,32 @@ def test_torn_and_corrupt_tails_recover_to_the_last_good_record(tmp_path):
     assert "CRC mismatch" in report.truncated[0]
 
 
+def test_the_journal_tool_names_a_damaged_snapshot_and_tail_and_replay_fails_on_them(tmp_path, capsys):
+    """``matchwire journal replay`` printed the book the good records make and exited 0, saying nothing of the
+    damage after them; an unreadable snapshot was passed over in silence by every reader."""
+    import io
+
+    from actors.journal_cli import inspect, replay
+
+    book = tmp_path / "book-X"
+    writer = JournalWriter(book, policy="always")
+    writer.append_many([command_to_record(c) for c in _commands(20)])
+    writer.commit()
+    writer.close()
+    (book / "snapshot-00000000000000000010.json").write_text("{not json")
+    segment = next(book.glob("journal-*.log"))
+    with open(segment, "ab") as handle:
+        handle.write(b"\xff" * 40)  # garbage after the last record
+    out = io.StringIO()
+    assert inspect(str(book), out) == 1
+    assert "snapshot-00000000000000000010.json: unreadable snapshot passed over" in out.getvalue()
+    assert f"{segment.name}: offset {segment.stat().st_size - 40}:" in out.getvalue()
+    assert replay(str(book), io.StringIO()) == 1
+    err = capsys.readouterr().err
+    assert "DAMAGED: snapshot-00000000000000000010.json: unreadable snapshot passed over" in err
+    assert f"DAMAGED: {segment.name}: offset {segment.stat().st_size - 40}:" in err
+
+
 def test_snapshot_plus_tail_equals_replay_from_scratch(tmp_path):
     commands = list(_commands(400))
     writer = JournalWriter(tmp_path, policy="none")
