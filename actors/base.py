@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import queue
@@ -101,6 +102,10 @@ class ClusterActor(pykka.ThreadingActor):
         self.index = context.config.actor_index[name]
         self.outbox: Outbox | None = None
         self.counters: dict[str, int] = {}
+        # What peers could not take yet, per (destination, kind), oldest first (hold()).
+        self.held: dict[tuple[int, MessageKind], collections.deque] = {}
+        self._held_tried: dict[tuple[int, MessageKind], float] = {}
+        self._held_dropping: set[tuple[int, MessageKind]] = set()
         self._last_stats = 0.0
         # Per-stage timing for the metrics endpoint (actors/metrics.py): ~100 ns per batch.
         self.batch_ns = Log2Histogram()
@@ -221,17 +226,67 @@ class ClusterActor(pykka.ThreadingActor):
         log.info("%s: node %s is up", self.name, node)
 
     def handle_send_failures(self, result: SendResult) -> None:
-        """Default: keep what could not go and try again on the next flush (reports are never dropped)."""
-        assert self.outbox is not None
+        """Default: keep what could not go and send it again when the peer can take it (:meth:`hold`)."""
         for destination, kind, records in result.busy + result.unreachable:
-            for record in records:
-                self.outbox.add(destination, kind, record)
+            self.hold(destination, kind, records)
+
+    #: Records held for a peer are tried again this often while its node is down, and go this many at a time.
+    HELD_RETRY_SECONDS = 1.0
+    HELD_CHUNK = 4096
+
+    def hold(self, destination: int, kind: MessageKind, records: list[bytes]) -> None:
+        """Keep records a peer could not take, in order, ahead of any held for it already (they are older).
+
+        They go again in order before anything newer for that peer: every flush while its node is reachable,
+        once a second while it is not. They used to go back into the outbox one by one and be tried on every
+        flush: with market data dead, a book re-buffered and re-sent all it had produced since, ten times a
+        second, and its node's CPU went to that (the order rate fell to a quarter in a minute). At most
+        ``max_held`` are kept per peer actor; beyond, the oldest are dropped, counted (``held_dropped``) and said
+        once: a peer that returns from its journal asks the books for what it missed, as far back as they keep.
+        """
+        key = (destination, kind)
+        queue = self.held.get(key)
+        if queue is None:
+            queue = self.held[key] = collections.deque()
+        queue.extendleft(reversed(records))
+        self._trim_held(key, queue)
+
+    def _trim_held(self, key: tuple[int, MessageKind], queue: collections.deque) -> None:
+        over = len(queue) - self.config.max_held
+        if over <= 0:
+            return
+        for _ in range(over):
+            queue.popleft()
+        self.count("held_dropped", over)
+        if key not in self._held_dropping:
+            self._held_dropping.add(key)
+            log.error("%s: %s has not taken its %s for long: more than %d held, the oldest are dropped (it asks for "
+                      "what it missed when it returns from its journal)", self.name,
+                      self.config.actor_names[key[0]], key[1].name.lower(), self.config.max_held)
+
+    def _release_held(self) -> None:
+        assert self.outbox is not None
+        outbox = self.outbox
+        now = time.monotonic()
+        for key in list(self.held):
+            destination, kind = key
+            queue = self.held[key]
+            queue.extend(outbox.take(destination, kind))  # added since: behind the held ones
+            self._trim_held(key, queue)
+            if not outbox.peer_up(destination) and now - self._held_tried.get(key, 0.0) < self.HELD_RETRY_SECONDS:
+                continue
+            self._held_tried[key] = now
+            chunk = [queue.popleft() for _ in range(min(len(queue), self.HELD_CHUNK))]
+            if not queue:
+                del self.held[key]
+            outbox.put(destination, kind, chunk)
 
     def stats(self) -> dict:
         out = dict(self.counters)
         if self.outbox is not None:
             out.update({f"outbox_{k}": v for k, v in self.outbox.stats.items()})
-            out["outbox_pending"] = self.outbox.pending()
+            out["held_records"] = sum(len(queue) for queue in self.held.values())  # for a peer that cannot take them
+            out["outbox_pending"] = self.outbox.pending() + out["held_records"]
             out["peers_down"] = sorted(node for node, up in self.outbox.up.items() if not up)
         out["batch_ns"] = self.batch_ns.snapshot()
         out["flush_ns"] = self.flush_ns.snapshot()
@@ -248,6 +303,8 @@ class ClusterActor(pykka.ThreadingActor):
     def flush(self) -> None:
         if self.outbox is None:
             return
+        if self.held:
+            self._release_held()
         result = self.outbox.flush()
         if result.busy or result.unreachable:
             self.handle_send_failures(result)

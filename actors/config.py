@@ -76,6 +76,9 @@ class ClusterConfig:
     risk_defaults: RiskLimits = field(default_factory=RiskLimits)
     risk_accounts: dict[str, RiskLimits] = field(default_factory=dict)
     durability: Durability = field(default_factory=Durability)
+    # Records an actor keeps per peer actor that cannot take them, before it drops the oldest: as many as a book
+    # keeps to send again on request (actors/book.py RECENT_EVENTS), which is what a peer that returns asks for.
+    max_held: int = 200_000
 
     def limits_for(self, account: str) -> RiskLimits:
         """An account's risk limits: its own table over the defaults."""
@@ -208,7 +211,7 @@ def parse_config(data: dict, source: str) -> ClusterConfig:
         client_port=cluster.get("client_port", base_port + 91),
         ouch_port=cluster.get("ouch_port", base_port + 95),
         send_hwm=cluster.get("send_hwm", 1000), max_backlog=cluster.get("max_backlog", 64),
-        socket_buffer=cluster.get("socket_buffer", 262_144),
+        socket_buffer=cluster.get("socket_buffer", 262_144), max_held=cluster.get("max_held", 200_000),
         nodes=nodes, instruments=instruments, accounts=accounts, demo=data.get("demo", {}), raw=data, source=source)
 
 

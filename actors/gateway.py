@@ -783,8 +783,7 @@ class GatewayActor(ClusterActor):
         failed: list[tuple[str, bytes]] = []
         for reason, (destination, kind, records) in failures:
             if kind is not MessageKind.ORDERS:
-                for record in records:
-                    self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
+                self.hold(destination, kind, records)
                 continue
             for record in records:
                 if record[0] in (Op.NEW, Op.CANCEL, Op.MODIFY) and _unpack_order(record, 0)[10] in self._resent:

@@ -502,8 +502,7 @@ class RiskActor(ClusterActor):
         failures += [(ClusterReason.INSTRUMENT_UNAVAILABLE, item) for item in result.unreachable]
         for reason, (destination, kind, records) in failures:
             if kind is not MessageKind.ORDERS:
-                for record in records:
-                    self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
+                self.hold(destination, kind, records)
                 continue
             for record in records:
                 fields = _unpack_order(record, 0)

@@ -221,6 +221,26 @@ class Outbox:
             buffer.append(record)
         self.buffered += 1
 
+    def take(self, destination: int, kind: MessageKind) -> list[bytes]:
+        """Remove and return what is buffered for ``destination`` and ``kind``."""
+        records = self.buffers.pop((destination, kind), [])
+        self.buffered -= len(records)
+        return records
+
+    def put(self, destination: int, kind: MessageKind, records: list[bytes]) -> None:
+        """Buffer ``records`` for ``destination`` ahead of anything buffered for it since."""
+        if not records:
+            return
+        key = (destination, kind)
+        if not self.buffers:
+            self.oldest_ns = time.perf_counter_ns()
+        self.buffers[key] = records + self.buffers.get(key, [])
+        self.buffered += len(records)
+
+    def peer_up(self, destination: int) -> bool:
+        """Whether ``destination``'s node was reachable when last tried (always, for a local actor)."""
+        return self.up.get(self.node_of[destination], True)
+
     def due(self, max_records: int, max_delay_ns: int) -> bool:
         """True when the buffers are big or old enough to go even though more input is waiting."""
         return self.buffered >= max_records or (
