@@ -357,6 +357,9 @@ def main(config_path: str | None, name: str, control_endpoint: str | None, paren
     # Ctrl-C in a terminal reaches every process of the foreground group: a node with a launcher leaves the
     # shutdown to it (demo traders first, then the nodes, by SIGTERM), instead of vanishing under it.
     signal.signal(signal.SIGINT, signal.SIG_IGN if parent_pid is not None else request_stop)
+    # A launcher starts its nodes with SIGINT blocked (actors/cluster.py _spawn): one sent before this point is
+    # pending, and was just discarded by SIG_IGN.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         node.start()
     except (RuntimeError, BackendUnavailable, ConfigError) as exc:
