@@ -102,8 +102,8 @@ class ClusterActor(pykka.ThreadingActor):
         self.index = context.config.actor_index[name]
         self.outbox: Outbox | None = None
         self.counters: dict[str, int] = {}
-        # What peers could not take yet, per (destination, kind), oldest first (hold()).
-        self.held: dict[tuple[int, MessageKind], collections.deque] = {}
+        # What peers could not take yet, per (destination, kind), oldest first (hold_for_peer()).
+        self.held_for_peers: dict[tuple[int, MessageKind], collections.deque] = {}
         self._held_tried: dict[tuple[int, MessageKind], float] = {}
         self._held_dropping: set[tuple[int, MessageKind]] = set()
         self._last_stats = 0.0
@@ -226,15 +226,15 @@ class ClusterActor(pykka.ThreadingActor):
         log.info("%s: node %s is up", self.name, node)
 
     def handle_send_failures(self, result: SendResult) -> None:
-        """Default: keep what could not go and send it again when the peer can take it (:meth:`hold`)."""
+        """Default: keep what could not go and send it again when the peer can take it (:meth:`hold_for_peer`)."""
         for destination, kind, records in result.busy + result.unreachable:
-            self.hold(destination, kind, records)
+            self.hold_for_peer(destination, kind, records)
 
     #: Records held for a peer are tried again this often while its node is down, and go this many at a time.
     HELD_RETRY_SECONDS = 1.0
     HELD_CHUNK = 4096
 
-    def hold(self, destination: int, kind: MessageKind, records: list[bytes]) -> None:
+    def hold_for_peer(self, destination: int, kind: MessageKind, records: list[bytes]) -> None:
         """Keep records a peer could not take, in order, ahead of any held for it already (they are older).
 
         They go again in order before anything newer for that peer: every flush while its node is reachable,
@@ -245,13 +245,13 @@ class ClusterActor(pykka.ThreadingActor):
         once: a peer that returns from its journal asks the books for what it missed, as far back as they keep.
         """
         key = (destination, kind)
-        queue = self.held.get(key)
+        queue = self.held_for_peers.get(key)
         if queue is None:
-            queue = self.held[key] = collections.deque()
+            queue = self.held_for_peers[key] = collections.deque()
         queue.extendleft(reversed(records))
-        self._trim_held(key, queue)
+        self._trim_held_for_peer(key, queue)
 
-    def _trim_held(self, key: tuple[int, MessageKind], queue: collections.deque) -> None:
+    def _trim_held_for_peer(self, key: tuple[int, MessageKind], queue: collections.deque) -> None:
         over = len(queue) - self.config.max_held
         if over <= 0:
             return
@@ -264,28 +264,28 @@ class ClusterActor(pykka.ThreadingActor):
                       "what it missed when it returns from its journal)", self.name,
                       self.config.actor_names[key[0]], key[1].name.lower(), self.config.max_held)
 
-    def _release_held(self) -> None:
+    def _send_held_for_peers(self) -> None:
         assert self.outbox is not None
         outbox = self.outbox
         now = time.monotonic()
-        for key in list(self.held):
+        for key in list(self.held_for_peers):
             destination, kind = key
-            queue = self.held[key]
+            queue = self.held_for_peers[key]
             queue.extend(outbox.take(destination, kind))  # added since: behind the held ones
-            self._trim_held(key, queue)
+            self._trim_held_for_peer(key, queue)
             if not outbox.peer_up(destination) and now - self._held_tried.get(key, 0.0) < self.HELD_RETRY_SECONDS:
                 continue
             self._held_tried[key] = now
             chunk = [queue.popleft() for _ in range(min(len(queue), self.HELD_CHUNK))]
             if not queue:
-                del self.held[key]
+                del self.held_for_peers[key]
             outbox.put(destination, kind, chunk)
 
     def stats(self) -> dict:
         out = dict(self.counters)
         if self.outbox is not None:
             out.update({f"outbox_{k}": v for k, v in self.outbox.stats.items()})
-            out["held_records"] = sum(len(queue) for queue in self.held.values())  # for a peer that cannot take them
+            out["held_records"] = sum(len(queue) for queue in self.held_for_peers.values())
             out["outbox_pending"] = self.outbox.pending() + out["held_records"]
             out["peers_down"] = sorted(node for node, up in self.outbox.up.items() if not up)
         out["batch_ns"] = self.batch_ns.snapshot()
@@ -303,8 +303,8 @@ class ClusterActor(pykka.ThreadingActor):
     def flush(self) -> None:
         if self.outbox is None:
             return
-        if self.held:
-            self._release_held()
+        if self.held_for_peers:
+            self._send_held_for_peers()
         result = self.outbox.flush()
         if result.busy or result.unreachable:
             self.handle_send_failures(result)

@@ -783,7 +783,7 @@ class GatewayActor(ClusterActor):
         failed: list[tuple[str, bytes]] = []
         for reason, (destination, kind, records) in failures:
             if kind is not MessageKind.ORDERS:
-                self.hold(destination, kind, records)
+                self.hold_for_peer(destination, kind, records)
                 continue
             for record in records:
                 if record[0] in (Op.NEW, Op.CANCEL, Op.MODIFY) and _unpack_order(record, 0)[10] in self._resent:

@@ -502,7 +502,7 @@ class RiskActor(ClusterActor):
         failures += [(ClusterReason.INSTRUMENT_UNAVAILABLE, item) for item in result.unreachable]
         for reason, (destination, kind, records) in failures:
             if kind is not MessageKind.ORDERS:
-                self.hold(destination, kind, records)
+                self.hold_for_peer(destination, kind, records)
                 continue
             for record in records:
                 fields = _unpack_order(record, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from actors.cluster import Cluster
@@ -79,6 +80,14 @@ name = "A4"
     path = tmp_path / "cluster.toml"
     path.write_text(text)
     return path
+
+
+def users_toml(users: Mapping[str, tuple[str, str]]) -> str:
+    """``[[user]]`` tables for OUCH logins: name -> (password, account). Cheap hashes: tests log in often."""
+    from exchange.accounts import hash_password
+
+    return "".join(f'[[user]]\nname = "{name}"\npassword_hash = "{hash_password(password, n=1 << 10)}"\n'
+                   f'accounts = ["{account}"]\n\n' for name, (password, account) in users.items())
 
 
 def start_cluster(path: Path, log_dir: Path) -> Cluster:

@@ -15,7 +15,6 @@ from actors.durable import ActorSnapshots, SnapshotArchive, commit_and_wait, ope
 from actors.journal_cli import inspect, replay
 from actors.ouch_client import LoginRejected, OuchClient
 from actors.soup_server import DurableSequencedStore, encode_sequenced_record
-from exchange.accounts import hash_password
 from exchange.engine import OrderBook
 from exchange.eventbook import EventBook
 from exchange.instruments import Instrument
@@ -23,7 +22,7 @@ from exchange.itch_publisher import ItchPublisher
 from exchange.journal import JournalError, JournalWriter, recover, segments, snapshots
 from exchange.orders import CancelOrder, ModifyOrder, NewOrder, Side
 from exchange.ouch import OuchTranslator, encode_inbound
-from tests.actors.cluster_helpers import start_cluster, wait_for, write_config
+from tests.actors.cluster_helpers import start_cluster, users_toml, wait_for, write_config
 from tests.actors.test_durability import OUCH_USERS, FeedListener, OuchTrader
 
 
@@ -197,8 +196,7 @@ def _all_messages(address: tuple[str, int], user: str, count: int) -> list[bytes
 
 def test_gateway_risk_and_market_data_recover_their_state_from_snapshots(tmp_path):
     feed = FeedListener()
-    users = "".join(f'[[user]]\nname = "{name}"\npassword_hash = "{hash_password(pw, n=1 << 10)}"\n'
-                    f'accounts = ["{account}"]\n' for name, (pw, account) in OUCH_USERS.items())
+    users = users_toml(OUCH_USERS)
     extra = ('[durability]\nenabled = true\nfsync = "batch"\nbatch_ms = 2.0\nsnapshot_every = 40\n'
              f'[market_data]\ntargets = ["127.0.0.1:{feed.port}"]\nsession = "SNAPS"\nhistory = 60\n' + users)
     cluster = start_cluster(write_config(tmp_path, extra=extra), tmp_path / "logs")

@@ -18,14 +18,13 @@ from actors.client import ClusterClient
 from actors.journal_cli import rebuild
 from actors.ouch_client import ConnectionClosed, LoginRejected, OuchClient
 from exchange import ouch
-from exchange.accounts import hash_password
 from exchange.engine import OrderBook
 from exchange.instruments import Instrument
 from exchange.journal import JournalWriter, recover
 from exchange.moldudp64 import parse_packet
 from exchange.orders import Accepted, Cancelled, Fill, Modified, NewOrder, Rejected, Side
 from exchange.wire import command_to_record, record_to_command
-from tests.actors.cluster_helpers import ouch_reports, start_cluster, wait_for, write_config
+from tests.actors.cluster_helpers import ouch_reports, start_cluster, users_toml, wait_for, write_config
 
 
 def _commands(n: int, seed: int = 3):
@@ -495,8 +494,7 @@ def test_crash_trials_of_every_role_lose_nothing(tmp_path):
     # more, each killing a random node.
     trials = int(os.environ.get("MATCHWIRE_CRASH_TRIALS", "4"))
     feed = FeedListener()
-    users = "".join(f'[[user]]\nname = "{name}"\npassword_hash = "{hash_password(pw, n=1 << 10)}"\n'
-                    f'accounts = ["{account}"]\n' for name, (pw, account) in OUCH_USERS.items())
+    users = users_toml(OUCH_USERS)
     extra = ('[durability]\nenabled = true\nfsync = "batch"\nbatch_ms = 2.0\nsnapshot_every = 300\n'
              f'[market_data]\ntargets = ["127.0.0.1:{feed.port}"]\nsession = "TRIALS"\n' + users)
     path = write_config(tmp_path, extra=extra)
@@ -688,8 +686,7 @@ def _risk_mismatches(config, traders: list) -> bool:  # noqa: ANN001
 
 
 def test_a_restarted_gateway_knows_its_sessions_tokens_and_order_ids(tmp_path):
-    users = "".join(f'[[user]]\nname = "{name}"\npassword_hash = "{hash_password(pw, n=1 << 10)}"\n'
-                    f'accounts = ["{account}"]\n' for name, (pw, account) in OUCH_USERS.items())
+    users = users_toml(OUCH_USERS)
     path = write_config(tmp_path, extra='[durability]\nenabled = true\nfsync = "always"\n' + users)
     cluster = start_cluster(path, tmp_path / "logs")
     client = OuchClient(*cluster.config.ouch_address(), "TRADA", "trada-pw", next_seq=1)
@@ -836,8 +833,7 @@ def test_a_gateway_that_cannot_write_its_journal_goes_down_at_once_and_comes_bac
     journal was never answered, so its client sends it again after the restart."""
     import resource
 
-    users = "".join(f'[[user]]\nname = "{name}"\npassword_hash = "{hash_password(pw, n=1 << 10)}"\n'
-                    f'accounts = ["{account}"]\n' for name, (pw, account) in OUCH_USERS.items())
+    users = users_toml(OUCH_USERS)
     path = write_config(tmp_path, extra='[durability]\nenabled = true\nfsync = "batch"\nbatch_ms = 2.0\n' + users)
     cluster = start_cluster(path, tmp_path / "logs")
     client = OuchClient(*cluster.config.ouch_address(), "TRADA", "trada-pw", next_seq=1)

@@ -21,7 +21,6 @@ from actors.config import cluster_order_id, load_config
 from actors.journal_cli import rebuild
 from actors.ouch_client import OuchClient
 from actors.transport import Batch, LocalDirectory
-from exchange.accounts import hash_password
 from exchange.engine import OrderBook
 from exchange.journal import recover
 from exchange.orders import (
@@ -44,7 +43,7 @@ from exchange.wire import (
     record_to_event,
     record_version,
 )
-from tests.actors.cluster_helpers import start_cluster, wait_for, write_config
+from tests.actors.cluster_helpers import start_cluster, users_toml, wait_for, write_config
 from tests.actors.test_durability import OUCH_USERS, _reconnected
 
 CONFIG = """
@@ -234,8 +233,7 @@ def test_versions_survive_a_restart_from_the_journal_and_from_a_snapshot(tmp_pat
 
 def _durable_ouch_cluster(tmp_path):  # noqa: ANN001, ANN202
     """A cluster journaling every role with fsync ``always``, with the OUCH users of this module."""
-    users = "".join(f'[[user]]\nname = "{name}"\npassword_hash = "{hash_password(pw, n=1 << 10)}"\n'
-                    f'accounts = ["{account}"]\n' for name, (pw, account) in OUCH_USERS.items())
+    users = users_toml(OUCH_USERS)
     path = write_config(tmp_path, extra='[durability]\nenabled = true\nfsync = "always"\n' + users)
     return start_cluster(path, tmp_path / "logs")
 

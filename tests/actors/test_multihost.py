@@ -14,7 +14,7 @@ from pathlib import Path
 from actors.config import load_config
 from actors.ouch_client import OuchClient
 from actors.ports import free_port_block
-from exchange.accounts import hash_password
+from tests.actors.cluster_helpers import users_toml
 
 NODES = {"gateway": ("127.0.0.2", ["gateway/0"]), "risk": ("127.0.0.3", ["risk/0", "risk/1"]),
          "book1": ("127.0.0.4", ["book/AAPL"]), "md": ("127.0.0.5", ["md/0"])}
@@ -25,8 +25,7 @@ def _config(tmp_path: Path) -> Path:
     base = free_port_block(100)
     nodes = "".join(f'[[node]]\nname = "{name}"\nhost = "{host}"\nactors = {actors!r}\n\n'.replace("'", '"')
                     for name, (host, actors) in NODES.items())
-    users = "".join(f'[[user]]\nname = "{user}"\npassword_hash = "{hash_password(pw, n=1 << 10)}"\n'
-                    f'accounts = ["{account}"]\n\n' for user, (pw, account) in USERS.items())
+    users = users_toml(USERS)
     path = tmp_path / "cluster.toml"
     path.write_text(f'[cluster]\nname = "hosts"\nbase_port = {base}\ncontrol_port = {base + 90}\n'
                     f'client_port = {base + 91}\nouch_port = {base + 95}\n\n{nodes}'

@@ -12,8 +12,7 @@ import time
 from actors.admin import admin_request
 from actors.ouch_client import ConnectionClosed, OuchClient
 from exchange import ouch
-from exchange.accounts import hash_password
-from tests.actors.cluster_helpers import start_cluster, write_config
+from tests.actors.cluster_helpers import start_cluster, users_toml, write_config
 
 USERS = {"F1": ("f1-pw", "A1"), "F2": ("f2-pw", "A2")}
 SYMBOLS = ["AAPL", "MSFT", "GOOG", "TSLA", "ZZZZ", "", "aapl", "A\x00B"]
@@ -50,8 +49,7 @@ def _message(rng: random.Random, next_ref: int, n: int) -> tuple[str, bytes, int
 
 
 def test_random_ouch_fields_through_a_cluster_break_nothing(tmp_path):
-    users = "".join(f'[[user]]\nname = "{name}"\npassword_hash = "{hash_password(pw, n=1 << 10)}"\n'
-                    f'accounts = ["{account}"]\n' for name, (pw, account) in USERS.items())
+    users = users_toml(USERS)
     path = write_config(tmp_path, extra=users + '[durability]\nenabled = true\nfsync = "none"\n')
     cluster = start_cluster(path, tmp_path / "logs")
     rng = random.Random(20261205)

@@ -43,6 +43,16 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+def _rest(client: ClusterClient, symbol: str, order_id: int, price: int) -> None:
+    """A buy order of A1 that rests: its Accepted has come."""
+    client.new_order(symbol, order_id, "A1", "buy", 100, price=price)
+
+    def accepted(events: list) -> bool:
+        return any(isinstance(e, Accepted) and e.order_id == order_id for e in events)
+
+    assert accepted(client.collect(accepted))
+
+
 def _first_run(path: Path) -> None:
     """What the nodes' first start leaves: each node's layout.json (and locks released)."""
     config = load_config(path)
@@ -100,9 +110,7 @@ def test_a_book_moved_to_another_node_is_refused_at_start_and_its_orders_are_the
     cluster = start_cluster(path, tmp_path / "logs1")
     try:
         with ClusterClient(cluster.config.client_endpoint(), name="move") as client:
-            client.new_order("GOOG", 1, "A1", "buy", 100, price=1_000_100)
-            events = client.collect(lambda ev: any(isinstance(e, Accepted) for e in ev))
-            assert any(isinstance(e, Accepted) for e in events), events
+            _rest(client, "GOOG", 1, 1_000_100)
     finally:
         cluster.stop()
     original = path.read_text()
@@ -130,9 +138,7 @@ def test_a_second_copy_of_a_running_node_is_refused_before_it_opens_a_journal(tm
     cluster = start_cluster(path, tmp_path / "logs")
     try:
         with ClusterClient(cluster.config.client_endpoint(), name="dup") as client:
-            client.new_order("AAPL", 1, "A1", "buy", 100, price=1_000_100)
-            assert any(isinstance(e, Accepted) for e in client.collect(lambda ev: any(isinstance(e, Accepted)
-                                                                                      for e in ev)))
+            _rest(client, "AAPL", 1, 1_000_100)
             second = subprocess.run([sys.executable, "-m", "actors.cli", "node", "--config", str(path), "--name",
                                      "book1"], capture_output=True, text=True, timeout=60)
             pid = cluster.nodes["book1"].process.pid
@@ -142,9 +148,7 @@ def test_a_second_copy_of_a_running_node_is_refused_before_it_opens_a_journal(tm
             time.sleep(0.5)
             stats = admin_request(cluster.config, "md/0", {"command": "stats"})["stats"]
             assert stats.get("books_recovered", 0) == 4, stats  # each of the 4 books once, at its start
-            client.new_order("AAPL", 2, "A1", "buy", 100, price=1_000_200)
-            assert any(isinstance(e, Accepted) and e.order_id == 2 for e in client.collect(
-                lambda ev: any(isinstance(e, Accepted) and e.order_id == 2 for e in ev)))
+            _rest(client, "AAPL", 2, 1_000_200)
     finally:
         cluster.stop()
     # A node's directories are free again once its process has ended, however it ended.
