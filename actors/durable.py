@@ -124,16 +124,20 @@ class StateLock:
 
 
 def _layout_changes(old: dict, new: dict) -> list[str]:
+    """What makes ``new`` read the journals of ``old`` otherwise. Actors added after all the others (a new node
+    or new books at the end of the last one) number no existing actor otherwise and are allowed, except risk
+    shards, whose number shards the accounts."""
     changes = []
-    if old.get("actors") != new["actors"]:
-        was, now = old.get("actors") or [], new["actors"]
+    was, now = old.get("actors") or [], new["actors"]
+    appended = now[len(was):] if now[:len(was)] == was else None
+    if appended is None or any(actor.startswith("risk/") for actor in appended):
         gone, added = [a for a in was if a not in now], [a for a in now if a not in was]
         moved = [f"{a} #{was.index(a)} -> #{now.index(a)}" for a in was if a in now and was.index(a) != now.index(a)]
         changes += ([f"removed {', '.join(gone)}"] if gone else []) + ([f"added {', '.join(added)}"] if added else [])
         changes += [f"renumbered {', '.join(moved)}"] if moved else []
     for node, actors in new["nodes"].items():
         before = (old.get("nodes") or {}).get(node)
-        if before is not None and before != actors:
+        if before is not None and actors[:len(before)] != before:
             changes.append(f"node {node} hosts {', '.join(actors) or 'nothing'} (was {', '.join(before) or 'nothing'})")
     for symbol, grid in new["instruments"].items():
         before = (old.get("instruments") or {}).get(symbol)
@@ -202,6 +206,7 @@ def _check(config: ClusterConfig, root: Path, node: str) -> None:
                           "(a trading day); put it back, or start with a fresh state directory")
     layout_path = root / node / LAYOUT_FILE
     layout = cluster_layout(config)
+    written = None
     if layout_path.exists():
         try:
             written = json.loads(layout_path.read_text())
@@ -212,8 +217,9 @@ def _check(config: ClusterConfig, root: Path, node: str) -> None:
             raise ConfigError(f"the configuration is not the one {root} was written with ({layout_path}): "
                               f"{'; '.join(changes)}. Journals name actors by number and replay orders on their "
                               "books' grids, so the cluster keeps its shape within a state directory (a trading "
-                              "day): put it back, or start with a fresh state directory")
-    else:
+                              "day; actors other than risk shards may be added after all the others): put it "
+                              "back, or start with a fresh state directory")
+    if written != layout:  # the first start, or actors added at the end: the shape from now on
         layout_path.parent.mkdir(parents=True, exist_ok=True)
         temporary = layout_path.with_suffix(".tmp")
         temporary.write_text(json.dumps(layout, indent=1))

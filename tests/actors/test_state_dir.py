@@ -77,7 +77,7 @@ def test_the_same_configuration_starts_again_and_every_change_of_shape_is_refuse
          "book1", r"AAPL: tick_size 100 -> 1000"),
         # another number of risk shards: accounts are sharded by a hash modulo that number
         (lambda: _edit(path, 'actors = ["risk/0", "risk/1"]', 'actors = ["risk/0", "risk/1", "risk/2"]'),
-         "risk", r"added risk/2.*node risk hosts risk/0, risk/1, risk/2 \(was risk/0, risk/1\)"),
+         "risk", r"added risk/2; renumbered book/AAPL #3 -> #4"),
         # a book moved to another node: every actor after it is renumbered
         (lambda: (_edit(path, BOOK1, 'actors = ["book/AAPL"]'),
                   _edit(path, BOOK2, 'actors = ["book/GOOG", "book/TSLA", "book/MSFT"]')),
@@ -88,6 +88,17 @@ def test_the_same_configuration_starts_again_and_every_change_of_shape_is_refuse
         _refused(path, node, r"the configuration is not the one .* was written with \(.*layout.json\): .*" + pattern)
         path.write_text(original)
     _first_run(path)
+    # A risk shard at the very end would still shard the accounts otherwise.
+    path.write_text(original + '\n[[node]]\nname = "risk2"\nactors = ["risk/2"]\n')
+    _refused(path, "gateway", r"added risk/2\.")
+    # A new instrument on a node of its own after all the others numbers no existing actor otherwise: allowed,
+    # and the shape from then on.
+    path.write_text(original + '\n[[node]]\nname = "book3"\nactors = ["book/NFLX"]\n\n'
+                               '[[instrument]]\nsymbol = "NFLX"\ntick_size = 100\n')
+    check_state_dir(load_config(path), "book1")
+    assert "book/NFLX" in (tmp_path / "state" / "book1" / "layout.json").read_text()
+    path.write_text(original)
+    _refused(path, "book1", r"removed book/NFLX")
 
 
 def test_an_actor_journal_under_another_node_or_of_an_actor_no_longer_configured_is_refused(tmp_path):
