@@ -322,6 +322,8 @@ class ClusterActor(pykka.ThreadingActor):
                 self.on_peer_down(node)
             for node in came_up:
                 self.on_peer_up(node)
+        elif self.outbox is not None:
+            self.outbox.keep_current()
         self.on_tick(tick.now)
         self.flush()
         now = time.monotonic()

@@ -316,6 +316,16 @@ class Outbox:
                 self.reported_up[node] = alive
         return came_up, went_down
 
+    def keep_current(self) -> None:
+        """Let ZeroMQ apply what its I/O thread has queued for this socket (a dropped connection, a new one).
+
+        It does so only when the socket is used. A book that neither sent nor pinged for a while had a restarted
+        peer's new connection queued behind the end of the old one, both with the peer's routing id: the new
+        pipe was refused, and sends to a peer that was back failed for tens of seconds (seen under load). Reading
+        ``EVENTS`` is such a use, without a message.
+        """
+        self.socket.getsockopt(zmq.EVENTS)
+
     def wait_for_peers(self, nodes: list[str], timeout: float) -> list[str]:
         """Probe until the given peers are reachable or ``timeout`` passes; returns those still down."""
         deadline = time.monotonic() + timeout
