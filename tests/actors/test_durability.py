@@ -850,7 +850,7 @@ def test_a_gateway_that_cannot_write_its_journal_goes_down_at_once_and_comes_bac
         except Exception:
             raise AssertionError("the gateway node did not exit after its actor failed") from None
         took = time.monotonic() - failed_at
-        assert code == 70 and took < 3, (code, took)
+        assert code == 70 and took < 4.5, (code, took)  # 5 s and more is the bounded stop giving up
         # Its client was dropped, not left talking to a listener of a dead actor.
         assert _dropped(client, timeout=5)
         assert wait_for(lambda: (cluster.pump(0.02), cluster.nodes["gateway"].reported_dead)[1], timeout=10)
