@@ -5,15 +5,18 @@ shards still hold its orders; and one process at a time writes a journal."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from actors.admin import admin_request
 from actors.client import ClusterClient
+from actors.cluster import Cluster
 from actors.config import ConfigError, load_config
 from actors.durable import StateLock, check_state_dir
 from exchange.journal import JournalWriter
@@ -51,6 +54,17 @@ def _rest(client: ClusterClient, symbol: str, order_id: int, price: int) -> None
         return any(isinstance(e, Accepted) and e.order_id == order_id for e in events)
 
     assert accepted(client.collect(accepted))
+
+
+@contextlib.contextmanager
+def _running(path: Path, log_dir: Path) -> Iterator[tuple[Cluster, ClusterClient]]:
+    """A cluster of ``path`` and a client of it, both stopped on leaving."""
+    cluster = start_cluster(path, log_dir)
+    try:
+        with ClusterClient(cluster.config.client_endpoint(), name="state") as client:
+            yield cluster, client
+    finally:
+        cluster.stop()
 
 
 def _first_run(path: Path) -> None:
@@ -118,12 +132,8 @@ def test_an_actor_journal_under_another_node_or_of_an_actor_no_longer_configured
 
 def test_a_book_moved_to_another_node_is_refused_at_start_and_its_orders_are_there_when_it_is_put_back(tmp_path):
     path = _config(tmp_path)
-    cluster = start_cluster(path, tmp_path / "logs1")
-    try:
-        with ClusterClient(cluster.config.client_endpoint(), name="move") as client:
-            _rest(client, "GOOG", 1, 1_000_100)
-    finally:
-        cluster.stop()
+    with _running(path, tmp_path / "logs1") as (_, client):
+        _rest(client, "GOOG", 1, 1_000_100)
     original = path.read_text()
     # Before: book1 started GOOG empty, and the order its client was told rests was gone.
     _edit(path, BOOK1, 'actors = ["book/AAPL", "book/MSFT", "book/GOOG"]')
@@ -146,22 +156,18 @@ def test_a_book_moved_to_another_node_is_refused_at_start_and_its_orders_are_the
 
 def test_a_second_copy_of_a_running_node_is_refused_before_it_opens_a_journal(tmp_path):
     path = _config(tmp_path)
-    cluster = start_cluster(path, tmp_path / "logs")
-    try:
-        with ClusterClient(cluster.config.client_endpoint(), name="dup") as client:
-            _rest(client, "AAPL", 1, 1_000_100)
-            second = subprocess.run([sys.executable, "-m", "actors.cli", "node", "--config", str(path), "--name",
-                                     "book1"], capture_output=True, text=True, timeout=60)
-            pid = cluster.nodes["book1"].process.pid
-            assert second.returncode == 78, second.stderr
-            assert f"{tmp_path}/state/book1/book-AAPL is in use by another process (pid {pid})" in second.stderr
-            # It replayed nothing and told nobody it was a recovered book/AAPL: the running book goes on, alone.
-            time.sleep(0.5)
-            stats = admin_request(cluster.config, "md/0", {"command": "stats"})["stats"]
-            assert stats.get("books_recovered", 0) == 4, stats  # each of the 4 books once, at its start
-            _rest(client, "AAPL", 2, 1_000_200)
-    finally:
-        cluster.stop()
+    with _running(path, tmp_path / "logs") as (cluster, client):
+        _rest(client, "AAPL", 1, 1_000_100)
+        second = subprocess.run([sys.executable, "-m", "actors.cli", "node", "--config", str(path), "--name",
+                                 "book1"], capture_output=True, text=True, timeout=60)
+        pid = cluster.nodes["book1"].process.pid
+        assert second.returncode == 78, second.stderr
+        assert f"{tmp_path}/state/book1/book-AAPL is in use by another process (pid {pid})" in second.stderr
+        # It replayed nothing and told nobody it was a recovered book/AAPL: the running book goes on, alone.
+        time.sleep(0.5)
+        stats = admin_request(cluster.config, "md/0", {"command": "stats"})["stats"]
+        assert stats.get("books_recovered", 0) == 4, stats  # each of the 4 books once, at its start
+        _rest(client, "AAPL", 2, 1_000_200)
     # A node's directories are free again once its process has ended, however it ended.
     StateLock(tmp_path / "state" / "book1" / "book-AAPL").release()
     running = StateLock(tmp_path / "state" / "book2" / "book-GOOG")
