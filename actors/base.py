@@ -52,6 +52,7 @@ class NodeContext:
     local: LocalDirectory
     supervisor: pykka.ActorRef | None = None
     stats_interval: float = 1.0
+    many_books: bool = False  # the node ticks its books in turn (Node.tick)
 
 
 class ClusterActor(pykka.ThreadingActor):
@@ -123,7 +124,8 @@ class ClusterActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         # Registered before anything can address it (a gateway's client threads start in on_start).
         self.ctx.local.register(self.index, self.actor_ref)
-        self.outbox = Outbox(self.ctx.zmq_context, self.config, self.name, self.ctx.local, self.ctx.node)
+        self.outbox = Outbox(self.ctx.zmq_context, self.config, self.name, self.ctx.local, self.ctx.node,
+                             peers=self.peer_nodes())
 
     def on_stop(self) -> None:
         if self.outbox is not None:
@@ -141,6 +143,8 @@ class ClusterActor(pykka.ThreadingActor):
 
     def on_receive(self, message: object) -> object:
         kind = type(message)
+        if kind is not Tick:
+            self._handled += 1
         if kind is Batch:
             started = time.perf_counter_ns()
             if self._ages and message.count:  # type: ignore[union-attr]
@@ -202,6 +206,10 @@ class ClusterActor(pykka.ThreadingActor):
 
     def handle_batch(self, batch: Batch) -> None:
         raise NotImplementedError
+
+    def peer_nodes(self) -> list[str] | None:
+        """The nodes this actor sends to: its outbox connects to these only (None: every other node)."""
+        return None
 
     def on_other(self, message: object) -> object:
         """Messages other than batches and ticks (admin asks in tests, for instance)."""
@@ -308,20 +316,51 @@ class ClusterActor(pykka.ThreadingActor):
         result = self.outbox.flush()
         if result.busy or result.unreachable:
             self.handle_send_failures(result)
+        # An actor with records held for a peer wants every tick of its node, also where the node ticks its books
+        # in turn (Node.tick): they go again on each.
+        wants_ticks = self.ctx.local.wants_ticks
+        if self.held_for_peers:
+            wants_ticks.add(self.index)
+        elif self.index in wants_ticks:
+            wants_ticks.discard(self.index)
 
     #: Seconds between this actor's pings of every peer node. Risk shards and gateways act on a peer's death
     #: (refuse, cancel, answer) and probe every tick; see BookActor for the actors that do not.
     PROBE_INTERVAL = 0.0
     _last_probe = 0.0
+    #: Until every peer has been seen up once, probes come at least this often (a node is ready when its actors
+    #: see their peers: a longer PROBE_INTERVAL must not hold a start back).
+    STARTING_PROBE_INTERVAL = 1.0
+    _peers_seen = False
+
+    #: Whether statistics go to the supervisor only when something changed (and at least every QUIET_STATS_SECONDS):
+    #: for the actors a node may host by the thousand (books), whose reports, four a second each with their
+    #: histograms, were most of an idle node's CPU (docs/cluster.md "Many instruments").
+    QUIET_STATS = False
+    QUIET_STATS_SECONDS = 5.0
+    _handled = 0  # messages other than ticks taken so far
+    _stats_key: tuple | None = None
+    _stats_sent = 0.0
+
+    def stats_key(self) -> tuple:
+        """A cheap fingerprint of what :meth:`stats` shows: a report whose key has not changed is not sent
+        (QUIET_STATS). Subclasses add what changes without a message."""
+        outbox = self.outbox
+        return (self._handled, len(self.counters), sum(self.counters.values()),
+                sum(len(queue) for queue in self.held_for_peers.values()),
+                None if outbox is None else (tuple(outbox.stats.values()), tuple(outbox.up.values())))
 
     def _tick(self, tick: Tick) -> None:
-        if self.outbox is not None and tick.now - self._last_probe >= self.PROBE_INTERVAL:
+        interval = self.PROBE_INTERVAL if self._peers_seen else min(self.PROBE_INTERVAL, self.STARTING_PROBE_INTERVAL)
+        if self.outbox is not None and tick.now - self._last_probe >= interval:
             self._last_probe = tick.now
             came_up, went_down = self.outbox.probe()
             for node in went_down:
                 self.on_peer_down(node)
             for node in came_up:
                 self.on_peer_up(node)
+            if not self._peers_seen and all(self.outbox.up.values()):
+                self._peers_seen = True
         elif self.outbox is not None:
             self.outbox.keep_current()
         self.on_tick(tick.now)
@@ -329,4 +368,9 @@ class ClusterActor(pykka.ThreadingActor):
         now = time.monotonic()
         if self.ctx.supervisor is not None and now - self._last_stats >= self.ctx.stats_interval:
             self._last_stats = now
+            if self.QUIET_STATS:
+                key = self.stats_key()
+                if key == self._stats_key and now - self._stats_sent < self.QUIET_STATS_SECONDS:
+                    return
+                self._stats_key, self._stats_sent = key, now
             self.ctx.supervisor.tell(StatsReport(self.name, self.stats()))

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from actors.base import ClusterActor, NodeContext
-from actors.config import gateway_number_of
+from actors.config import ClusterConfig, gateway_number_of
 from actors.durable import RESEND_REQUEST, instrument_grid, resend_done_record
 from exchange.engine import Book
 from exchange.journal import JournalWriter, recover
@@ -57,6 +57,14 @@ def recovered_record(symbol: str, seq: int) -> bytes:
                        order_id2=0, price=0, qty=0, extra=seq, match_number=0)
 
 
+def book_peer_nodes(config: ClusterConfig, name: str) -> list[str]:
+    """The nodes a book sends to: those of risk shards, gateways and market data, never another book's (on nodes of
+    many books, every book kept a connection to every other book node, heartbeats and pings, for nothing)."""
+    own = config.actor_node[name].name
+    return sorted({config.actor_node[other].name for other in config.actor_names
+                   if not other.startswith("book/")} - {own})
+
+
 class BookActor(ClusterActor):
     """Owns one book. Orders arrive in batches from risk actors; every event gets one total
     order (the book's sequence numbers) and goes to market data, and execution reports also go
@@ -66,9 +74,15 @@ class BookActor(ClusterActor):
     # peers once a second, for the health view, not every tick: with one actor per instrument a node of 200
     # books sent 8,000 pings a second to stand still (docs/cluster.md "Many instruments").
     PROBE_INTERVAL = 1.0
+    #: On a node of many books (NodeContext.many_books), each pings every ten seconds: together they still
+    #: ping each peer node a hundred times a second or so.
+    MANY_BOOKS_PROBE_INTERVAL = 10.0
+    QUIET_STATS = True
 
     def __init__(self, context: NodeContext, name: str, book: Book) -> None:
         super().__init__(context, name)
+        if context.many_books:
+            self.PROBE_INTERVAL = self.MANY_BOOKS_PROBE_INTERVAL
         self.book = book
         self.symbol = book.symbol
         config = context.config
@@ -324,6 +338,14 @@ class BookActor(ClusterActor):
         self.modify_versions = {k: v for k, v in self.modify_versions.items() if k in live}
         state["modify_versions"] = {str(k): v for k, v in self.modify_versions.items()}
         return state
+
+    def peer_nodes(self) -> list[str]:
+        return book_peer_nodes(self.config, self.name)
+
+    def stats_key(self) -> tuple:
+        # A snapshot taken on a tick changes the journal's figures without a message.
+        journal = self.journal
+        return (*super().stats_key(), None if journal is None else tuple(journal.stats.values()))
 
     def stats(self) -> dict:
         out = super().stats()

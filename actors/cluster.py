@@ -165,7 +165,7 @@ class Cluster:
                     if message.get("peers_down"):
                         self.say(f"node {node.name} started, but cannot reach: {', '.join(message['peers_down'])}")
                 elif kind == "stats":
-                    node.stats = message
+                    node.stats = merge_stats(node.stats, message)
                 elif kind == "failed":
                     node.failures.append(message)
                     self.say(f"!!! node {node.name}: actor {message.get('actor')} failed: {message.get('error')}")
@@ -372,6 +372,14 @@ def _start_demo(config: ClusterConfig, stop: threading.Event) -> list[DemoTrader
     for trader in traders:
         trader.start()
     return traders
+
+
+def merge_stats(previous: dict, message: dict) -> dict:
+    """A node's statistics after its latest report: a full one replaces them, a partial one ("full": false,
+    the actors that reported since the node's last) updates the actors it names."""
+    if message.get("full", True) or not previous:
+        return message
+    return {**message, "actors": {**previous.get("actors", {}), **message.get("actors", {})}}
 
 
 def node_counts(node_stats: dict) -> dict[str, int]:

@@ -13,7 +13,9 @@ import dataclasses
 import gc
 import json
 import logging
+import math
 import os
+import resource
 import signal
 import sys
 import threading
@@ -24,7 +26,7 @@ import zmq
 
 from actors.backends import BackendOptions, BackendUnavailable, book_factory
 from actors.base import ActorFailed, ClusterActor, NodeContext, StatsReport
-from actors.book import BookActor
+from actors.book import BookActor, book_peer_nodes
 from actors.config import ClusterConfig, ConfigError, load_config
 from actors.durable import StateLock, check_state_dir
 from actors.feed import FeedHandlerActor
@@ -39,6 +41,11 @@ log = logging.getLogger("matchwire.node")
 EXIT_ACTOR_FAILED = 70
 EXIT_CONFIG = 78
 TICK_SECONDS = 0.1
+#: A node hosting more books than this ticks each of them once a second, a tenth of them on each tick, instead
+#: of all of them ten times a second (a book with records held for a peer still gets every tick): ten thousand
+#: ticks a second were a large part of what a node of a thousand books spent standing still.
+MANY_BOOKS = 64
+BOOK_TICK_TURNS = 10
 
 
 class GcPauses:
@@ -56,6 +63,8 @@ class GcPauses:
         self.max_ns_ever = 0
         self.freezes = 0  # the node's periodic freezes (Node.run)
         self._started = 0
+        self._frozen = 0
+        self._frozen_at = -math.inf
 
     def install(self) -> None:
         gc.callbacks.append(self._callback)
@@ -79,11 +88,18 @@ class GcPauses:
         if elapsed > self.max_ns_ever:
             self.max_ns_ever = elapsed
 
+    #: ``gc.get_freeze_count()`` walks every frozen object (CPython keeps them in a list): in a book node of a
+    #: thousand books that was a sixth of its idle CPU when done every second. It is counted this often.
+    FROZEN_COUNT_SECONDS = 10.0
+
     def report(self) -> dict:
+        now = time.monotonic()
+        if now - self._frozen_at >= self.FROZEN_COUNT_SECONDS:
+            self._frozen, self._frozen_at = gc.get_freeze_count(), now
         out = {"collections": list(self.collections), "total_ms": [round(t / 1e6, 3) for t in self.total_ns],
                "max_us": round(self.max_ns / 1e3), "max_us_ever": round(self.max_ns_ever / 1e3),
                "max_us_by_generation": [round(t / 1e3) for t in self.max_ns_by_generation],
-               "frozen": gc.get_freeze_count(), "freezes": self.freezes, "mode": gc_mode()}
+               "frozen": self._frozen, "freezes": self.freezes, "mode": gc_mode()}
         self.max_ns = 0
         return out
 
@@ -121,6 +137,8 @@ class SupervisorActor(pykka.ThreadingActor):
     Actors only ever *tell* it things; it never asks them, so nothing waits on anything.
     """
 
+    FULL_STATS_SECONDS = 10.0
+
     def __init__(self, config: ClusterConfig, node: str, control_endpoint: str | None, fatal: threading.Event,
                  inbound: Inbound | None = None, gc_pauses: GcPauses | None = None) -> None:
         super().__init__()
@@ -136,6 +154,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self.ready_sent = False
         self.started = time.monotonic()
         self.gc_pauses = gc_pauses or GcPauses()
+        self.changed: set[str] = set()  # actors whose statistics came in since the last publish
+        self.last_full = -math.inf
 
     def on_start(self) -> None:
         self.gc_pauses.install()
@@ -164,6 +184,7 @@ class SupervisorActor(pykka.ThreadingActor):
     def on_receive(self, message: object) -> object:
         if isinstance(message, StatsReport):
             self.actor_stats[message.actor] = message.stats
+            self.changed.add(message.actor)
             self._maybe_ready()
         elif isinstance(message, ActorFailed):
             failure = {"actor": message.actor, "error": message.error}
@@ -172,8 +193,19 @@ class SupervisorActor(pykka.ThreadingActor):
             self._send({"type": "failed", **failure})
             self.fatal.set()
         elif message == "publish":
+            # Only the actors that reported since the last publish, and all of them every FULL_STATS_SECONDS (a
+            # report the launcher missed is then made good): a node of a thousand books sent all their statistics
+            # as JSON every second, a fifth of its CPU standing still. The launcher merges ("full": false).
             inbound = self.inbound.stats if self.inbound is not None else {}
-            self._send({"type": "stats", "actors": self.actor_stats, "inbound": dict(inbound),
+            now = time.monotonic()
+            full = now - self.last_full >= self.FULL_STATS_SECONDS
+            if full:
+                self.last_full = now
+                actors = self.actor_stats
+            else:
+                actors = {name: self.actor_stats[name] for name in self.changed}
+            self.changed = set()
+            self._send({"type": "stats", "full": full, "actors": actors, "inbound": dict(inbound),
                         "ready": self.ready_sent, "gc": self.gc_pauses.report()})
         elif message == "stats":
             return dict(self.actor_stats)
@@ -190,6 +222,43 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         self.ready_sent = True
         self._send({"type": "ready", "peers_down": sorted(down)})
+
+
+#: Files an actor keeps open besides its connections: its socket's mailbox, its journal and the journal's lock.
+OPEN_FILES_PER_ACTOR = 3
+#: For what cannot be counted from the configuration: client sessions, the metrics endpoint, snapshots being written.
+OPEN_FILES_SPARE = 256
+
+
+def open_files_needed(config: ClusterConfig, name: str) -> int:
+    """About how many files node ``name`` keeps open: per actor, its own files and a connection to each node it sends
+    to; per actor elsewhere that sends to this node, the accepted connection. A node of 200 books had 1,221."""
+    peers = {actor: book_peer_nodes(config, actor) if actor.startswith("book/")
+             else [node.name for node in config.nodes if node.name != config.actor_node[actor].name]
+             for actor in config.actor_names}
+    local = config.node(name).actors
+    outgoing = sum(len(peers[actor]) for actor in local)
+    incoming = sum(name in nodes for actor, nodes in peers.items())
+    return OPEN_FILES_PER_ACTOR * len(local) + outgoing + incoming + OPEN_FILES_SPARE
+
+
+def ensure_open_files(config: ClusterConfig, name: str) -> None:
+    """Raise this process's limit on open files as far as the node needs and may (the hard limit), or refuse to
+    start, saying so: under a usual soft limit of 1,024 a node of some 170 books failed half-way through its start
+    with "Too many open files", and its peers' I/O threads could not take the connections of a thousand."""
+    need = open_files_needed(config, name)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    target = need * 2 if hard == resource.RLIM_INFINITY else min(hard, need * 2)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        log.info("node %s: open files limit raised from %d to %d (it needs about %d)", name, soft, target, need)
+        soft = target
+    if soft < need:
+        raise ConfigError(f"node {name} needs about {need} open files (its {len(config.node(name).actors)} actors and "
+                          f"their connections) and may open {soft} (`ulimit -n`; hard limit {hard}): raise the limit, "
+                          "or spread the instruments over more nodes")
 
 
 def start_actor(context: NodeContext, name: str, backend: str, link: str | None) -> pykka.ActorRef:
@@ -237,10 +306,13 @@ class Node:
         self.metrics_started = time.monotonic()
         self.gc_pauses: GcPauses | None = None
         self.state_locks: list[StateLock] = []
+        self.ticks = 0
+        self.tick_plan: list[tuple[pykka.ActorRef, int, int | None]] = []  # (ref, actor index, turn or None)
 
     def start(self) -> None:
         if self.config.transport == "ipc":
             os.makedirs(self.config.ipc_dir, exist_ok=True)
+        ensure_open_files(self.config, self.name)
         # One process per journal (each actor's directory locked), and journals that do not fit the configuration
         # any more refused, before anything replays them.
         check_state_dir(self.config, self.name, self.state_locks)
@@ -248,12 +320,16 @@ class Node:
         self.gc_pauses = GcPauses()
         self.supervisor = SupervisorActor.start(self.config, self.name, self.control_endpoint, self.fatal,
                                                 self.inbound, self.gc_pauses)
+        many_books = sum(name.startswith("book/") for name in self.node.actors) > MANY_BOOKS
         context = NodeContext(self.config, self.name, self.zmq_context, self.local, self.supervisor,
-                              stats_interval=0.25)
+                              stats_interval=0.25, many_books=many_books)
         for actor_name in self.node.actors:
             ref = start_actor(context, actor_name, self.node.backend, self.node.link)
-            self.local.register(self.config.actor_index[actor_name], ref)
+            index = self.config.actor_index[actor_name]
+            self.local.register(index, ref)
             self.refs.append(ref)
+            turn = index % BOOK_TICK_TURNS if many_books and actor_name.startswith("book/") else None
+            self.tick_plan.append((ref, index, turn))
         # Start reading only once every local actor can take its messages.
         self.inbound.start()
         self.inbound.ready.wait(5)
@@ -265,7 +341,12 @@ class Node:
 
     def tick(self) -> None:
         tick = Tick()
-        for ref in self.refs:
+        self.ticks += 1
+        now_turn = self.ticks % BOOK_TICK_TURNS
+        wants = self.local.wants_ticks
+        for ref, index, turn in self.tick_plan:
+            if turn is not None and turn != now_turn and index not in wants:
+                continue
             try:
                 ref.tell(tick)
             except pykka.ActorDeadError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 
+import pykka
 import pytest
 import zmq
 
@@ -91,15 +92,37 @@ def test_frames_round_trip_and_router_errors_come_on_the_first_part():
         context.term()
 
 
+class _Sink(pykka.ThreadingActor):
+    """Takes whatever is delivered to it; the test says when it has been processed (LocalDirectory.done)."""
+
+    def on_receive(self, message: object) -> None:
+        return None
+
+
 def test_over_is_max_backlog_above_a_limit():
     local = LocalDirectory()
     assert not local.over(0)
-    for index in (1, 2, 3):
-        local.register(index, None)  # type: ignore[arg-type]
-    local.delivered[2] = 5
-    local.processed[2] = 1
-    for limit in range(-1, 6):
-        assert local.over(limit) == (local.max_backlog() > limit)
+    refs = {index: _Sink.start() for index in (1, 2, 3)}
+    try:
+        for index, ref in refs.items():
+            local.register(index, ref)
+        for _ in range(5):
+            assert local.deliver(2, "batch")
+        assert local.deliver(3, "batch")
+        local.done(2)
+        local.done(3)
+        for limit in range(6):
+            assert local.over(limit) == (local.max_backlog() > limit)  # 4 behind
+        for _ in range(4):
+            local.done(2)
+        assert local.max_backlog() == 0 and not local.over(0)
+        # Caught up, then behind again: a later delivery counts.
+        for _ in range(3):
+            assert local.deliver(1, "batch")
+        assert local.over(2) and not local.over(3)
+    finally:
+        for ref in refs.values():
+            ref.stop()
 
 
 def test_actor_inbox_is_a_fifo_simple_queue():
