@@ -313,6 +313,10 @@ class Node:
         if self.config.transport == "ipc":
             os.makedirs(self.config.ipc_dir, exist_ok=True)
         ensure_open_files(self.config, self.name)
+        # ZeroMQ refuses a context's socket beyond 1,023 by default ("Too many open files" whatever the process may
+        # open): a node of 1,024 books could not start. One socket per actor, the pump's, the supervisor's and spare.
+        self.zmq_context.set(zmq.MAX_SOCKETS, max(self.zmq_context.get(zmq.MAX_SOCKETS),
+                                                  len(self.node.actors) + OPEN_FILES_SPARE))
         # One process per journal (each actor's directory locked), and journals that do not fit the configuration
         # any more refused, before anything replays them.
         check_state_dir(self.config, self.name, self.state_locks)
