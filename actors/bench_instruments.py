@@ -1,8 +1,8 @@
 """What many instruments cost a cluster: ``python -m actors.bench_instruments --instruments 400``.
 
-Every instrument's book is an actor (a thread, a ZeroMQ socket connected to every peer node, a tick ten times a
-second), so a cluster's fixed cost grows with its instrument count. This starts the usual five nodes with the
-instruments split over two book nodes (journals on), enters one order per instrument, and prints per node: its
+Every instrument's book is an actor (a thread, a ZeroMQ socket connected to the nodes it sends to, ticks and
+statistics reports), so a cluster's fixed cost grows with its instrument count. This starts the usual five nodes with
+the instruments split over two book nodes (journals on), enters one order per instrument, and prints per node: its
 resident memory, threads, and CPU while idle afterwards. Figures and what they mean: docs/cluster.md
 "Many instruments".
 """
