@@ -200,14 +200,15 @@ def cmd_journal(args: argparse.Namespace) -> int:
 def cmd_top(args: argparse.Namespace) -> int:
     """A live terminal view of a running cluster (or one frame with --once)."""
     from actors.config import ConfigError, load_config
-    from actors.top import run_top
+    from actors.top import TopView, run_top
 
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
+        TopView(config, args.interval, args.symbols, args.ladders)  # the options' checks, before connecting
+    except (ConfigError, ValueError) as exc:
         print(f"matchwire top: {exc}", file=sys.stderr)
         return 2
-    return run_top(config, args.interval, args.once)
+    return run_top(config, args.interval, args.once, symbols=args.symbols, ladders=args.ladders)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -307,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between frames")
     top.add_argument("--once", action="store_true",
                      help="print one frame (two samples one interval apart) and exit; 1 if a node is down")
+    top.add_argument("--symbols", type=lambda text: [s for s in text.split(",") if s], metavar="S1,S2",
+                     help="the instruments that get a ladder (default: the most traded, if not all fit)")
+    top.add_argument("--ladders", type=int, metavar="N",
+                     help="how many ladders without --symbols (default: actors.top.LADDERS, 12)")
     top.set_defaults(func=cmd_top)
 
     bench = verbs.add_parser("bench", help="run every benchmark; write bench/report.json, report.md and plots")

@@ -249,6 +249,11 @@ def _price(value: object) -> str:
     return f"{value // 10_000}.{value % 10_000:04d}"[:-2]
 
 
+#: Instruments in the live view: beyond, the most traded are shown and the rest counted (a cluster of 2,000
+#: instruments printed 2,000 lines a second, and a terminal cannot redraw a view taller than itself in place).
+VIEW_INSTRUMENTS = 16
+
+
 def render_view(cluster: Cluster, rates: dict[str, float]) -> list[str]:
     """The live view: rates, per-instrument top of book, node health."""
     lines = [f"matchwire {cluster.config.name}: orders/s {rates.get('orders', 0):>8.0f}   "
@@ -258,11 +263,20 @@ def render_view(cluster: Cluster, rates: dict[str, float]) -> list[str]:
         for stats in node.stats.get("actors", {}).values():
             books.update(stats.get("books", {}))
     lines.append(f"  {'symbol':<6} {'bid qty':>8} {'bid':>9}  {'ask':>9} {'ask qty':>8}  {'last':>9} {'trades':>8}")
-    for symbol in cluster.config.instruments:
+    instruments = list(cluster.config.instruments)
+    shown = instruments
+    if len(instruments) > VIEW_INSTRUMENTS:  # the most traded (configuration order among equals), so the view fits
+        order = {symbol: n for n, symbol in enumerate(instruments)}
+        busiest = sorted(instruments, key=lambda s: (-(books.get(s, {}).get("trades") or 0), order[s]))
+        shown = sorted(busiest[:VIEW_INSTRUMENTS], key=order.__getitem__)
+    for symbol in shown:
         info = books.get(symbol, {})
         bid, bid_qty, ask, ask_qty = info.get("bbo", (None, 0, None, 0))
         lines.append(f"  {symbol:<6} {bid_qty or '':>8} {_price(bid):>9}  {_price(ask):>9} {ask_qty or '':>8}  "
                      f"{_price(info.get('last')):>9} {info.get('trades', 0):>8}")
+    if len(shown) < len(instruments):
+        traded = sum(1 for symbol in set(instruments) - set(shown) if books.get(symbol, {}).get("trades"))
+        lines.append(f"  ... and {len(instruments) - len(shown):,} more instruments ({traded:,} of them traded)")
     now = time.monotonic()
     health = []
     for name, node in cluster.nodes.items():

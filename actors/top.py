@@ -9,7 +9,8 @@ while the cluster is under load. It shows:
   cannot reach), input and output rates, trades/s, rejects, per-batch handling time (p50/p99 from
   the actors' histograms over the last interval), outbox and busy sends;
 * per instrument: a five-level ladder (orders, quantity, price each side), last price, trades and
-  volume from market data;
+  volume from market data; for the instruments given with ``--symbols``, or all if there are at most
+  ``--ladders`` (12), or else the most traded ones (only their books are asked for depth);
 * a tape of recent trading, from the change in market data's per-symbol trade counts.
 
 ``--once`` takes two samples one interval apart and prints one frame (for scripts and tests);
@@ -18,13 +19,12 @@ it exits 1 when a node is unreachable or silent.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import zmq
@@ -41,6 +41,8 @@ from exchange.wire import MessageKind, pack_header, unpack_header
 
 LEVELS = 5
 TAPE = 10
+#: Ladders shown by default: the most active instruments (by market data's trade counts) when there are more.
+LADDERS = 12
 LADDER_WIDTH = 59  # columns one ladder takes, the gap to the next included
 NODE_COLUMNS = ("node", "health", "actors", "in/s", "out/s", "fills/s", "rejects/s", "p50 us", "p99 us",
                 "pending", "flush p99", "busy/s")
@@ -88,6 +90,9 @@ class ClusterProbe:
             socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
             socket.setsockopt(zmq.IMMEDIATE, 1)
             socket.setsockopt(zmq.LINGER, 0)
+            # A round is one request per actor of the node: with a thousand books it must not stop at the default
+            # high-water mark of 1,000 (and what did not go is sent on from where it stopped, never again).
+            socket.setsockopt(zmq.SNDHWM, 100_000)
             socket.setsockopt(zmq.RECONNECT_IVL, 100)
             socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             socket.connect(config.endpoint(node))
@@ -104,21 +109,24 @@ class ClusterProbe:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _requests(self, node_name: str) -> list[dict]:
+    def _requests(self, node_name: str, depth_for: set[str] | None) -> list[dict]:
         actors = self.config.node(node_name).actors
         requests = [{"actor": actor, "command": "stats"} for actor in actors]
-        requests += [{"actor": actor, "command": "depth"} for actor in actors if actor.startswith("book/")]
+        requests += [{"actor": actor, "command": "depth"} for actor in actors
+                     if actor.startswith("book/") and (depth_for is None or actor[5:] in depth_for)]
         return requests
 
-    def sample(self) -> Sample:
-        """One round: send every request, collect answers until all came or ``timeout`` passed."""
+    def sample(self, depth_for: Iterable[str] | None = None) -> Sample:
+        """One round: send every request, collect answers until all came or ``timeout`` passed. ``depth_for``:
+        the symbols whose books are asked for their depth (default: all)."""
+        wanted = None if depth_for is None else set(depth_for)
         header = pack_header(MessageKind.CONTROL, 1, 0, 0, 0)
         nodes = {name: NodeSample(name) for name in self.sockets}
         depth: dict[str, dict] = {}
         for socket in self.sockets.values():  # answers that came after the last round's deadline
             while socket.poll(0):
                 socket.recv_multipart()
-        unsent = {name: self._requests(name) for name in self.sockets}
+        unsent = {name: self._requests(name, wanted)[::-1] for name in self.sockets}  # sent from the end
         for name, requests in unsent.items():
             nodes[name].expected = len(requests)
         deadline = time.monotonic() + self.timeout
@@ -128,16 +136,20 @@ class ClusterProbe:
         waiting = sum(n.expected for n in nodes.values())
         while waiting and time.monotonic() < deadline:
             for name in list(unsent):
+                requests = unsent[name]
                 try:
-                    for request in unsent[name]:
+                    while requests:
                         self.sockets[name].send_multipart(
-                            [name.encode(), header, json.dumps(request).encode()], flags=zmq.NOBLOCK)
+                            [name.encode(), header, json.dumps(requests[-1]).encode()], flags=zmq.NOBLOCK)
+                        requests.pop()
                 except zmq.ZMQError as exc:
                     if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                         raise
-                    continue  # not connected (yet): try again until the deadline
-                del unsent[name]
-                nodes[name].status = "no answer"
+                    if len(requests) == nodes[name].expected:
+                        continue  # not connected (yet): try again until the deadline
+                nodes[name].status = "no answer"  # connected: it has what went, and gets the rest on the next turn
+                if not requests:
+                    del unsent[name]
             left = max(0.0, deadline - time.monotonic())
             for socket, _ in poller.poll(min(left, 0.02 if unsent else left) * 1000):
                 while socket.poll(0):
@@ -249,9 +261,18 @@ def _rate(value: float) -> str:
 class TopView:
     """Turns successive samples into rich renderables, keeping the tape of recent trading."""
 
-    def __init__(self, config: ClusterConfig, interval: float) -> None:
+    def __init__(self, config: ClusterConfig, interval: float, symbols: list[str] | None = None,
+                 ladders: int | None = None) -> None:
+        unknown = [symbol for symbol in symbols or () if symbol not in config.instruments]
+        if unknown:
+            raise ValueError(f"no such instrument in the configuration: {', '.join(unknown)}")
+        ladders = LADDERS if ladders is None else ladders
+        if ladders < 1:
+            raise ValueError(f"ladders must be at least 1, not {ladders}")
         self.config = config
         self.interval = interval
+        self.symbols = symbols or None
+        self.ladders = ladders
         self.previous: Sample | None = None
         self.current: Sample | None = None
         self.tape: deque[tuple[float, str, int, int, object]] = deque(maxlen=TAPE)
@@ -276,6 +297,19 @@ class TopView:
                 if actor.startswith("md/") and isinstance(stats.get("books"), dict):
                     books.update(stats["books"])
         return books
+
+    def shown(self) -> list[str]:
+        """The instruments that get a ladder: those asked for, or all if they fit, or else the most traded ones
+        (market data's counts in the last sample; configuration order among equals and before any sample)."""
+        if self.symbols is not None:
+            return self.symbols
+        instruments = list(self.config.instruments)
+        if len(instruments) <= self.ladders:
+            return instruments
+        md = self._md_books(self.current) if self.current is not None else {}
+        order = {symbol: n for n, symbol in enumerate(instruments)}
+        busiest = sorted(instruments, key=lambda s: (-(md.get(s, {}).get("trades") or 0), order[s]))[:self.ladders]
+        return sorted(busiest, key=order.__getitem__)
 
     def unhealthy(self) -> list[str]:
         if self.current is None:
@@ -350,10 +384,15 @@ class TopView:
         grid = Table.grid(padding=(0, 2))
         for _ in range(per_row):
             grid.add_column()
-        ladders = [self._ladder(symbol, sample.depth.get(symbol), md.get(symbol, {}), sample)
-                   for symbol in self.config.instruments]
+        shown = self.shown()
+        ladders = [self._ladder(symbol, sample.depth.get(symbol), md.get(symbol, {}), sample) for symbol in shown]
         for start in range(0, len(ladders), per_row):
             grid.add_row(*ladders[start:start + per_row])
+        hidden = len(self.config.instruments) - len(shown)
+        if hidden:
+            traded = sum(1 for symbol, book in md.items() if book.get("trades") and symbol not in shown)
+            grid.add_row(Text(f"{hidden:,} more instruments ({traded:,} of them traded): the {len(shown)} "
+                              "most traded are shown; --symbols picks, --ladders sets how many", style="dim"))
         return grid
 
     def _ladder(self, symbol: str, depth: dict | None, md: dict, sample: Sample) -> Table:
@@ -398,50 +437,35 @@ class TopView:
 
 
 def run_top(config: ClusterConfig, interval: float = 1.0, once: bool = False, console: Console | None = None,
-            timeout: float | None = None) -> int:
-    """``matchwire top``: live until Ctrl-C, or one frame with ``once`` (exit 1 if a node is down)."""
+            timeout: float | None = None, symbols: list[str] | None = None, ladders: int | None = None) -> int:
+    """``matchwire top``: live until Ctrl-C, or one frame with ``once`` (exit 1 if a node is down). Ladders for
+    ``symbols``, or the ``ladders`` most traded instruments (only their books are asked for depth)."""
     console = console or Console()
-    view = TopView(config, interval)
+    view = TopView(config, interval, symbols, ladders)
     with ClusterProbe(config, timeout=min(interval, 2.0) if timeout is None else timeout) as probe:
         if once:
-            view.update(probe.sample())
+            view.update(probe.sample(view.shown()))
             time.sleep(max(0.0, interval - 0.05))
-            view.update(probe.sample())
+            view.update(probe.sample(view.shown()))
             console.print(view.render(console.width))
             return 1 if view.unhealthy() else 0
         try:
-            view.update(probe.sample())
+            view.update(probe.sample(view.shown()))
             with Live(view.render(console.width), console=console, auto_refresh=False, screen=False) as live:
                 while True:
                     next_at = time.monotonic() + interval
                     time.sleep(max(0.0, next_at - time.monotonic()))
-                    view.update(probe.sample())
+                    view.update(probe.sample(view.shown()))
                     live.update(view.render(console.width), refresh=True)
         except KeyboardInterrupt:
             return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m actors.top`` (the same as ``matchwire top``)."""
-    from actors.config import ConfigError, load_config
+    """``python -m actors.top``: the same as ``matchwire top`` (its options are defined once, in actors/cli.py)."""
+    from actors.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="matchwire top", description="live view of a running cluster")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"matchwire top: {exc}", file=sys.stderr)
-        return 2
-    return run_top(config, args.interval, args.once)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``matchwire top`` (shared by the CLI verb and ``python -m actors.top``)."""
-    parser.add_argument("--config", metavar="FILE", help="the cluster's configuration (default: embedded)")
-    parser.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between frames")
-    parser.add_argument("--once", action="store_true",
-                        help="print one frame (two samples one interval apart) and exit; 1 if a node is down")
+    return cli_main(["top", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ held for a dead peer delivered when it returns although their books tick once a 
 
 from __future__ import annotations
 
+import io
 import re
 import resource
 import subprocess
@@ -16,14 +17,16 @@ import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from actors.admin import admin_request
 from actors.bench_instruments import config_text
 from actors.client import ClusterClient
-from actors.cluster import merge_stats
+from actors.cluster import VIEW_INSTRUMENTS, merge_stats, render_view
 from actors.config import load_config
 from actors.node import MANY_BOOKS, open_files_needed
 from actors.ports import free_port_block
+from actors.top import LADDERS, run_top
 from exchange.orders import Accepted
 from tests.actors.cluster_helpers import start_cluster, wait_for
 
@@ -33,14 +36,18 @@ INSTRUMENTS = 2 * 1030
 assert INSTRUMENTS // 2 > MANY_BOOKS
 
 
-def _accept(client: ClusterClient, symbols: list[str], first: int) -> None:
+def _accept(client: ClusterClient, symbols: list[str], first: int, account: str = "A1", side: str = "buy") -> None:
     for number, symbol in enumerate(symbols, first):
-        client.new_order(symbol, number, "A1", "buy", 100, price=1_000_000)
-    accepted = 0
+        client.new_order(symbol, number, account, side, 100, price=1_000_000)
+    accepted, other = 0, []
     deadline = time.monotonic() + 30
-    while accepted < len(symbols) and time.monotonic() < deadline:
-        accepted += sum(isinstance(event, Accepted) for event, _ in client.poll(0.2))
-    assert accepted == len(symbols)
+    while accepted + len(other) < len(symbols) and time.monotonic() < deadline:
+        for event, _ in client.poll(0.2):
+            if isinstance(event, Accepted):
+                accepted += 1
+            else:
+                other.append(event)
+    assert accepted == len(symbols), (accepted, other[:5])
 
 
 def _book_stats(config, symbol: str) -> dict:  # noqa: ANN001
@@ -61,7 +68,7 @@ def test_partial_statistics_update_the_actors_they_name_and_a_full_report_replac
 
 def test_nodes_of_many_books_answer_every_order_keep_the_view_current_and_deliver_held_reports(tmp_path):
     path = tmp_path / "cluster.toml"
-    path.write_text(config_text(INSTRUMENTS, free_port_block(100), tmp_path / "state"))
+    path.write_text(config_text(INSTRUMENTS, free_port_block(100), tmp_path / "state") + '[[account]]\nname = "A2"\n')
     cluster = start_cluster(path, tmp_path / "logs")
     try:
         config = cluster.config
@@ -78,6 +85,29 @@ def test_nodes_of_many_books_answer_every_order_keep_the_view_current_and_delive
 
             assert wait_for(view_current, timeout=15)
 
+            # The views show a few instruments, the most traded first: one trade, in an instrument far down the list.
+            traded_symbol = symbols[-3]
+            _accept(client, [traded_symbol], len(symbols) + 1, "A2", "sell")  # and it trades with A1's buy
+
+            def view_shows_the_trade() -> bool:
+                cluster.pump(0.05)
+                return any(line.split()[0] == traded_symbol for line in render_view(cluster, {})[2:-2])
+
+            assert wait_for(view_shows_the_trade, timeout=15)
+            lines = render_view(cluster, {})
+            assert len(lines) == 2 + VIEW_INSTRUMENTS + 2, lines
+            assert lines[-2] == f"  ... and {INSTRUMENTS - VIEW_INSTRUMENTS:,} more instruments (0 of them traded)"
+            assert [line.split()[0] for line in lines[2:-2]] == sorted([*symbols[:VIEW_INSTRUMENTS - 1], traded_symbol])
+            console = Console(width=120, record=True, file=io.StringIO(), color_system=None)
+            assert run_top(config, interval=2.0, once=True, console=console, timeout=10) == 0
+            frame = console.export_text()
+            ladders = re.findall(r"\b(S\d{4})\s+last ", frame)
+            assert ladders == sorted([*symbols[:LADDERS - 1], traded_symbol]), ladders
+            assert f"{INSTRUMENTS - LADDERS:,} more instruments (0 of them traded)" in frame
+            console = Console(width=120, record=True, file=io.StringIO(), color_system=None)
+            assert run_top(config, interval=2.0, once=True, console=console, timeout=10, symbols=["S0007"]) == 0
+            assert re.findall(r"\b(S\d{4})\s+last ", console.export_text()) == ["S0007"]
+
             # A book does not connect to the other book node: its death is no peer of theirs going down.
             cluster.kill_node("book2")
             assert wait_for(lambda: (cluster.pump(0.02), not cluster.alive()["book2"])[1], timeout=10)
@@ -89,7 +119,7 @@ def test_nodes_of_many_books_answer_every_order_keep_the_view_current_and_delive
             cluster.kill_node("md")
             assert wait_for(lambda: (cluster.pump(0.02), not cluster.alive()["md"])[1], timeout=10)
             traded = book1[:5]
-            _accept(client, traded, len(symbols) + 1)
+            _accept(client, traded, len(symbols) + 2)
             assert wait_for(lambda: all(_book_stats(config, s)["held_records"] > 0 for s in traded), timeout=15)
             cluster.restart_node("md", timeout=60)
             assert wait_for(lambda: all(_book_stats(config, s)["held_records"] == 0 for s in traded), timeout=20)
