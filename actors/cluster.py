@@ -25,7 +25,7 @@ from typing import TextIO
 
 import zmq
 
-from actors.config import ClusterConfig
+from actors.config import ClusterConfig, name_list
 from actors.demo import DemoTrader, MarketMaker, Taker, TraderStats
 
 RESTARTS_PER_MINUTE = 3  # a node that dies this often is broken, not unlucky: it is left dead
@@ -173,7 +173,7 @@ class Cluster:
             if node.process.poll() is not None and not node.reported_dead:
                 node.reported_dead = True
                 lost = [a.split("/", 1)[1] for a in self.config.node(node.name).actors if a.startswith("book/")]
-                what = f"; instruments unavailable: {', '.join(lost)}" if lost else ""
+                what = f"; instruments unavailable: {name_list(lost)}" if lost else ""
                 self.say(f"!!! NODE {node.name.upper()} DIED (exit code {node.process.returncode}){what}")
 
     def say(self, text: str) -> None:

@@ -247,3 +247,11 @@ def cluster_order_id(gateway_number: int, counter: int) -> int:
 def gateway_number_of(order_id: int) -> int:
     """Which gateway minted a cluster order id (-1 for ids no gateway minted)."""
     return (order_id >> GATEWAY_SHIFT) - 1
+
+
+def name_list(names: list[str], shown: int = 12) -> str:
+    """Names for a message: all of a few, or the first ``shown`` and how many more (a node of a thousand books logged
+    a thousand names in one line, and the launcher said them all when it died)."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown:,} more"

@@ -27,7 +27,7 @@ import zmq
 from actors.backends import BackendOptions, BackendUnavailable, book_factory
 from actors.base import ActorFailed, ClusterActor, NodeContext, StatsReport
 from actors.book import BookActor, book_peer_nodes
-from actors.config import ClusterConfig, ConfigError, load_config
+from actors.config import ClusterConfig, ConfigError, load_config, name_list
 from actors.durable import StateLock, check_state_dir
 from actors.feed import FeedHandlerActor
 from actors.gateway import GatewayActor
@@ -453,7 +453,7 @@ def main(config_path: str | None, name: str, control_endpoint: str | None, paren
         node.stop()
         return EXIT_CONFIG
     tuned = tune_gc()
-    log.info("node %s up: actors %s on %s%s", name, ", ".join(node.node.actors), config.endpoint(node.node),
+    log.info("node %s up: actors %s on %s%s", name, name_list(node.node.actors), config.endpoint(node.node),
              "" if tuned else " (garbage collector untuned)")
     code = node.run()
     clean = node.stop()

@@ -23,7 +23,7 @@ from actors.admin import admin_request
 from actors.bench_instruments import config_text
 from actors.client import ClusterClient
 from actors.cluster import VIEW_INSTRUMENTS, merge_stats, render_view
-from actors.config import load_config
+from actors.config import load_config, name_list
 from actors.node import MANY_BOOKS, open_files_needed
 from actors.ports import free_port_block
 from actors.top import LADDERS, run_top
@@ -84,6 +84,8 @@ def test_nodes_of_many_books_answer_every_order_keep_the_view_current_and_delive
                 return all((actors.get(f"book/{s}", {}).get("seq") or 0) >= 1 for s in book1)
 
             assert wait_for(view_current, timeout=15)
+            log = (tmp_path / "logs" / "book1.log").read_text()
+            assert "node book1 up: actors book/S0000, book/S0001, " in log and " and 1,018 more on tcp://" in log
 
             # The views show a few instruments, the most traded first: one trade, in an instrument far down the list.
             traded_symbol = symbols[-3]
@@ -127,6 +129,13 @@ def test_nodes_of_many_books_answer_every_order_keep_the_view_current_and_delive
             assert all(books[s]["seq"] == _book_stats(config, s)["seq"] for s in traded), books
     finally:
         cluster.stop()
+
+
+def test_long_lists_of_names_are_cut_in_messages():
+    assert name_list(["a", "b"]) == "a, b"
+    names = [f"book/S{n:04d}" for n in range(1030)]
+    assert name_list(names, 3) == "book/S0000, book/S0001, book/S0002 and 1,027 more"
+    assert name_list(names[:12]) == ", ".join(names[:12])
 
 
 def _node(path, name: str, limits: tuple[int, int]) -> subprocess.Popen:  # noqa: ANN001
