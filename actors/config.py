@@ -239,6 +239,12 @@ def load_config(path: str | Path | None = None) -> ClusterConfig:
 GATEWAY_SHIFT = 48  # cluster order id = (gateway number + 1) << 48 | the gateway's own counter
 
 
+#: New orders remembered per gateway by a risk shard (those that passed) and by a book (its duplicate rule): a
+#: gateway sends an order again only while it has no answer for it, so copies are among its newest
+#: (exchange/recent_ids.py).
+SEEN_PER_GATEWAY = 200_000
+
+
 def cluster_order_id(gateway_number: int, counter: int) -> int:
     """A cluster-wide order id minted by gateway ``gateway_number``."""
     return ((gateway_number + 1) << GATEWAY_SHIFT) | counter

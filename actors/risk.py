@@ -11,14 +11,12 @@ release, limits, positions.
 
 from __future__ import annotations
 
-import collections
-import itertools
 import logging
 import struct
 import time
 
 from actors.base import ClusterActor, NodeContext
-from actors.config import gateway_number_of
+from actors.config import SEEN_PER_GATEWAY, gateway_number_of
 from actors.durable import (
     ActorSnapshots,
     ResendGate,
@@ -31,6 +29,7 @@ from actors.durable import (
 from actors.transport import SendResult
 from exchange.layout import LayoutError
 from exchange.orders import Cancelled, Rejected, RejectReason, Side
+from exchange.recent_ids import RecentOrderIds
 from exchange.risk import AccountRisk, RiskOrder
 from exchange.wire import (
     FLAG_ADMIN,
@@ -75,53 +74,6 @@ _REJECT_VERSION = struct.Struct("<QBQB")
 _text = text8
 
 
-SEEN_PER_GATEWAY = 200_000
-
-
-class RecentOrderIds:
-    """The ids of the newest new orders that passed, per gateway (``limit`` each), in the order they came.
-
-    A gateway sends an order again only while it has no answer for it: after its own restart (orders it
-    sent just before it died) or a risk shard's (orders in flight then). Those are among its newest orders
-    here: while a gateway is down it mints none, and an order still in flight to its book is recognised by
-    ``RiskActor.in_flight_new`` and its open orders anyway. So a window per gateway recognises every copy,
-    where a set of every order of the day made each snapshot grow with the day (and with other gateways'
-    orders crowding one window, a gateway down for long would have had its copies forgotten).
-    """
-
-    def __init__(self, limit: int = SEEN_PER_GATEWAY) -> None:
-        self.limit = limit
-        self.ids: set[int] = set()
-        self.by_gateway: dict[int, collections.deque] = {}
-
-    def __contains__(self, order_id: int) -> bool:
-        return order_id in self.ids
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def add(self, order_id: int) -> None:
-        if order_id in self.ids:
-            return
-        self.ids.add(order_id)
-        gateway = gateway_number_of(order_id)
-        window = self.by_gateway.get(gateway)
-        if window is None:
-            window = self.by_gateway[gateway] = collections.deque()
-        window.append(order_id)
-        if len(window) > self.limit:
-            self.ids.discard(window.popleft())
-
-    def save_state(self) -> dict:
-        """Per gateway, its window as differences from one id to the next (mostly small numbers)."""
-        return {str(gateway): [b - a for a, b in zip([0, *window], window, strict=False)]
-                for gateway, window in self.by_gateway.items()}
-
-    def load_state(self, state: dict) -> None:
-        self.ids, self.by_gateway = set(), {}
-        for gateway, deltas in state.items():
-            window = self.by_gateway[int(gateway)] = collections.deque(itertools.accumulate(deltas))
-            self.ids.update(window)
 
 
 class RiskActor(ClusterActor):
@@ -149,7 +101,8 @@ class RiskActor(ClusterActor):
         self.durable_books = config.durability.enabled
         self._reject_log_window = 0.0
         self._rejects_logged = 0
-        self.seen_ids = RecentOrderIds()  # new orders that passed (a gateway may send one again)
+        self.seen_ids = RecentOrderIds(SEEN_PER_GATEWAY, gateway_number_of)  # new orders that passed (a gateway may
+        # send one again; exchange/recent_ids.py says why a window per gateway recognises every copy)
         # New orders sent to a book and not answered yet (id -> record): a book that recovers is sent these
         # again (it answers a copy of one it has with duplicate_order_id, which everyone ignores), since
         # one sent to its new incarnation before its RECOVERED arrived cannot be told from one lost.

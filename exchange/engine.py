@@ -52,6 +52,7 @@ from exchange.orders import (
     Side,
     TimeInForce,
 )
+from exchange.recent_ids import RecentOrderIds, ids_of_state
 
 BUY = Side.BUY
 SELL = Side.SELL
@@ -188,7 +189,8 @@ class OrderBook:
         self.bids = BookSide(BUY)
         self.asks = BookSide(SELL)
         self.orders: dict[int, RestingOrder] = {}
-        self.seen_ids: set[int] = set()
+        # Every order id the book has seen (the duplicate rule), unless remember_ids gave it a window.
+        self.seen_ids: set[int] | RecentOrderIds = set()
         self.seq = 0
         self.match_number = 0
         self.base_price: int | None = None
@@ -661,6 +663,16 @@ class OrderBook:
         return [{"order_id": o.order_id, "account": o.account, "displayed": o.displayed, "leaves": o.leaves}
                 for o in level.orders.values()]
 
+    def remember_ids(self, window: RecentOrderIds) -> None:
+        """Remember order ids for the duplicate rule in ``window`` (the newest per origin) instead of all of them.
+
+        Alone the engine rejects any id it has ever seen. In a cluster a copy of an order (sent again by a gateway
+        that had no answer) is always among its gateway's newest, so the books keep a window per gateway and do not
+        grow with the day (exchange/recent_ids.py). Set on a fresh book, before :meth:`restore`."""
+        if self.seq or self.seen_ids:
+            raise ValueError("remember_ids needs a fresh book")
+        self.seen_ids = window
+
     def snapshot(self) -> dict:
         """The whole book state as plain data (JSON-able): restoring it gives identical behaviour."""
         orders = []
@@ -670,7 +682,8 @@ class OrderBook:
                     orders.append([o.order_id, o.account, int(o.side), o.price, o.leaves, o.displayed, o.display_qty,
                                    int(o.tif), int(o.stp), o.post_only])
         return {"symbol": self.symbol, "seq": self.seq, "match_number": self.match_number,
-                "base_price": self.base_price, "seen_ids": sorted(self.seen_ids), "orders": orders}
+                "base_price": self.base_price, "orders": orders,
+                "seen_ids": sorted(seen) if isinstance(seen := self.seen_ids, set) else seen.save_state()}
 
     def restore(self, state: dict) -> None:
         """Load a :meth:`snapshot` into this (empty) book."""
@@ -681,7 +694,10 @@ class OrderBook:
         self.seq = state["seq"]
         self.match_number = state["match_number"]
         self.base_price = state["base_price"]
-        self.seen_ids = set(state["seen_ids"])
+        if isinstance(self.seen_ids, set):
+            self.seen_ids = set(ids_of_state(state["seen_ids"]))
+        else:
+            self.seen_ids.load_state(state["seen_ids"])
         for order_id, account, side, price, leaves, displayed, display_qty, tif, stp, post_only in state["orders"]:
             order = RestingOrder(order_id, account, Side(side), price, leaves, displayed, display_qty,
                                  TimeInForce(tif), SelfTradePrevention(stp), post_only)

@@ -265,16 +265,16 @@ def test_gateway_risk_and_market_data_recover_their_state_from_snapshots(tmp_pat
 
 
 def test_recent_order_ids_keep_a_window_per_gateway():
-    from actors.config import cluster_order_id
-    from actors.risk import RecentOrderIds
+    from actors.config import cluster_order_id, gateway_number_of
+    from exchange.recent_ids import RecentOrderIds
 
-    seen = RecentOrderIds(limit=3)
+    seen = RecentOrderIds(3, gateway_number_of)
     for n in range(1, 6):
         seen.add(cluster_order_id(0, n))
     seen.add(cluster_order_id(1, 1))  # another gateway's orders do not push gateway 0's out
     assert [cluster_order_id(0, n) in seen for n in range(1, 6)] == [False, False, True, True, True]
     assert cluster_order_id(1, 1) in seen and len(seen) == 4
-    restored = RecentOrderIds(limit=3)
+    restored = RecentOrderIds(3, gateway_number_of)
     restored.load_state(seen.save_state())
     assert restored.ids == seen.ids and restored.save_state() == seen.save_state()
 
