@@ -273,7 +273,7 @@ class OrderBook:
         if type(oid) is not int or oid <= 0:
             reject(out, oid, "new", RejectReason.INVALID_ORDER_ID, f"order_id must be a positive integer, got {oid!r}")
             return False
-        if oid in self.seen_ids:
+        if oid in self.seen_ids or oid in self.orders:  # a window (remember_ids) may have let go of a resting order
             reject(out, oid, "new", RejectReason.DUPLICATE_ORDER_ID, f"order_id {oid} was used before")
             return False
         account = cmd.account
@@ -349,7 +349,7 @@ class OrderBook:
     def _new(self, cmd: NewOrder, out: list[Event]) -> None:
         oid, qty, price, side, tif, account = cmd.order_id, cmd.qty, cmd.price, cmd.side, cmd.tif, cmd.account
         # A plain valid limit order skips the full validation (which would accept it too).
-        if not (self._plain and type(oid) is int and oid > 0 and oid not in self.seen_ids
+        if not (self._plain and type(oid) is int and oid > 0 and oid not in self.seen_ids and oid not in self.orders
                 and type(account) is str and account in self._good_accounts and (side is BUY or side is SELL)
                 and cmd.order_type is LIMIT and type(qty) is int and qty > 0 and not qty % self._lot
                 and type(price) is int and price > 0 and not price % self._tick

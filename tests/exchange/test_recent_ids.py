@@ -8,7 +8,7 @@ import pytest
 
 from exchange.engine import OrderBook
 from exchange.instruments import Instrument
-from exchange.orders import Accepted, NewOrder, Rejected, Side
+from exchange.orders import Accepted, CancelOrder, NewOrder, Rejected, Side
 from exchange.recent_ids import RecentOrderIds, ids_of_state
 
 
@@ -59,7 +59,10 @@ def test_a_book_with_a_window_rejects_a_copy_of_a_recent_order_and_snapshots_onl
     for n in range(1, 6):
         assert _new(book, _id(1, n)) is Accepted
     assert _new(book, _id(1, 5)) is Rejected  # a copy of a recent order: duplicate_order_id
-    assert _new(book, _id(1, 1)) is Accepted  # older than the window: forgotten (copies never are, see the module)
+    assert _new(book, _id(1, 1)) is Rejected  # older than the window, but still resting: a duplicate all the same
+    book.process(CancelOrder("AAPL", _id(1, 1)))
+    assert _new(book, _id(1, 1)) is Accepted  # gone and older than the window: forgotten (copies never are)
+    book.process(CancelOrder("AAPL", _id(1, 2)))
     state = json.loads(json.dumps(book.snapshot()))
     assert sorted(ids_of_state(state["seen_ids"])) == [_id(1, n) for n in (1, 4, 5)]
 
