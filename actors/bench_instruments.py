@@ -3,8 +3,8 @@
 Every instrument's book is an actor (a thread, a ZeroMQ socket connected to the nodes it sends to, ticks and
 statistics reports), so a cluster's fixed cost grows with its instrument count. This starts the usual five nodes with
 the instruments split over two book nodes (journals on), enters one order per instrument, and prints per node: its
-resident memory, threads, and CPU while idle afterwards. Figures and what they mean: docs/cluster.md
-"Many instruments".
+resident memory, threads, open files (and the node's own estimate, which sets its limit), and CPU while idle
+afterwards. Figures and what they mean: docs/cluster.md "Many instruments".
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from actors.client import ClusterClient
 from actors.cluster import Cluster
 from actors.config import load_config
+from actors.node import open_files_needed
 from actors.ports import free_port_block
 from exchange.orders import Accepted
 
@@ -82,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, node in cluster.nodes.items():
             pid = node.process.pid
             idle = (_cpu_ticks(pid) - before[name]) / hz / args.idle * 100
+            files = len(os.listdir(f"/proc/{pid}/fd"))
             print(f"node={name} rss_mb={_status(pid, 'VmRSS') // 1024} threads={_status(pid, 'Threads')} "
-                  f"idle_cpu_pct={idle:.1f}")
+                  f"open_files={files} (estimated {open_files_needed(cluster.config, name)}) idle_cpu_pct={idle:.1f}")
     finally:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
