@@ -25,7 +25,7 @@ from typing import TextIO
 
 import zmq
 
-from actors.config import ClusterConfig, name_list
+from actors.config import ClusterConfig, most_traded, name_list
 from actors.demo import DemoTrader, MarketMaker, Taker, TraderStats
 
 RESTARTS_PER_MINUTE = 3  # a node that dies this often is broken, not unlucky: it is left dead
@@ -265,10 +265,8 @@ def render_view(cluster: Cluster, rates: dict[str, float]) -> list[str]:
     lines.append(f"  {'symbol':<6} {'bid qty':>8} {'bid':>9}  {'ask':>9} {'ask qty':>8}  {'last':>9} {'trades':>8}")
     instruments = list(cluster.config.instruments)
     shown = instruments
-    if len(instruments) > VIEW_INSTRUMENTS:  # the most traded (configuration order among equals), so the view fits
-        order = {symbol: n for n, symbol in enumerate(instruments)}
-        busiest = sorted(instruments, key=lambda s: (-(books.get(s, {}).get("trades") or 0), order[s]))
-        shown = sorted(busiest[:VIEW_INSTRUMENTS], key=order.__getitem__)
+    if len(instruments) > VIEW_INSTRUMENTS:
+        shown = most_traded(instruments, lambda s: books.get(s, {}).get("trades") or 0, VIEW_INSTRUMENTS)
     for symbol in shown:
         info = books.get(symbol, {})
         bid, bid_qty, ask, ask_qty = info.get("bbo", (None, 0, None, 0))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tomllib
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -261,3 +262,11 @@ def name_list(names: list[str], shown: int = 12) -> str:
     if len(names) <= shown:
         return ", ".join(names)
     return f"{', '.join(names[:shown])} and {len(names) - shown:,} more"
+
+
+def most_traded(symbols: list[str], trades: Callable[[str], int], count: int) -> list[str]:
+    """The ``count`` symbols with the most trades, in their order in ``symbols`` (earlier first among equals): what
+    the live views show of a cluster with more instruments than fit."""
+    order = {symbol: n for n, symbol in enumerate(symbols)}
+    busiest = sorted(symbols, key=lambda symbol: (-trades(symbol), order[symbol]))[:count]
+    return sorted(busiest, key=order.__getitem__)

@@ -238,14 +238,14 @@ def open_files_needed(config: ClusterConfig, name: str) -> int:
              for actor in config.actor_names}
     local = config.node(name).actors
     outgoing = sum(len(peers[actor]) for actor in local)
-    incoming = sum(name in nodes for actor, nodes in peers.items())
+    incoming = sum(name in nodes for nodes in peers.values())
     return OPEN_FILES_PER_ACTOR * len(local) + outgoing + incoming + OPEN_FILES_SPARE
 
 
 def ensure_open_files(config: ClusterConfig, name: str) -> None:
     """Raise this process's limit on open files as far as the node needs and may (the hard limit), or refuse to
     start, saying so: under a usual soft limit of 1,024 a node of some 170 books failed half-way through its start
-    with "Too many open files", and its peers' I/O threads could not take the connections of a thousand."""
+    with "Too many open files"; its peers take a connection per book, so they need as many."""
     need = open_files_needed(config, name)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:

@@ -34,7 +34,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from actors.config import ClusterConfig
+from actors.config import ClusterConfig, most_traded
 from actors.metrics import histogram_delta, histogram_quantile
 from exchange.layout import LayoutError
 from exchange.wire import MessageKind, pack_header, unpack_header
@@ -307,9 +307,7 @@ class TopView:
         if len(instruments) <= self.ladders:
             return instruments
         md = self._md_books(self.current) if self.current is not None else {}
-        order = {symbol: n for n, symbol in enumerate(instruments)}
-        busiest = sorted(instruments, key=lambda s: (-(md.get(s, {}).get("trades") or 0), order[s]))[:self.ladders]
-        return sorted(busiest, key=order.__getitem__)
+        return most_traded(instruments, lambda s: md.get(s, {}).get("trades") or 0, self.ladders)
 
     def unhealthy(self) -> list[str]:
         if self.current is None:
@@ -391,8 +389,9 @@ class TopView:
         hidden = len(self.config.instruments) - len(shown)
         if hidden:
             traded = sum(1 for symbol, book in md.items() if book.get("trades") and symbol not in shown)
-            grid.add_row(Text(f"{hidden:,} more instruments ({traded:,} of them traded): the {len(shown)} "
-                              "most traded are shown; --symbols picks, --ladders sets how many", style="dim"))
+            why = ("not in --symbols" if self.symbols is not None
+                   else f"the {len(shown)} most traded are shown; --symbols picks, --ladders sets how many")
+            grid.add_row(Text(f"{hidden:,} more instruments ({traded:,} of them traded): {why}", style="dim"))
         return grid
 
     def _ladder(self, symbol: str, depth: dict | None, md: dict, sample: Sample) -> Table:
