@@ -51,3 +51,17 @@ def test_bench_instruments_prints_every_node_and_answers_every_instrument(capsys
         assert threads > (15 if node.startswith("book") else 2), line  # one thread per book actor
     with pytest.raises(SystemExit):
         bench_instruments.main(["--instruments", "1"])
+
+
+def test_bench_memory_prints_every_node_after_every_run(capsys):
+    from actors import bench_memory
+
+    assert bench_memory.main(["--runs", "2", "--seconds", "0.5", "--rate", "2000"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("run=")]
+    assert [line.split()[0] for line in lines] == ["run=1", "run=2"]
+    for line in lines:
+        sizes = dict(item.split("=") for item in line.split("rss_mb: ")[1].split(" gateway_")[0].split())
+        assert set(sizes) == {"gateway", "risk", "book1", "md"} and all(int(v) > 10 for v in sizes.values()), line
+        assert "gateway_live_orders=" in line and "risk0_open_orders=" in line
+    with pytest.raises(SystemExit):
+        bench_memory.main(["--runs", "0"])
