@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 from actors.base import ClusterActor, NodeContext
-from actors.config import SEEN_PER_GATEWAY, ClusterConfig, gateway_number_of
+from actors.config import ClusterConfig, gateway_number_of, recent_order_ids
 from actors.durable import RESEND_REQUEST, instrument_grid, resend_done_record
 from exchange.engine import Book, OrderBook
 from exchange.journal import JournalWriter, recover
 from exchange.layout import LayoutError
 from exchange.orders import Accepted, Cancelled, Event, Fill, Modified, ModifyOrder, Rejected
-from exchange.recent_ids import RecentOrderIds
 from exchange.wire import (
     ORDER_SIZE,
     REPORT,
@@ -58,12 +57,6 @@ def recovered_record(symbol: str, seq: int) -> bytes:
                        order_id2=0, price=0, qty=0, extra=seq, match_number=0)
 
 
-def remember_recent_ids(book: OrderBook) -> None:
-    """A cluster's book keeps, for its duplicate rule, the newest ids per gateway, not every id of the day
-    (docs/cluster.md "Memory over a trading day"); so does a book rebuilt from its journal (`matchwire journal`)."""
-    book.remember_ids(RecentOrderIds(SEEN_PER_GATEWAY, gateway_number_of))
-
-
 def book_peer_nodes(config: ClusterConfig, name: str) -> list[str]:
     """The nodes a book sends to: those of risk shards, gateways and market data, never another book's (on nodes of
     many books, every book kept a connection to every other book node, heartbeats and pings, for nothing)."""
@@ -91,7 +84,9 @@ class BookActor(ClusterActor):
         if context.many_books:
             self.PROBE_INTERVAL = self.MANY_BOOKS_PROBE_INTERVAL
         if isinstance(book, OrderBook):
-            remember_recent_ids(book)  # a card's driver keeps its own
+            # For its duplicate rule, the newest ids per gateway, not every id of the day (docs/cluster.md "Memory
+            # over a trading day"); a card's driver keeps its own.
+            book.remember_ids(recent_order_ids())
         self.book = book
         self.symbol = book.symbol
         config = context.config

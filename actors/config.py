@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from exchange.instruments import Instrument, instruments_from_entries
+from exchange.recent_ids import RecentOrderIds
 from exchange.risk import RiskLimits
 
 ACTOR_KINDS = ("gateway", "risk", "book", "md", "feed")
@@ -244,6 +245,11 @@ GATEWAY_SHIFT = 48  # cluster order id = (gateway number + 1) << 48 | the gatewa
 #: gateway sends an order again only while it has no answer for it, so copies are among its newest
 #: (exchange/recent_ids.py).
 SEEN_PER_GATEWAY = 200_000
+
+
+def recent_order_ids() -> RecentOrderIds:
+    """The window of recent order ids a risk shard and a book keep: the newest ``SEEN_PER_GATEWAY`` per gateway."""
+    return RecentOrderIds(SEEN_PER_GATEWAY, gateway_number_of)
 
 
 def cluster_order_id(gateway_number: int, counter: int) -> int:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from actors.book import remember_recent_ids
+from actors.config import recent_order_ids
 from exchange.engine import OrderBook
 from exchange.instruments import Instrument
 from exchange.journal import JournalError, RecoveryReport, recover, segments, snapshots
@@ -118,7 +118,7 @@ def rebuild(path: str) -> tuple[OrderBook | None, object]:
         instrument = Instrument(data["symbol"], data["tick_size"], data["lot_size"],
                                 tuple(data["band"]) if data.get("band") else None)
     book = OrderBook(instrument)
-    remember_recent_ids(book)  # as the cluster's book that wrote the journal
+    book.remember_ids(recent_order_ids())  # as the cluster's book that wrote the journal
     if state is not None:
         book.restore(state)
     for command in commands:

@@ -16,7 +16,7 @@ import struct
 import time
 
 from actors.base import ClusterActor, NodeContext
-from actors.config import SEEN_PER_GATEWAY, gateway_number_of
+from actors.config import gateway_number_of, recent_order_ids
 from actors.durable import (
     ActorSnapshots,
     ResendGate,
@@ -29,7 +29,6 @@ from actors.durable import (
 from actors.transport import SendResult
 from exchange.layout import LayoutError
 from exchange.orders import Cancelled, Rejected, RejectReason, Side
-from exchange.recent_ids import RecentOrderIds
 from exchange.risk import AccountRisk, RiskOrder
 from exchange.wire import (
     FLAG_ADMIN,
@@ -101,8 +100,8 @@ class RiskActor(ClusterActor):
         self.durable_books = config.durability.enabled
         self._reject_log_window = 0.0
         self._rejects_logged = 0
-        self.seen_ids = RecentOrderIds(SEEN_PER_GATEWAY, gateway_number_of)  # new orders that passed (a gateway may
-        # send one again; exchange/recent_ids.py says why a window per gateway recognises every copy)
+        self.seen_ids = recent_order_ids()  # new orders that passed (a gateway may send one again;
+        # exchange/recent_ids.py says why a window per gateway recognises every copy)
         # New orders sent to a book and not answered yet (id -> record): a book that recovers is sent these
         # again (it answers a copy of one it has with duplicate_order_id, which everyone ignores), since
         # one sent to its new incarnation before its RECOVERED arrived cannot be told from one lost.

@@ -160,3 +160,15 @@ def test_a_dead_node_shows_unreachable_and_top_once_fails(cluster):
     assert re.search(r"book2 unreachable from .*risk", "\n".join(lines))  # what the actors themselves see
     second = _line(lines, r"^GOOG\s+last")
     assert re.search(r"book2\s+unreachable.*book2\s+unreachable", lines[_line(lines, r"#\s+bid qty", second) + 2])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--symbols", "AAPL,NOPE"], "no such instrument in the configuration: NOPE"),
+    (["--ladders", "0"], "ladders must be at least 1, not 0"),
+])
+def test_bad_options_are_refused_before_connecting(args, message, capsys):
+    from actors.top import main
+
+    assert main(["--once", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"matchwire top: {message}" in err and "Traceback" not in err
