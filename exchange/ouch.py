@@ -744,6 +744,18 @@ class OuchOrder:
     pending: deque = field(default_factory=deque)
 
 
+def _open_shares(order: OuchOrder) -> int:
+    """The order's open shares as far as the translator knows: before the book's answer, all it was entered with."""
+    return order.leaves if order.accepted else order.quantity
+
+
+def _done(order: OuchOrder) -> bool:
+    """Nothing left to cancel, replace or modify. An order not yet answered is not done: the book takes requests
+    in the order they were sent, so one sent behind the order finds it there (Nasdaq handles a user's messages in
+    sequence, and a client may cancel before the Order Accepted reaches it)."""
+    return order.accepted and order.leaves == 0
+
+
 @dataclass(slots=True)
 class OuchResult:
     """What to do with one inbound message: commands for the books, OUCH payloads to send to the user
@@ -897,7 +909,7 @@ class OuchTranslator:
         order = self.orders.get((username, msg["orig_user_ref_num"]))
         # Spec: an unknown/dead original or a used replacement UserRefNum is silently ignored, and
         # the replacement UserRefNum is not consumed then.
-        if order is None or order.leaves == 0 or msg["user_ref_num"] <= self.last_user_ref_num.get(username, 0):
+        if order is None or _done(order) or msg["user_ref_num"] <= self.last_user_ref_num.get(username, 0):
             result.ignored = True
             return
         self._fresh_ref(username, msg["user_ref_num"])
@@ -912,7 +924,7 @@ class OuchTranslator:
         if reason is not None:
             self._reject(result, msg["user_ref_num"], reason, msg["cl_ord_id"])
             return
-        if msg["quantity"] == order.leaves and price == order.price and not order.pending:
+        if order.accepted and msg["quantity"] == order.leaves and price == order.price and not order.pending:
             self._apply_replace(order, msg)  # only the token (and ClOrdID) change: nothing for the book
             result.replies.append(self._replaced(order, msg["orig_user_ref_num"]))
             return
@@ -922,7 +934,7 @@ class OuchTranslator:
     def _on_cancel_order(self, username: str, msg: OuchMessage, result: OuchResult) -> None:
         ref = msg["user_ref_num"]
         order = self.orders.get((username, ref))
-        if order is None or order.leaves == 0:
+        if order is None or _done(order):
             result.replies.append(encode_outbound("I", timestamp=self.clock(), user_ref_num=ref))
             return
         # Quantity is the intended order size: the most shares that may have executed, in total, once
@@ -931,7 +943,7 @@ class OuchTranslator:
         if target <= 0:
             order.pending.append(("cancel", None))
             result.commands.append(CancelOrder(order.symbol, order.order_id))
-        elif target < order.leaves:
+        elif target < _open_shares(order):
             order.pending.append(("reduce", None))
             result.commands.append(ModifyOrder(order.symbol, order.order_id, qty=target))
         else:
@@ -940,7 +952,7 @@ class OuchTranslator:
     def _on_modify_order(self, username: str, msg: OuchMessage, result: OuchResult) -> None:
         ref = msg["user_ref_num"]
         order = self.orders.get((username, ref))
-        if order is None or order.leaves == 0:
+        if order is None or _done(order):
             self._reject(result, ref, RejectReason.UNKNOWN_ORDER, "")
             return
         sells = ("S", "T", "E")
@@ -951,7 +963,7 @@ class OuchTranslator:
         if target <= 0:
             self._reject(result, ref, RejectReason.INVALID_QTY, order.cl_ord_id)
             return
-        if target == order.leaves and not order.pending:
+        if order.accepted and target == order.leaves and not order.pending:
             order.side = msg["side"]
             result.replies.append(self._modified(order))
             return
@@ -1017,9 +1029,25 @@ class OuchTranslator:
     def _on_rejected(self, order: OuchOrder, event: Rejected) -> list[tuple[str, bytes]]:
         if event.op == "new" and not order.accepted:
             self._forget(order)
-            return [(order.username, encode_outbound(
+            out = [(order.username, encode_outbound(
                 "J", timestamp=self.clock(), user_ref_num=order.user_ref_num,
                 reason=self._reject_code(event.reason), cl_ord_id=order.cl_ord_id))]
+            # Requests sent behind the order, before its answer: the book refuses them as for an unknown order,
+            # and with the order forgotten those refusals reach nobody, so each is answered here, once.
+            while order.pending:
+                request, msg = order.pending.popleft()
+                if request in ("cancel", "reduce"):
+                    out.append((order.username, encode_outbound("I", timestamp=self.clock(),
+                                                                user_ref_num=order.user_ref_num)))
+                elif request == "replace":
+                    out.append((order.username, encode_outbound(
+                        "J", timestamp=self.clock(), user_ref_num=msg["user_ref_num"],
+                        reason=self._reject_code(RejectReason.UNKNOWN_ORDER), cl_ord_id=msg["cl_ord_id"])))
+                else:
+                    out.append((order.username, encode_outbound(
+                        "J", timestamp=self.clock(), user_ref_num=order.user_ref_num,
+                        reason=self._reject_code(RejectReason.UNKNOWN_ORDER), cl_ord_id=order.cl_ord_id)))
+            return out
         request, msg = order.pending.popleft() if order.pending else ("cancel", None)
         if request in ("cancel", "reduce"):
             out = encode_outbound("I", timestamp=self.clock(), user_ref_num=order.user_ref_num)

@@ -298,6 +298,24 @@ class Venue:
         return self.send(user, encode_inbound("O", **fields))
 
 
+class LateVenue(Venue):
+    """A venue whose books answer only when told (:meth:`deliver`), as in a cluster: the client's next messages
+    reach the translator before the answers to its earlier ones."""
+
+    def send(self, user: str, payload: bytes) -> list[tuple[str, dict]]:
+        result = self.tr.on_message(user, payload)
+        assert result.error is None
+        self.commands += result.commands
+        return [(user, decode_outbound(p)) for p in result.replies]
+
+    def deliver(self) -> list[tuple[str, dict]]:
+        out = []
+        for command in self.commands:
+            out += self.tr.on_events(self.exchange.process(command))
+        self.commands = []
+        return [(u, decode_outbound(p)) for u, p in out]
+
+
 def kinds(out):
     return [(u, m["type"]) for u, m in out]
 
@@ -497,26 +515,94 @@ def test_translator_tracks_the_engine_exactly(ops):
     v = Venue()
     refs = {"U1": 0, "U2": 0}
     for op in ops:
-        user = op[1]
-        if op[0] == "enter":
-            _, _, side, qty, price, tif, display, floor = op
-            refs[user] += 1
-            v.enter(user, refs[user], side, qty, price * 10_000, tif=tif, display=display,
-                    options={"max_floor": floor} if floor else {})
-        elif op[0] == "cancel":
-            v.send(user, encode_inbound("X", user_ref_num=op[2], quantity=op[3]))
-        elif op[0] == "replace":
-            refs[user] += 1
-            v.send(user, encode_inbound("U", orig_user_ref_num=op[2], user_ref_num=refs[user], quantity=op[3],
-                                        price=op[4] * 10_000, time_in_force="0", display="Y",
-                                        inter_market_sweep_eligibility="N", cl_ord_id=""))
+        _apply(v, refs, op)
+        _check_translator_is_the_engine(v)
+
+
+def _apply(v: Venue, refs: dict[str, int], op: tuple) -> None:
+    user = op[1]
+    if op[0] == "enter":
+        _, _, side, qty, price, tif, display, floor = op
+        refs[user] += 1
+        v.enter(user, refs[user], side, qty, price * 10_000, tif=tif, display=display,
+                options={"max_floor": floor} if floor else {})
+    elif op[0] == "cancel":
+        v.send(user, encode_inbound("X", user_ref_num=op[2], quantity=op[3]))
+    elif op[0] == "replace":
+        refs[user] += 1
+        v.send(user, encode_inbound("U", orig_user_ref_num=op[2], user_ref_num=refs[user], quantity=op[3],
+                                    price=op[4] * 10_000, time_in_force="0", display="Y",
+                                    inter_market_sweep_eligibility="N", cl_ord_id=""))
+    else:
+        v.send(user, encode_inbound("M", user_ref_num=op[2], side=op[3], quantity=op[4]))
+
+
+def _check_translator_is_the_engine(v: Venue) -> None:
+    book = v.exchange.book("AAPL")
+    resting = book.orders if book is not None else {}
+    live = {oid: o for oid, o in v.tr.by_id.items() if o.leaves > 0}
+    assert set(live) == set(resting)
+    for oid, order in live.items():
+        assert (order.leaves, order.price) == (resting[oid].leaves, resting[oid].price)
+        assert not order.pending and v.tr.orders[(order.username, order.user_ref_num)] is order
+    assert all(o.leaves > 0 or not o.accepted for o in v.tr.by_id.values())
+    assert all(o.accepted and not o.pending for o in v.tr.by_id.values())  # nothing waits, nothing forgotten
+
+
+def test_requests_sent_before_the_order_is_accepted_reach_the_book_behind_it():
+    v = LateVenue()
+    assert v.enter("U1", 1, "B", 100, 1_000_000) == []
+    assert v.send("U1", encode_inbound("X", user_ref_num=1, quantity=0)) == []  # not a Cancel Reject
+    out = v.deliver()
+    assert kinds(out) == [("U1", "A"), ("U1", "C")] and out[1][1]["quantity"] == 100
+    assert not v.tr.by_id and not v.tr.orders and not v.exchange.book("AAPL").orders
+
+    v.enter("U1", 2, "B", 100, 1_000_000)
+    v.send("U1", encode_inbound("X", user_ref_num=2, quantity=30))  # reduce to 30 in all
+    v.send("U1", encode_inbound("M", user_ref_num=2, side="B", quantity=20))
+    v.send("U1", encode_inbound("U", orig_user_ref_num=2, user_ref_num=3, quantity=10, price=990_000,
+                                time_in_force="0", display="Y", inter_market_sweep_eligibility="N", cl_ord_id="R3"))
+    out = v.deliver()
+    assert kinds(out) == [("U1", "A"), ("U1", "C"), ("U1", "M"), ("U1", "U")]
+    assert out[1][1]["quantity"] == 70 and out[2][1]["quantity"] == 20 and out[3][1]["user_ref_num"] == 3
+    [(order_id, resting)] = v.exchange.book("AAPL").orders.items()
+    assert (resting.leaves, resting.price) == (10, 990_000) and v.tr.orders[("U1", 3)].order_id == order_id
+
+
+def test_an_ioc_cancelled_before_its_answer_gets_its_own_answer_and_then_a_cancel_reject():
+    v = LateVenue()
+    v.enter("U2", 1, "S", 50, 1_000_000)
+    v.deliver()
+    v.enter("U1", 1, "B", 80, 1_000_000, tif="3")  # IOC: 50 trade, 30 cancelled
+    v.send("U1", encode_inbound("X", user_ref_num=1, quantity=0))
+    out = [(u, m["type"]) for u, m in v.deliver() if u == "U1"]
+    assert out == [("U1", "A"), ("U1", "E"), ("U1", "C"), ("U1", "I")]
+    assert not v.tr.by_id and not v.tr.orders
+
+
+def test_requests_behind_a_rejected_order_are_each_answered_once():
+    v = LateVenue({"AAPL": Instrument("AAPL", band=(900_000, 1_100_000))})
+    v.enter("U1", 1, "B", 100, 1_200_000)  # outside the band: the book rejects it
+    v.send("U1", encode_inbound("M", user_ref_num=1, side="B", quantity=50))
+    v.send("U1", encode_inbound("U", orig_user_ref_num=1, user_ref_num=2, quantity=10, price=1_000_000,
+                                time_in_force="0", display="Y", inter_market_sweep_eligibility="N", cl_ord_id="R2"))
+    v.send("U1", encode_inbound("X", user_ref_num=1, quantity=0))
+    out = v.deliver()
+    assert [(m["type"], m["user_ref_num"]) for _, m in out] == [("J", 1), ("J", 1), ("J", 2), ("I", 1)]
+    assert not v.tr.by_id and not v.tr.orders
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(_op, st.just(("deliver",))), max_size=40))
+def test_translator_tracks_the_engine_exactly_when_answers_come_late(ops):
+    """The same random flow with the books answering only now and then: once every answer is in, the translator's
+    view is the engine's and nothing waits or stays behind."""
+    v = LateVenue()
+    refs = {"U1": 0, "U2": 0}
+    for op in ops:
+        if op[0] == "deliver":
+            v.deliver()
         else:
-            v.send(user, encode_inbound("M", user_ref_num=op[2], side=op[3], quantity=op[4]))
-        book = v.exchange.book("AAPL")
-        resting = book.orders if book is not None else {}
-        live = {oid: o for oid, o in v.tr.by_id.items() if o.leaves > 0}
-        assert set(live) == set(resting)
-        for oid, order in live.items():
-            assert (order.leaves, order.price) == (resting[oid].leaves, resting[oid].price)
-            assert not order.pending and v.tr.orders[(order.username, order.user_ref_num)] is order
-        assert all(o.leaves > 0 or not o.accepted for o in v.tr.by_id.values())
+            _apply(v, refs, op)
+    v.deliver()
+    _check_translator_is_the_engine(v)
