@@ -43,6 +43,7 @@ from exchange.journal import (
     RecoveryReport,
     recover,
     scan_segment,
+    segment_name,
     segments,
     snapshots,
 )
@@ -291,17 +292,24 @@ class SnapshotArchive:
     wholly older than that are deleted (:meth:`prune`): the archive stays bounded.
     """
 
-    def __init__(self, directory: Path, covered: int, keep: int | None = None) -> None:
+    def __init__(self, directory: Path, covered: int, keep: int | None = None,
+                 sink: Callable[[int, list[int], list[bytes]], None] | None = None) -> None:
         self.directory = directory / "archive"
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.records = self._load(covered, 0 if keep is None else max(0, covered - keep))
+        # With a sink, the records recovered go to it a segment at a time, with where each one is (the
+        # segment's first record index and each record's byte offset), instead of into ``records``: an
+        # owner that reads them back from the files (:meth:`read_from`) need not hold them all at once.
+        self.records: list[bytes] = []
+        self._load(covered, 0 if keep is None else max(0, covered - keep), sink or self._keep_records)
         self.writer = JournalWriter(self.directory, "none", next_index=covered)
 
-    def _load(self, covered: int, first: int) -> list[bytes]:
-        """Records ``first`` .. ``covered`` - 1; the file is cut after ``covered`` (and after damage)."""
+    def _keep_records(self, segment: int, offsets: list[int], records: list[bytes]) -> None:
+        self.records += records
+
+    def _load(self, covered: int, first: int, sink: Callable[[int, list[int], list[bytes]], None]) -> None:
+        """Records ``first`` .. ``covered`` - 1 to ``sink``; the file is cut after ``covered`` (and after damage)."""
         paths = segments(self.directory)
         starts = [int(p.name.split("-", 1)[1].split(".", 1)[0]) for p in paths]
-        out: list[bytes] = []
         end = starts[0] if paths else 0
         if end > first:
             raise JournalError(f"{self.directory}: starts at record {end}, but record {first} is needed")
@@ -330,22 +338,43 @@ class SnapshotArchive:
                     handle.truncate(offset)
                     handle.flush()
                     os.fsync(handle.fileno())
-            out += good[max(0, first - start):]
+            skip = max(0, first - start)
+            if skip < len(good):
+                offsets, at = [], 0
+                for record in good:
+                    offsets.append(at)
+                    at += FRAME.size + len(record)
+                sink(start, offsets[skip:], good[skip:])
             end = start + len(good)
         if end < covered:
             raise JournalError(f"{self.directory}: holds {end} records, but the snapshot covers {covered}")
-        return out
 
     @property
     def count(self) -> int:
         return self.writer.index
 
-    def extend(self, records: list[bytes]) -> None:
-        """Append and sync (before the snapshot that counts them is written)."""
+    def extend(self, records: list[bytes]) -> tuple[int, list[int]]:
+        """Append and sync (before the snapshot that counts them is written). Returns where they are: the
+        segment's first record index (:meth:`read_from` takes it) and each record's byte offset in it."""
+        segment = self.writer.index
+        self.writer.start_segment()  # every extend writes a segment of its own, named by its first record
+        at = self.writer.file.tell()
+        offsets = []
+        for record in records:
+            offsets.append(at)
+            at += FRAME.size + len(record)
         self.writer.append_many(records)
         self.writer.file.flush()
         os.fsync(self.writer.file.fileno())
         self.writer.start_segment()
+        return segment, offsets
+
+    def read_from(self, segment: int, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of the segment that starts with record ``segment``, from byte ``offset``
+        (whole frames or not: the caller parses them, see :func:`exchange.journal.FRAME`)."""
+        with open(self.directory / segment_name(segment), "rb") as handle:
+            handle.seek(offset)
+            return handle.read(size)
 
     def prune(self, before: int) -> None:
         """Delete the segments whose records all come before record ``before``."""

@@ -34,7 +34,8 @@ from actors.durable import (
     open_journal,
     resend_request_record,
 )
-from actors.soup_server import DurableSequencedStore, SoupApplication, SoupServer
+from actors.sequenced_store import DurableSequencedStore
+from actors.soup_server import SoupApplication, SoupServer
 from actors.transport import Batch, LocalDirectory, recv_frames, send_frames
 from exchange.accounts import Users, load_users
 from exchange.layout import LayoutError
@@ -357,14 +358,13 @@ class GatewayActor(ClusterActor):
         if self.config.durability.enabled:
             durability = self.config.durability
             self.journal, state, records, report = open_journal(durability, self.ctx.node, self.name)
+            # The session's sequenced messages that the snapshot covers are in its archive (indexed, read back
+            # from there when a client asks); the rest of the state is in the snapshot; the journal's records
+            # after it are replayed on top.
             self.store = DurableSequencedStore(self.journal)
-            # The session's sequenced messages that the snapshot covers are in its archive; the rest of the
-            # state is in the snapshot; the journal's records after it are replayed on top.
             self.archive = SnapshotArchive(journal_directory(durability, self.ctx.node, self.name),
-                                           state["archive"] if state else 0)
-            for record in self.archive.records:
-                self.store.restore_record(record, archived=True)
-            self.archive.records = []
+                                           state["archive"] if state else 0, sink=self.store.restore_archived)
+            self.store.archive = self.archive
             if state is not None:
                 self.load_state(state)
             self._replay(records)
@@ -524,7 +524,7 @@ class GatewayActor(ClusterActor):
 
     def _snapshot(self) -> None:
         assert self.archive is not None and self.store is not None and self.snapshots is not None
-        self.archive.extend(self.store.take_unarchived())
+        self.store.archive_unarchived()
         state = self.save_state()
         state["archive"] = self.archive.count
         self.snapshots.take(state)
@@ -1106,4 +1106,7 @@ class GatewayActor(ClusterActor):
         if self.soup is not None:
             out.update({f"soup_{k}": v for k, v in self.soup.counters().items()})
             out["soup_backpressure_waits"] = self.soup_app.waits
+        if self.store is not None:
+            out["soup_messages_in_memory"] = self.store.held_in_memory()
+            out["soup_archive_read_errors"] = self.store.archive_read_errors
         return out

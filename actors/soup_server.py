@@ -11,7 +11,7 @@ Session rules (see docs/order-entry.md):
   stall the other sessions). Wrong credentials: Login Rejected 'A'. A requested session other than
   blank or ours, or a user that already has a live session: Login Rejected 'S'. Either way the
   connection is closed.
-* Each user has one stream of sequenced messages, kept in a :class:`SequencedStore`, numbered 1, 2,
+* Each user has one stream of sequenced messages, kept in a store (``actors.sequenced_store``), numbered 1, 2,
   3... for the whole session. At login the client asks for message N: the server replays N.. and
   then continues live. N = 0 means "start with the next message generated" (no replay); N past the
   end is treated the same way. Login Accepted tells the client the number of the next message it
@@ -41,15 +41,11 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
+from actors.sequenced_store import MemorySequencedStore, SequencedStore
 from exchange import soupbintcp as soup
-from exchange.journal import JournalWriter, recover
 
 __all__ = [
-    "DurableSequencedStore",
-    "MemorySequencedStore",
-    "SequencedStore",
     "SoupApplication",
     "SoupServer",
     "default_session_name",
@@ -58,164 +54,6 @@ __all__ = [
 log = logging.getLogger("matchwire.soup")
 
 _LOGIN, _AUTH, _LIVE, _CLOSING = "login", "auth", "live", "closing"
-
-
-class SequencedStore(Protocol):
-    """Each user's stream of outbound sequenced messages, numbered from 1.
-
-    :class:`MemorySequencedStore` keeps it in memory; :class:`DurableSequencedStore` journals it. The
-    server calls it under its own lock, so implementations need no locking of their own. A store may
-    also have ``publish() -> set[str]``: then appended messages are sent only once published (after
-    they are durable), see :meth:`SoupServer.publish_sequenced`.
-    """
-
-    def append(self, username: str, payload: bytes) -> int:
-        """Add a message to ``username``'s stream; return its sequence number."""
-        ...
-
-    def get_from(self, username: str, seq: int, limit: int) -> list[bytes]:
-        """Up to ``limit`` messages of ``username``'s stream starting with number ``seq``."""
-        ...
-
-    def next_seq(self, username: str) -> int:
-        """The number the next appended message of ``username`` will get (1 for an empty stream)."""
-        ...
-
-
-class MemorySequencedStore:
-    """A :class:`SequencedStore` in memory: one list of payloads per user."""
-
-    def __init__(self) -> None:
-        self._streams: dict[str, list[bytes]] = {}
-
-    def append(self, username: str, payload: bytes) -> int:
-        stream = self._streams.setdefault(username, [])
-        stream.append(payload)
-        return len(stream)
-
-    def get_from(self, username: str, seq: int, limit: int) -> list[bytes]:
-        stream = self._streams.get(username)
-        if not stream or seq < 1:
-            return []
-        return stream[seq - 1:seq - 1 + limit]
-
-    def next_seq(self, username: str) -> int:
-        return len(self._streams.get(username, ())) + 1
-
-
-SEQUENCED_TAG = b"S"  # journal records of sequenced messages start with this byte
-
-
-def encode_sequenced_record(username: str, payload: bytes) -> bytes:
-    """A journal record holding one sequenced message: ``S``, username length (1 byte), username, payload."""
-    name = username.encode("ascii", "replace")[:255]
-    return SEQUENCED_TAG + bytes((len(name),)) + name + payload
-
-
-def decode_sequenced_record(record: bytes) -> tuple[str, bytes] | None:
-    """(username, payload) of a record made by :func:`encode_sequenced_record`; None for anything else."""
-    if len(record) < 2 or record[:1] != SEQUENCED_TAG or len(record) < 2 + record[1]:
-        return None
-    end = 2 + record[1]
-    return record[2:end].decode("ascii", "replace"), bytes(record[end:])
-
-
-class DurableSequencedStore:
-    """A :class:`SequencedStore` on a journal (``exchange.journal``: CRC-framed records, fsync policy).
-
-    ``append`` writes the message to the journal at once, but the server does not see it (``get_from``,
-    hence no client) until it has been committed and published (:meth:`publish`): a client is never sent a
-    message that a crash could take back, so a client that logs in again after a restart, asking for
-    its next sequence number, gets exactly what it missed. Commits are grouped: one per batch of
-    appends (:meth:`commit`, or the owner's commit of a shared journal followed by :meth:`publish`).
-
-    Standalone: ``DurableSequencedStore.open(directory, policy)`` recovers the streams from the
-    directory's journal (a torn or corrupt tail is cut off and reported in ``recovery``). Sharing the
-    journal of an actor (the gateway keeps its order state in the same journal, so state and messages
-    are committed together): pass ``journal`` and feed recovered records to :meth:`restore_record`.
-    """
-
-    def __init__(self, journal: JournalWriter) -> None:
-        self.journal = journal
-        self._streams: dict[str, list[bytes]] = {}
-        self._visible: dict[str, int] = {}
-        self._unpublished: set[str] = set()
-        self._archived: dict[str, int] = {}  # per stream: messages already in the owner's snapshot archive
-        self.recovery = ""
-
-    @classmethod
-    def open(cls, directory: str, policy: str = "batch", batch_ms: float = 2.0) -> DurableSequencedStore:
-        """A store of its own in ``directory``, with every stream recovered from its journal."""
-        _, records, report = recover(directory)
-        store = cls(JournalWriter(directory, policy, batch_ms, next_index=report.snapshot_index + len(records)))
-        for record in records:
-            store.restore_record(record)
-        store.recovery = str(report)
-        if report.truncated:
-            log.error("sequenced store damaged, recovered to the last good record: %s", report)
-        return store
-
-    def restore_record(self, record: bytes, archived: bool = False) -> bool:
-        """Apply one recovered journal record (``archived``: from the owner's snapshot archive); False when
-        it is not a sequenced message."""
-        decoded = decode_sequenced_record(record)
-        if decoded is None:
-            return False
-        username, payload = decoded
-        stream = self._streams.setdefault(username, [])
-        stream.append(payload)
-        self._visible[username] = len(stream)
-        if archived:
-            self._archived[username] = len(stream)
-        return True
-
-    def take_unarchived(self) -> list[bytes]:
-        """The messages appended since the last call, as journal records, now counted as archived (the owner
-        writes them to its snapshot archive: ``actors.durable.SnapshotArchive``)."""
-        out = []
-        for username, stream in self._streams.items():
-            start = self._archived.get(username, 0)
-            if start < len(stream):
-                out += [encode_sequenced_record(username, payload) for payload in stream[start:]]
-                self._archived[username] = len(stream)
-        return out
-
-    def append(self, username: str, payload: bytes) -> int:
-        self.journal.append(encode_sequenced_record(username, payload))
-        stream = self._streams.setdefault(username, [])
-        stream.append(payload)
-        self._unpublished.add(username)
-        return len(stream)
-
-    def get_from(self, username: str, seq: int, limit: int) -> list[bytes]:
-        stream = self._streams.get(username)
-        if not stream or seq < 1:
-            return []
-        end = min(seq - 1 + limit, self._visible.get(username, 0))
-        return stream[seq - 1:end]
-
-    def next_seq(self, username: str) -> int:
-        return len(self._streams.get(username, ())) + 1
-
-    def publish(self) -> set[str]:
-        """Make every appended message visible (the caller made the journal durable); the users touched."""
-        users, self._unpublished = self._unpublished, set()
-        for username in users:
-            self._visible[username] = len(self._streams[username])
-        return users
-
-    def commit(self) -> set[str]:
-        """Commit the journal by its policy (waiting for the batch policy's fsync), then publish."""
-        self.journal.commit()
-        if not self.journal.durable():
-            wait = self.journal.sync_due_ns()
-            if wait:
-                time.sleep(wait / 1e9)
-            self.journal.sync()
-        return self.publish()
-
-    def close(self) -> None:
-        self.journal.close()
 
 
 class SoupApplication:
@@ -410,8 +248,8 @@ class SoupServer:
         return seq
 
     def publish_sequenced(self, commit: bool = False) -> None:
-        """Deliver what a publishing store (:class:`DurableSequencedStore`) made durable since the last
-        call; with ``commit``, commit the store first. The owner of a shared journal commits it
+        """Deliver what a publishing store (``actors.sequenced_store.DurableSequencedStore``) made durable since
+        the last call; with ``commit``, commit the store first. The owner of a shared journal commits it
         itself and then calls this."""
         publish = getattr(self.store, "commit" if commit else "publish", None)
         if publish is None:

@@ -61,7 +61,8 @@ class RecoveryReport:
         return text
 
 
-def _segment_name(index: int) -> str:
+def segment_name(index: int) -> str:
+    """The file name of the segment whose first record is record ``index``."""
     return f"journal-{index:020d}.log"
 
 
@@ -204,7 +205,7 @@ class JournalWriter:
         if existing and _index_of(existing[-1].name) <= next_index:
             self.path = existing[-1]
         else:
-            self.path = self.directory / _segment_name(next_index)
+            self.path = self.directory / segment_name(next_index)
         self.file = open(self.path, "ab")  # noqa: SIM115  # kept open for the writer's life
         self.synced = True
         self.last_sync_ns = time.monotonic_ns()
@@ -284,7 +285,7 @@ class JournalWriter:
         """Write what follows to a new segment (named by the current index), so what came before can be
         deleted a whole file at a time."""
         self.file.flush()
-        name = _segment_name(self.index)
+        name = segment_name(self.index)
         if self.path.name == name:
             return  # nothing written to this segment yet: it already starts here
         empty = self.file.tell() == 0

@@ -14,7 +14,7 @@ from actors.config import Durability
 from actors.durable import ActorSnapshots, SnapshotArchive, commit_and_wait, open_journal
 from actors.journal_cli import inspect, replay
 from actors.ouch_client import LoginRejected, OuchClient
-from actors.soup_server import DurableSequencedStore, encode_sequenced_record
+from actors.sequenced_store import DurableSequencedStore, encode_sequenced_record
 from exchange.engine import OrderBook
 from exchange.eventbook import EventBook
 from exchange.instruments import Instrument
@@ -128,15 +128,22 @@ def test_a_bounded_archive_reads_and_keeps_only_its_last_records(tmp_path):
         SnapshotArchive(tmp_path, 6, keep=10)
 
 
-def test_store_hands_each_message_to_the_archive_once(tmp_path):
+def test_store_hands_each_message_to_the_archive_once_and_reads_it_back_from_there(tmp_path):
     store = DurableSequencedStore(JournalWriter(tmp_path, "none"))
-    store.restore_record(encode_sequenced_record("U", b"m1"), archived=True)
-    store.restore_record(encode_sequenced_record("U", b"m2"))
+    archive = SnapshotArchive(tmp_path, 0, sink=store.restore_archived)
+    store.archive = archive
+    store.restore_record(encode_sequenced_record("U", b"m1"))
     store.append("V", b"v1")
-    assert store.take_unarchived() == [encode_sequenced_record("U", b"m2"), encode_sequenced_record("V", b"v1")]
-    assert store.take_unarchived() == []
-    store.append("U", b"m3")
-    assert store.take_unarchived() == [encode_sequenced_record("U", b"m3")]
+    store.publish()
+    assert store.archive_unarchived() == 2 and store.held_in_memory() == 0
+    assert store.archive_unarchived() == 0
+    store.append("U", b"m2")
+    store.publish()
+    assert store.archive_unarchived() == 1
+    records = [encode_sequenced_record(user, message) for user, message in (("U", b"m1"), ("V", b"v1"), ("U", b"m2"))]
+    assert recover(tmp_path / "archive")[1] == records
+    assert store.get_from("U", 1, 10) == [b"m1", b"m2"] and store.get_from("V", 1, 10) == [b"v1"]
+    assert store.next_seq("U") == 3 and store.next_seq("V") == 2
 
 
 def test_snapshots_come_at_batch_boundaries_and_recovery_starts_from_the_newest(tmp_path):

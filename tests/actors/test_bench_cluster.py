@@ -53,15 +53,18 @@ def test_bench_instruments_prints_every_node_and_answers_every_instrument(capsys
         bench_instruments.main(["--instruments", "1"])
 
 
-def test_bench_memory_prints_every_node_after_every_run(capsys):
+@pytest.mark.parametrize("options", [[], ["--client", "ouch", "--fsync", "none"]], ids=["binary", "ouch-journals"])
+def test_bench_memory_prints_every_node_after_every_run(capsys, options):
     from actors import bench_memory
 
-    assert bench_memory.main(["--runs", "2", "--seconds", "0.5", "--rate", "2000"]) == 0
+    assert bench_memory.main(["--runs", "2", "--seconds", "0.5", "--rate", "2000", *options]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("run=")]
     assert [line.split()[0] for line in lines] == ["run=1", "run=2"]
     for line in lines:
         sizes = dict(item.split("=") for item in line.split("rss_mb: ")[1].split(" gateway_")[0].split())
         assert set(sizes) == {"gateway", "risk", "book1", "md"} and all(int(v) > 10 for v in sizes.values()), line
-        assert "gateway_live_orders=" in line and "risk0_open_orders=" in line
+        assert "gateway_live_orders=" in line and "risk0_open_orders=" in line and "rejected=none" in line
+        # With journals the gateway's OUCH streams are on disk: it says how many it still holds in memory.
+        assert ("soup_messages_in_memory=" in line) == bool(options), line
     with pytest.raises(SystemExit):
         bench_memory.main(["--runs", "0"])

@@ -733,6 +733,57 @@ def test_a_restarted_gateway_knows_its_sessions_tokens_and_order_ids(tmp_path):
         cluster.stop()
 
 
+def test_a_gateway_keeps_old_ouch_messages_on_disk_and_a_login_from_one_gets_them_all(tmp_path):
+    """The session's sequenced messages are read back from the gateway's archive, not held in memory: a login asking
+    for message 1 gets the whole stream, equal to what was sent live, also from a restarted gateway."""
+    users = users_toml(OUCH_USERS)
+    path = write_config(tmp_path, extra='[durability]\nenabled = true\nfsync = "none"\nsnapshot_every = 300\n' + users)
+    cluster = start_cluster(path, tmp_path / "logs")
+    address = cluster.config.ouch_address()
+
+    def stream_from_one() -> list[dict]:
+        with OuchClient(*address, "TRADA", "trada-pw", next_seq=1) as again:
+            got: list[dict] = []
+            deadline = time.monotonic() + 20
+            while len(got) < len(live) and time.monotonic() < deadline:
+                got += again.messages(0.2)
+            return got
+
+    client = OuchClient(*address, "TRADA", "trada-pw", next_seq=1)
+    try:
+        orders = 900
+        for k in range(orders):
+            client.enter_order(SYMBOLS[k % len(SYMBOLS)], "B", 100, 900_000 - 100 * (k % 50))
+        live: list[dict] = []
+        deadline = time.monotonic() + 30
+        while len(live) < orders and time.monotonic() < deadline:
+            live += client.messages(0.2)
+        assert [m["type"] for m in live] == ["A"] * orders
+        client.logout()
+        stats = admin_request(cluster.config, "gateway/0", {"command": "stats"})["stats"]
+        assert stats["soup_messages_in_memory"] < orders // 2, stats["soup_messages_in_memory"]
+        assert stream_from_one() == live
+        cluster.kill_node("gateway")
+        assert wait_for(lambda: (cluster.pump(0.02), not cluster.alive()["gateway"])[1], timeout=5)
+        cluster.restart_node("gateway", timeout=60)
+        assert wait_for(lambda: _logs_in(address), timeout=20)
+        assert stream_from_one() == live
+        stats = admin_request(cluster.config, "gateway/0", {"command": "stats"})["stats"]
+        assert stats["soup_messages_in_memory"] < orders // 2 and stats["soup_archive_read_errors"] == 0
+    finally:
+        client.close()
+        cluster.stop()
+
+
+def _logs_in(address: tuple[str, int]) -> bool:
+    try:
+        with OuchClient(*address, "TRADB", "tradb-pw", next_seq=0):
+            return True
+    except (ConnectionClosed, LoginRejected, OSError):
+        time.sleep(0.1)
+        return False
+
+
 def _reconnected(client: OuchClient) -> bool:
     try:
         client.reconnect()

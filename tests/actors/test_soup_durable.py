@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 from actors.ouch_client import OuchClient
-from actors.soup_server import DurableSequencedStore, SoupApplication, SoupServer, decode_sequenced_record
+from actors.sequenced_store import DurableSequencedStore, decode_sequenced_record
+from actors.soup_server import SoupApplication, SoupServer
 
 
 class Everyone(SoupApplication):

@@ -17,7 +17,8 @@ import pytest
 from nasdaq_protocols import soup as nsoup
 
 from actors.ouch_client import ConnectionClosed, LoginRejected, OuchClient
-from actors.soup_server import MemorySequencedStore, SoupApplication, SoupServer
+from actors.sequenced_store import MemorySequencedStore
+from actors.soup_server import SoupApplication, SoupServer
 from exchange import ouch
 from exchange import soupbintcp as soup
 from exchange.accounts import User, Users, hash_password
