@@ -18,7 +18,7 @@ from pathlib import Path
 from actors.base import ClusterActor, NodeContext
 from actors.config import ClusterConfig, gateway_number_of, recent_order_ids
 from actors.durable import RESEND_REQUEST, instrument_grid, resend_done_record
-from exchange.engine import Book, OrderBook
+from exchange.engine import Book
 from exchange.journal import JournalWriter, recover
 from exchange.layout import LayoutError
 from exchange.orders import Accepted, Cancelled, Event, Fill, Modified, ModifyOrder, Rejected
@@ -83,10 +83,9 @@ class BookActor(ClusterActor):
         super().__init__(context, name)
         if context.many_books:
             self.PROBE_INTERVAL = self.MANY_BOOKS_PROBE_INTERVAL
-        if isinstance(book, OrderBook):
-            # For its duplicate rule, the newest ids per gateway, not every id of the day (docs/cluster.md "Memory
-            # over a trading day"); a card's driver keeps its own.
-            book.remember_ids(recent_order_ids())
+        # For its duplicate rule, the newest ids per gateway, not every id of the day (docs/cluster.md "Memory over
+        # a trading day"): the software engine and a card's driver alike.
+        book.remember_ids(recent_order_ids())
         self.book = book
         self.symbol = book.symbol
         config = context.config

@@ -724,6 +724,8 @@ class Book(Protocol):
 
     def depth(self, levels: int | None = None) -> dict[str, list[tuple[int, int, int]]]: ...
 
+    def remember_ids(self, window: RecentOrderIds) -> None: ...
+
 
 BookFactory = Callable[[Instrument], Book]
 

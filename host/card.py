@@ -49,6 +49,7 @@ from exchange.instruments import Instrument
 from exchange.layout import LayoutError
 from exchange.matcher_format import CommandRecord, EventRecord, MatcherConfig
 from exchange.orders import BasePriceSet, Command, Event, SetBasePrice, Side
+from exchange.recent_ids import RecentOrderIds
 from host.framing import Frame, Link, LinkTimeout
 from host.matcher_driver import MatcherDriver, MatcherDriverError
 
@@ -376,6 +377,10 @@ class HardwareBook:
             pass
 
     # -- the book interface
+
+    def remember_ids(self, window: RecentOrderIds) -> None:
+        """The duplicate rule's ids in ``window`` (see :meth:`host.matcher_driver.MatcherDriver.remember_ids`)."""
+        self.driver.remember_ids(window)
 
     @property
     def seq(self) -> int:

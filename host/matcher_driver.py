@@ -67,6 +67,7 @@ from exchange.orders import (
     Side,
     TimeInForce,
 )
+from exchange.recent_ids import RecentOrderIds
 
 __all__ = ["MatcherDriver", "MatcherDriverError", "RestingOrder", "Steps"]
 
@@ -131,18 +132,29 @@ class MatcherDriver:
         self._tick = instrument.tick_size
         self._lot = instrument.lot_size
         self._band = instrument.band
+        self._window: RecentOrderIds | None = None  # what remember_ids set: a reset starts an empty one like it
         self._reset_state()
 
     def _reset_state(self) -> None:
         self.seq = 0
         self.match_number = 0
         self.base_price: int | None = None
-        self.seen_ids: set[int] = set()
+        window = self._window
+        self.seen_ids: set[int] | RecentOrderIds = \
+            set() if window is None else RecentOrderIds(window.limit, window.origin_of)
         self.by_id: dict[int, RestingOrder] = {}
         self.by_handle: dict[int, RestingOrder] = {}
         # Priority order per (side, price): the L3 view, kept from the records.
         self.levels: dict[tuple[Side, int], OrderedDict[int, RestingOrder]] = {}
         self.records_sent = 0
+
+    def remember_ids(self, window: RecentOrderIds) -> None:
+        """Remember order ids for the duplicate rule in ``window`` (the newest per gateway) instead of all of them,
+        as :meth:`exchange.engine.OrderBook.remember_ids` does for a cluster's software book. Set on a fresh book."""
+        if self.seq or self.seen_ids or self.by_id:
+            raise ValueError("remember_ids needs a fresh book")
+        self._window = window
+        self.seen_ids = window
 
     # -- pumps -----------------------------------------------------------------------------------
 
@@ -265,7 +277,7 @@ class MatcherDriver:
         oid = cmd.order_id
         if type(oid) is not int or oid <= 0:
             return RejectReason.INVALID_ORDER_ID, f"order_id must be a positive integer, got {oid!r}"
-        if oid in self.seen_ids:
+        if oid in self.seen_ids or oid in self.by_id:  # a window may have let go of a resting order's id
             return RejectReason.DUPLICATE_ORDER_ID, f"order_id {oid} was used before"
         account = cmd.account
         if (not isinstance(account, str) or not 0 < len(account) <= MAX_ACCOUNT_LEN or not account.isascii()

@@ -39,6 +39,7 @@ from exchange.orders import (
     Side,
     TimeInForce,
 )
+from exchange.recent_ids import RecentOrderIds
 from exchange.script import command_to_json, event_to_json
 from host.matcher_driver import MatcherDriver
 
@@ -554,13 +555,14 @@ def cycle_stats(kinds: Sequence[str], bursts: Sequence[list[EventRecord]], resul
 
 
 def run_pysim(config: MatcherConfig, instrument: Instrument, commands: Sequence[Command], *, stall: float = 0.0,
-              seed: int = 0, stream: bool = False, vcd: str | None = None,
+              seed: int = 0, stream: bool = False, vcd: str | None = None, window: RecentOrderIds | None = None,
               ) -> tuple[list[list[Event]], MatcherSession, StreamResult | None]:
     """Run ``commands`` through the host driver and the matcher in ``amaranth.sim`` (no HDL
     simulator needed; slow, so for small configurations and unit tests).
 
     Returns the events per command, the session (every record exchanged) and, with ``stream``,
     the result of replaying the session's records back to back from reset (sink always ready).
+    ``window``: the driver's duplicate rule remembers ids in it (``MatcherDriver.remember_ids``).
     """
     from amaranth.hdl import ResetInserter, Signal
     from amaranth.sim import Simulator
@@ -571,6 +573,8 @@ def run_pysim(config: MatcherConfig, instrument: Instrument, commands: Sequence[
     reset = Signal()
     top = ResetInserter(reset)(dut)
     session = MatcherSession(instrument, config)
+    if window is not None:
+        session.driver.remember_ids(window)
     rng = random.Random(seed)
     events: list[list[Event]] = []
     replay = StreamResult()
@@ -814,6 +818,10 @@ class SimBook:
 
     def depth(self, levels: int | None = None) -> dict[str, list[tuple[int, int, int]]]:
         return self.session.driver.depth(levels)
+
+    def remember_ids(self, window: RecentOrderIds) -> None:
+        """The duplicate rule's ids in ``window`` (see :meth:`host.matcher_driver.MatcherDriver.remember_ids`)."""
+        self.session.driver.remember_ids(window)
 
     # -- figures and shutdown -----------------------------------------------------------------
 

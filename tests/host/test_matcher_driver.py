@@ -32,6 +32,8 @@ from exchange.orders import (
     ModifyOrder,
     NewOrder,
     OrderType,
+    Rejected,
+    RejectReason,
     SelfTradePrevention,
     SetBasePrice,
     Side,
@@ -185,6 +187,37 @@ def test_queries_follow_the_book():
     assert driver.resting_qty() == book.resting_qty()
     for side, price in driver.levels:
         assert driver.orders_at(side, price) == book.orders_at(side, price)
+
+
+def test_a_window_of_recent_ids_keeps_the_duplicate_rule_of_the_software_book():
+    """A cluster's card book remembers the newest ids per gateway, as its software book does: the same events."""
+    from exchange.recent_ids import RecentOrderIds
+
+    def gateway_of(order_id: int) -> int:
+        return order_id >> 8
+
+    first, second = 1 << 8, 2 << 8  # the ids of two gateways
+    commands = [SetBasePrice("QQ", 100_000)]  # the gateware's window: 16 ticks of 5 either side
+    commands += [NewOrder("QQ", first + k, "A", Side.BUY, 99_940 + 5 * k, 10) for k in range(1, 7)]
+    commands += [NewOrder("QQ", second + 1, "B", Side.SELL, 100_050, 10), CancelOrder("QQ", first + 2)]
+    commands += [CancelOrder("QQ", first + k) for k in (3, 4, 5)]
+    commands += [
+        NewOrder("QQ", first + 2, "A", Side.BUY, 99_950, 10),  # out of the window of 3: not a duplicate any more
+        NewOrder("QQ", first + 5, "A", Side.BUY, 99_950, 10),  # in it: a duplicate
+        NewOrder("QQ", first + 1, "A", Side.BUY, 99_950, 10),  # out of it, but resting: a duplicate
+        NewOrder("QQ", second + 1, "B", Side.SELL, 100_060, 10),  # the other gateway's window has it
+    ]
+    events, session, _ = run_pysim(SMALL, QQ, commands, window=RecentOrderIds(3, gateway_of))
+    book = OrderBook(QQ, SMALL.profile())
+    book.remember_ids(RecentOrderIds(3, gateway_of))
+    expected = [book.process(command) for command in commands]
+    assert first_mismatch(commands, expected, events) is None
+    reasons = [e.reason for e in events[-3] + events[-2] + events[-1] if isinstance(e, Rejected)]
+    assert reasons == [RejectReason.DUPLICATE_ORDER_ID] * 3
+    assert not any(isinstance(e, Rejected) for e in events[-4])
+    assert len(session.driver.seen_ids) == 4  # the newest 3 of one gateway, 1 of the other
+    with pytest.raises(ValueError, match="fresh book"):
+        session.driver.remember_ids(RecentOrderIds(3, gateway_of))
 
 
 # -- protocol checks ----------------------------------------------------------------------------------
