@@ -16,7 +16,17 @@ import zmq
 
 from actors.config import ClusterConfig
 from actors.metrics import Log2Histogram
-from actors.transport import Batch, ControlRequest, LocalDirectory, Outbox, PeerDown, PeerUp, SendResult, Tick
+from actors.transport import (
+    HEARTBEAT_MS,
+    Batch,
+    ControlRequest,
+    LocalDirectory,
+    Outbox,
+    PeerDown,
+    PeerUp,
+    SendResult,
+    Tick,
+)
 from exchange.wire import ORDER, ORDER_SIZE, REPORT, REPORT_SIZE, MessageKind
 
 _unpack_trace = struct.Struct("<Q").unpack_from
@@ -53,6 +63,7 @@ class NodeContext:
     supervisor: pykka.ActorRef | None = None
     stats_interval: float = 1.0
     many_books: bool = False  # the node ticks its books in turn (Node.tick)
+    heartbeat_ms: int = HEARTBEAT_MS  # the ZMTP heartbeat interval of the node's sockets (heartbeat_interval_ms)
 
 
 class ClusterActor(pykka.ThreadingActor):
@@ -125,7 +136,7 @@ class ClusterActor(pykka.ThreadingActor):
         # Registered before anything can address it (a gateway's client threads start in on_start).
         self.ctx.local.register(self.index, self.actor_ref)
         self.outbox = Outbox(self.ctx.zmq_context, self.config, self.name, self.ctx.local, self.ctx.node,
-                             peers=self.peer_nodes())
+                             peers=self.peer_nodes(), heartbeat_ms=self.ctx.heartbeat_ms)
 
     def on_stop(self) -> None:
         if self.outbox is not None:

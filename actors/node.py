@@ -34,7 +34,7 @@ from actors.gateway import GatewayActor
 from actors.marketdata import MarketDataActor
 from actors.metrics import MetricsServer, start_node_metrics
 from actors.risk import RiskActor
-from actors.transport import Inbound, LocalDirectory, Tick
+from actors.transport import HEARTBEAT_MS, Inbound, LocalDirectory, Tick, heartbeat_interval_ms
 
 log = logging.getLogger("matchwire.node")
 
@@ -230,16 +230,22 @@ OPEN_FILES_PER_ACTOR = 3
 OPEN_FILES_SPARE = 256
 
 
-def open_files_needed(config: ClusterConfig, name: str) -> int:
-    """About how many files node ``name`` keeps open: per actor, its own files and a connection to each node it sends
-    to; per actor elsewhere that sends to this node, the accepted connection. A node of 200 books had 1,221."""
+def node_connections(config: ClusterConfig, name: str) -> tuple[int, int]:
+    """(outgoing, incoming) connections of node ``name``: one per local actor and node it sends to, one per actor
+    elsewhere that sends to this node."""
     peers = {actor: book_peer_nodes(config, actor) if actor.startswith("book/")
              else [node.name for node in config.nodes if node.name != config.actor_node[actor].name]
              for actor in config.actor_names}
-    local = config.node(name).actors
-    outgoing = sum(len(peers[actor]) for actor in local)
+    outgoing = sum(len(peers[actor]) for actor in config.node(name).actors)
     incoming = sum(name in nodes for nodes in peers.values())
-    return OPEN_FILES_PER_ACTOR * len(local) + outgoing + incoming + OPEN_FILES_SPARE
+    return outgoing, incoming
+
+
+def open_files_needed(config: ClusterConfig, name: str) -> int:
+    """About how many files node ``name`` keeps open: per actor, its own files and a connection to each node it sends
+    to; per actor elsewhere that sends to this node, the accepted connection. A node of 200 books had 1,221."""
+    outgoing, incoming = node_connections(config, name)
+    return OPEN_FILES_PER_ACTOR * len(config.node(name).actors) + outgoing + incoming + OPEN_FILES_SPARE
 
 
 def ensure_open_files(config: ClusterConfig, name: str) -> None:
@@ -320,13 +326,19 @@ class Node:
         # One process per journal (each actor's directory locked), and journals that do not fit the configuration
         # any more refused, before anything replays them.
         check_state_dir(self.config, self.name, self.state_locks)
-        self.inbound = Inbound(self.zmq_context, self.config, self.name, self.local)
+        outgoing, incoming = node_connections(self.config, self.name)
+        self.heartbeat_ms = heartbeat_interval_ms(outgoing + incoming)
+        if self.heartbeat_ms > HEARTBEAT_MS:
+            log.info("node %s: %d connections: heartbeats every %.1f s", self.name, outgoing + incoming,
+                     self.heartbeat_ms / 1000)
+        self.inbound = Inbound(self.zmq_context, self.config, self.name, self.local, heartbeat_ms=self.heartbeat_ms,
+                               backlog=max(100, incoming))
         self.gc_pauses = GcPauses()
         self.supervisor = SupervisorActor.start(self.config, self.name, self.control_endpoint, self.fatal,
                                                 self.inbound, self.gc_pauses)
         many_books = sum(name.startswith("book/") for name in self.node.actors) > MANY_BOOKS
         context = NodeContext(self.config, self.name, self.zmq_context, self.local, self.supervisor,
-                              stats_interval=0.25, many_books=many_books)
+                              stats_interval=0.25, many_books=many_books, heartbeat_ms=self.heartbeat_ms)
         for actor_name in self.node.actors:
             ref = start_actor(context, actor_name, self.node.backend, self.node.link)
             index = self.config.actor_index[actor_name]

@@ -66,6 +66,29 @@ def send_frames(socket: zmq.Socket, routing_id: bytes, header: bytes, payload: b
 
 PING_HEADER_KIND = MessageKind.PING
 
+HEARTBEAT_MS = 1000  # ZMTP heartbeat interval of a node with few connections
+HEARTBEAT_MAX_MS = 10_000
+HEARTBEATS_PER_SECOND = 500  # connections a node heartbeats each second at most (below the cap)
+
+
+def heartbeat_interval_ms(connections: int) -> int:
+    """The ZMTP heartbeat interval for the sockets of a node with ``connections`` connections (its actors' to their
+    peers and its peers' to it).
+
+    libzmq cancels a timer by walking every timer of its I/O thread, and a heartbeat answered is a timer cancelled, so a
+    node's heartbeats cost the square of its connections each interval: at 4,000 instruments (6,000 connections a
+    book node) the I/O thread spent most of a core walking timers while the cluster stood idle, and orders waited
+    seconds behind it. So a node of many connections heartbeats less often, at most every ``HEARTBEAT_MAX_MS``; a peer
+    that dies with its process is still seen at once (its connections close), one whose host vanishes later.
+    """
+    return min(HEARTBEAT_MAX_MS, max(HEARTBEAT_MS, connections * 1000 // HEARTBEATS_PER_SECOND))
+
+
+def heartbeat_timeout_ms(interval_ms: int) -> int:
+    """How long a connection may stay silent before it counts as dead: generous, since a peer merely starved of CPU
+    must not be taken for dead (kill -9 closes the connection and is seen at once anyway)."""
+    return max(5000, 3 * interval_ms)
+
 
 @dataclass(slots=True)
 class Batch:
@@ -189,7 +212,7 @@ class Outbox:
     """
 
     def __init__(self, context: zmq.Context, config: ClusterConfig, owner: str, local: LocalDirectory,
-                 local_node: str, peers: Iterable[str] | None = None) -> None:
+                 local_node: str, peers: Iterable[str] | None = None, heartbeat_ms: int = HEARTBEAT_MS) -> None:
         self.config = config
         self.owner = owner
         self.owner_index = config.actor_index[owner]
@@ -206,11 +229,9 @@ class Outbox:
         # Without IMMEDIATE a connecting socket keeps its pipe to a dead peer and queues into it,
         # silently; with it, a dead peer is unroutable at once and the sender knows.
         self.socket.setsockopt(zmq.IMMEDIATE, 1)
-        # Heartbeats find a peer that vanished without closing its connection. The timeout is
-        # generous: a peer merely starved of CPU must not be taken for dead (kill -9 closes the
-        # connection and is seen at once anyway).
-        self.socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+        # Heartbeats find a peer that vanished without closing its connection (heartbeat_interval_ms).
+        self.socket.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_timeout_ms(heartbeat_ms))
         self.socket.setsockopt(zmq.RECONNECT_IVL, 50)
         self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         self.peer_ids: dict[str, bytes] = {}
@@ -376,8 +397,11 @@ class Inbound(threading.Thread):
     socket's queue fills and senders see "busy": bounded queues end to end.
     """
 
-    def __init__(self, context: zmq.Context, config: ClusterConfig, node_name: str, local: LocalDirectory) -> None:
+    def __init__(self, context: zmq.Context, config: ClusterConfig, node_name: str, local: LocalDirectory,
+                 heartbeat_ms: int = HEARTBEAT_MS, backlog: int = 100) -> None:
         super().__init__(name=f"inbound-{node_name}", daemon=True)
+        self.heartbeat_ms = heartbeat_ms
+        self.backlog = backlog
         self.context = context
         self.config = config
         self.node = config.node(node_name)
@@ -404,8 +428,11 @@ class Inbound(threading.Thread):
             socket.setsockopt(zmq.RCVHWM, self.config.send_hwm)
             socket.setsockopt(zmq.RCVBUF, self.config.socket_buffer)
             socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-            socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+            socket.setsockopt(zmq.HEARTBEAT_IVL, self.heartbeat_ms)
+            socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_timeout_ms(self.heartbeat_ms))
+            # Every actor elsewhere that sends here connects at its start, thousands at once with many books: a
+            # connection the listen queue drops waits for the kernel's SYN retry (1 s, then 3 s...).
+            socket.setsockopt(zmq.BACKLOG, self.backlog)
             socket.bind(self.config.endpoint(self.node, bind=True))
         except zmq.ZMQError as exc:
             self.error = exc

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 from rich.console import Console
 
 from actors.admin import admin_request
@@ -24,9 +25,17 @@ from actors.bench_instruments import config_text
 from actors.client import ClusterClient
 from actors.cluster import VIEW_INSTRUMENTS, merge_stats, render_view
 from actors.config import load_config, name_list
-from actors.node import MANY_BOOKS, open_files_needed
+from actors.node import MANY_BOOKS, node_connections, open_files_needed
 from actors.ports import free_port_block
 from actors.top import LADDERS, run_top
+from actors.transport import (
+    HEARTBEAT_MAX_MS,
+    HEARTBEAT_MS,
+    LocalDirectory,
+    Outbox,
+    heartbeat_interval_ms,
+    heartbeat_timeout_ms,
+)
 from exchange.orders import Accepted
 from tests.actors.cluster_helpers import start_cluster, wait_for
 
@@ -66,6 +75,28 @@ def test_partial_statistics_update_the_actors_they_name_and_a_full_report_replac
     assert merge_stats(first, {"type": "stats", "actors": {}}) == {"type": "stats", "actors": {}}  # older nodes
 
 
+def test_a_node_of_many_connections_heartbeats_less_often(tmp_path):
+    """libzmq cancels a timer by walking all of its I/O thread's timers, so heartbeats cost a node the square of its
+    connections: at 4,000 instruments an idle book node's I/O thread used most of a core, and first orders waited
+    seconds behind it (docs/cluster.md "Many instruments")."""
+    assert heartbeat_interval_ms(12) == HEARTBEAT_MS == 1000
+    assert heartbeat_interval_ms(3090) == 6180 and heartbeat_interval_ms(6000) == HEARTBEAT_MAX_MS == 10_000
+    assert heartbeat_timeout_ms(1000) == 5000 and heartbeat_timeout_ms(10_000) == 30_000
+    path = tmp_path / "cluster.toml"
+    path.write_text(config_text(4000, free_port_block(100), tmp_path / "state"))
+    config = load_config(path)
+    assert node_connections(config, "book1") == (6000, 4)  # each book to gateway, risk, md; those actors to it
+    assert node_connections(config, "gateway") == (4, 4003)  # every book, both risk shards, md
+    context = zmq.Context()
+    try:
+        outbox = Outbox(context, config, "risk/0", LocalDirectory(), "risk", heartbeat_ms=7000)
+        assert (outbox.socket.getsockopt(zmq.HEARTBEAT_IVL), outbox.socket.getsockopt(zmq.HEARTBEAT_TIMEOUT)) == \
+            (7000, 21_000)
+        outbox.close()
+    finally:
+        context.term()
+
+
 def test_nodes_of_many_books_answer_every_order_keep_the_view_current_and_deliver_held_reports(tmp_path):
     path = tmp_path / "cluster.toml"
     path.write_text(config_text(INSTRUMENTS, free_port_block(100), tmp_path / "state") + '[[account]]\nname = "A2"\n')
@@ -86,6 +117,7 @@ def test_nodes_of_many_books_answer_every_order_keep_the_view_current_and_delive
             assert wait_for(view_current, timeout=15)
             log = (tmp_path / "logs" / "book1.log").read_text()
             assert "node book1 up: actors book/S0000, book/S0001, " in log and " and 1,018 more on tcp://" in log
+            assert "node book1: 3094 connections: heartbeats every 6.2 s" in log
 
             # The views show a few instruments, the most traded first: one trade, in an instrument far down the list.
             traded_symbol = symbols[-3]
