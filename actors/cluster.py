@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -358,7 +359,27 @@ def run_cluster(config: ClusterConfig, config_path: str | None, duration: float 
     exit_codes = cluster.stop()
     signal.signal(signal.SIGINT, previous)
     _summary(out, traders, final_counts, elapsed, exit_codes, cluster)
+    _tidy_run_state(out, cluster, exit_codes)
     return 0 if not any(n.reported_dead for n in cluster.nodes.values()) or not cluster.events else 1
+
+
+def _tidy_run_state(out: TextIO, cluster: Cluster, exit_codes: dict[str, int | None]) -> None:
+    """Journals in the run's own directory (no ``state_dir`` configured) serve this run only: the next run starts a
+    fresh one. After a clean run they go (every ``make run`` left its journals and archives in /tmp); after a node
+    died they stay, for ``matchwire journal inspect``. The logs stay either way."""
+    durability = cluster.config.durability
+    if not durability.enabled or durability.state_dir:
+        return
+    state = Path(cluster.state_dir)
+    clean = all(code == 0 for code in exit_codes.values()) and not cluster.restarts and \
+        not any(node.reported_dead for node in cluster.nodes.values())
+    if clean:
+        shutil.rmtree(state, ignore_errors=True)
+        print(f"  logs in {cluster.log_dir} (this run's journals removed: set [durability] state_dir to keep "
+              "them)", file=out, flush=True)
+    else:
+        print(f"  logs in {cluster.log_dir}; journals kept for inspection in {state} "
+              "(matchwire journal inspect)", file=out, flush=True)
 
 
 def _start_demo(config: ClusterConfig, stop: threading.Event) -> list[DemoTrader]:

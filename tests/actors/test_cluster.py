@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -183,7 +184,8 @@ def test_nodes_die_with_a_killed_launcher(tmp_path):
 
     path = write_config(tmp_path)
     launcher = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", "--config", str(path), "--no-demo",
-                                 "--duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                 "--duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=_run_env(tmp_path))
     try:
         assert wait_for(lambda: len(_descendants(launcher.pid)) >= 5, timeout=20)
         nodes = _descendants(launcher.pid)
@@ -208,7 +210,7 @@ def test_ctrl_c_to_the_terminal_group_is_an_orderly_shutdown(tmp_path):
     path = write_config(tmp_path)
     launcher = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", "--config", str(path), "--no-demo",
                                  "--duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, text=True)
+                                start_new_session=True, text=True, env=_run_env(tmp_path))
     try:
         assert wait_for(lambda: len(_descendants(launcher.pid)) >= 5, timeout=20)
         nodes = _descendants(launcher.pid)
@@ -222,6 +224,30 @@ def test_ctrl_c_to_the_terminal_group_is_an_orderly_shutdown(tmp_path):
     finally:
         if launcher.poll() is None:
             launcher.kill()
+
+
+def _run_env(tmp_path: Path) -> dict[str, str]:
+    """The environment for a ``matchwire run`` under test: its run directory (logs, journals) inside ``tmp_path``."""
+    return {**os.environ, "TMPDIR": str(tmp_path)}
+
+
+def _run_dirs(tmp_path: Path) -> list[Path]:
+    return sorted(tmp_path.glob("matchwire-run-*"))
+
+
+def test_a_clean_run_removes_its_own_journals_and_keeps_its_logs(tmp_path):
+    """Without a configured state_dir the journals serve one run (the next starts a fresh directory): after a clean
+    run they go; every `make run` had left its journals and archives behind in /tmp."""
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path, extra='[durability]\nenabled = true\nfsync = "none"\n')
+    result = subprocess.run([sys.executable, "-m", "actors.cli", "run", "--config", str(path), "--no-demo",
+                             "--duration", "2"], capture_output=True, text=True, timeout=90, env=_run_env(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [run_dir] = _run_dirs(tmp_path)
+    assert f"logs in {run_dir} (this run's journals removed" in result.stdout, result.stdout[-2000:]
+    assert (run_dir / "gateway.log").is_file() and not (run_dir / "state").exists()
 
 
 def _node_pid(launcher_pid: int, name: str) -> int | None:
@@ -261,7 +287,7 @@ def test_with_journals_the_launcher_starts_a_killed_node_again(tmp_path, flags):
     path = write_config(tmp_path, extra='[durability]\nenabled = true\nfsync = "batch"\n')
     launcher = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", "--config", str(path), "--no-demo",
                                  "--duration", "8", *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, text=True)
+                                start_new_session=True, text=True, env=_run_env(tmp_path))
     try:
         started = _read_until(launcher, "cluster ready")
         os.kill(_node_pid(launcher.pid, "book2"), signal.SIGKILL)
@@ -277,6 +303,10 @@ def test_with_journals_the_launcher_starts_a_killed_node_again(tmp_path, flags):
             assert "nodes started again after dying: book2 x1" in output, output[-3000:]
             assert "nodes exited: gateway=0, risk=0, book1=0, book2=0, md=0" in output, output[-3000:]
             assert launcher.returncode == 0, output[-3000:]
+        # A node died: the run's journals stay for inspection.
+        [run_dir] = _run_dirs(tmp_path)
+        assert f"journals kept for inspection in {run_dir / 'state'}" in output, output[-3000:]
+        assert (run_dir / "state" / "book2").is_dir()
     finally:
         if launcher.poll() is None:
             launcher.kill()
@@ -303,7 +333,8 @@ def test_make_run_trades_and_its_demo_traders_ride_out_a_gateway_restart(tmp_pat
     path = tmp_path / "default.toml"
     path.write_text(text)
     launcher = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", "--config", str(path), "--duration", "14"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True,
+                                env=_run_env(tmp_path))
     try:
         started = _read_until(launcher, "demo traders over OUCH")
         time.sleep(3.0)  # trading
@@ -339,7 +370,8 @@ def test_a_second_cluster_on_the_same_ports_is_refused_with_a_reason(tmp_path):
         taken.bind((host, int(port)))
         taken.listen()
         result = subprocess.run([sys.executable, "-m", "actors.cli", "run", "--config", str(path), "--no-demo",
-                                 "--duration", "1"], capture_output=True, text=True, timeout=60)
+                                 "--duration", "1"], capture_output=True, text=True, timeout=60,
+                                env=_run_env(tmp_path))
     assert result.returncode == 1
     assert "cannot listen for the nodes' reports" in result.stderr and "another cluster" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
