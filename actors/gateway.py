@@ -15,10 +15,13 @@ import contextlib
 import itertools
 import logging
 import operator
+import shutil
 import struct
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 
@@ -73,6 +76,7 @@ _TAG_EVENT = b"E"  # a report from a book or risk, as applied (96 bytes)
 _TAG_FAILURE = b"F"  # an order record risk could not take: reason code, the 64-byte record
 _TAG_LEASE = b"A"  # order ids below this number may have been used: a restart mints from here on
 ID_LEASE = 4096
+SPILL_MESSAGES = 20_000  # without journals, OUCH messages held in memory before they go to the spill file
 _OUCH_HEAD = struct.Struct("<BHH")
 _FAILURE_REASONS = (ClusterReason.BUSY, ClusterReason.INSTRUMENT_UNAVAILABLE)
 
@@ -306,6 +310,7 @@ class GatewayActor(ClusterActor):
         self.snapshots: ActorSnapshots | None = None
         self.archive: SnapshotArchive | None = None
         self.store: DurableSequencedStore | None = None
+        self.spill_dir: Path | None = None  # without journals: where the OUCH sessions' older messages go
         self.gate = ResendGate()
         self.replaying = False
         self.recovery: str | None = None
@@ -372,6 +377,13 @@ class GatewayActor(ClusterActor):
             self._committed_index = self.journal.index
             self.snapshots = ActorSnapshots(durability, self.journal)
             recovered = state is not None or bool(records)
+        if self.users is not None and self.store is None:
+            # Without journals, a session's messages still go to disk (a client may ask for any of them again),
+            # so that its memory does not grow with the day: a spill directory of this process's own.
+            self.spill_dir = Path(tempfile.mkdtemp(prefix=f"matchwire-{self.name.replace('/', '-')}-soup-"))
+            self.store = DurableSequencedStore(None)
+            self.archive = SnapshotArchive(self.spill_dir, 0, sink=self.store.restore_archived)
+            self.store.archive = self.archive
         if self.users is not None:
             host, port = self.config.ouch_address(self.name)
             # The same bound as the node's inbound pump: above it the pump stops reading, so a deeper OUCH
@@ -569,6 +581,12 @@ class GatewayActor(ClusterActor):
             self.journal.close()
         if self.archive is not None:
             self.archive.close()
+        self._remove_spill()
+
+    def _remove_spill(self) -> None:
+        if self.spill_dir is not None:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+            self.spill_dir = None
 
     def on_failure(self, exception_type: type, exception_value: BaseException, traceback: object) -> None:
         # pykka calls this instead of on_stop when the actor dies of an exception. Without it the SoupBinTCP
@@ -588,6 +606,7 @@ class GatewayActor(ClusterActor):
             if closable is not None:
                 with contextlib.suppress(OSError):  # what could not be written stays unwritten: the journal
                     closable.close()                 # recovers to its last whole record
+        self._remove_spill()
         super().on_failure(exception_type, exception_value, traceback)
 
     def _risk_of(self, account: str) -> int:
@@ -697,6 +716,8 @@ class GatewayActor(ClusterActor):
         send_many = self.soup.send_sequenced_many
         for username, run in itertools.groupby(out, key=_first):
             send_many(username, [payload for _, payload in run])
+        if self.spill_dir is not None and self.store.held_in_memory() >= SPILL_MESSAGES:  # type: ignore[union-attr]
+            self.store.archive_unarchived()  # type: ignore[union-attr]
 
     def _ouch_reject(self, symbol: str, order_id: int, op: str, reason: str, account: str) -> None:
         self.count(f"rejected_{reason}")

@@ -133,11 +133,16 @@ class DurableSequencedStore:
     messages appended since the last one into the archive (:meth:`archive_unarchived`). Archived messages are then
     read back from the archive's files when a client asks for them (a re-login asking for old messages, or a client
     that fell behind), not kept in memory.
+
+    Without a journal (``journal=None``; a gateway without journals), messages are visible at once and the archive
+    is a spill file in a directory of the owner's: the owner archives whenever enough are held in memory. Nothing
+    survives the process then, as without journals anything else, but a session's memory no longer grows with it.
     """
 
-    def __init__(self, journal: JournalWriter, archive: SnapshotArchive | None = None) -> None:
-        self.journal = journal
+    def __init__(self, journal: JournalWriter | None, archive: SnapshotArchive | None = None) -> None:
+        self.journal = journal  # None: messages are not journaled and visible at once (a spill to disk, see below)
         self.archive = archive
+        self._held = 0  # messages in memory, all users
         self._tails: dict[str, list[bytes]] = {}  # per user, the messages not archived (all of them without archive)
         self._base: dict[str, int] = {}  # per user, how many messages come before its tail (archived)
         self._index: dict[str, _ArchiveIndex] = {}
@@ -171,6 +176,7 @@ class DurableSequencedStore:
         username, payload = decoded
         tail = self._tails.setdefault(username, [])
         tail.append(payload)
+        self._held += 1
         self._visible[username] = self._base.get(username, 0) + len(tail)
         return True
 
@@ -206,16 +212,22 @@ class DurableSequencedStore:
                 self._base[username] = base + len(tail)
                 # Only what was archived goes: the owner's thread appends, and it is the one calling.
                 self._tails[username] = []
+            self._held -= len(records)
         return len(records)
 
     def append(self, username: str, payload: bytes) -> int:
-        self.journal.append(encode_sequenced_record(username, payload))
         tail = self._tails.get(username)
         if tail is None:
             tail = self._tails[username] = []
         tail.append(payload)
-        self._unpublished.add(username)
-        return self._base.get(username, 0) + len(tail)
+        self._held += 1
+        seq = self._base.get(username, 0) + len(tail)
+        if self.journal is None:
+            self._visible[username] = seq
+        else:
+            self.journal.append(encode_sequenced_record(username, payload))
+            self._unpublished.add(username)
+        return seq
 
     def get_from(self, username: str, seq: int, limit: int) -> list[bytes]:
         with self._lock:
@@ -309,7 +321,7 @@ class DurableSequencedStore:
 
     def held_in_memory(self) -> int:
         """Messages kept in memory (not yet archived), all users."""
-        return sum(len(tail) for tail in self._tails.values())
+        return self._held
 
     def publish(self) -> set[str]:
         """Make every appended message visible (the caller made the journal durable); the users touched."""
@@ -320,6 +332,7 @@ class DurableSequencedStore:
 
     def commit(self) -> set[str]:
         """Commit the journal by its policy (waiting for the batch policy's fsync), then publish."""
+        assert self.journal is not None
         self.journal.commit()
         if not self.journal.durable():
             wait = self.journal.sync_due_ns()
@@ -329,4 +342,5 @@ class DurableSequencedStore:
         return self.publish()
 
     def close(self) -> None:
-        self.journal.close()
+        if self.journal is not None:
+            self.journal.close()

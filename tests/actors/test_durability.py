@@ -775,6 +775,45 @@ def test_a_gateway_keeps_old_ouch_messages_on_disk_and_a_login_from_one_gets_the
         cluster.stop()
 
 
+def test_without_journals_a_gateway_spills_old_ouch_messages_and_a_login_from_one_gets_them_all(tmp_path,
+                                                                                                  monkeypatch):
+    """Without journals the session's messages go to a spill file once 20,000 are held (SPILL_MESSAGES): a login
+    from message 1 still gets the whole stream, and the spill directory goes with the gateway."""
+    from actors.gateway import SPILL_MESSAGES
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the nodes' spill directories, to look at
+    path = write_config(tmp_path, extra=users_toml(OUCH_USERS))
+    cluster = start_cluster(path, tmp_path / "logs")
+    address = cluster.config.ouch_address()
+    orders = SPILL_MESSAGES // 2 + 1_000
+    try:
+        with OuchClient(*address, "TRADA", "trada-pw", next_seq=1) as client:
+            for start in range(0, orders, 500):
+                with client.batch():
+                    for k in range(start, start + 500):
+                        ref = client.enter_order(SYMBOLS[k % len(SYMBOLS)], "B", 100, 900_000 - 100 * (k % 50))
+                        client.cancel_order(ref)  # before its Order Accepted: the book cancels it behind it
+                time.sleep(0.02)
+            live: list[dict] = []
+            deadline = time.monotonic() + 60
+            while len(live) < 2 * orders and time.monotonic() < deadline:
+                live += client.messages(0.2)
+        assert [m["type"] for m in live] == ["A", "C"] * orders
+        [spill] = tmp_path.glob("matchwire-gateway-0-soup-*")
+        assert list(spill.glob("archive/journal-*.log"))
+        stats = admin_request(cluster.config, "gateway/0", {"command": "stats"})["stats"]
+        assert stats["soup_messages_in_memory"] < 2 * orders - SPILL_MESSAGES + 1, stats["soup_messages_in_memory"]
+        with OuchClient(*address, "TRADA", "trada-pw", next_seq=1) as again:
+            replayed: list[dict] = []
+            deadline = time.monotonic() + 30
+            while len(replayed) < len(live) and time.monotonic() < deadline:
+                replayed += again.messages(0.2)
+        assert replayed == live
+    finally:
+        cluster.stop()
+    assert not list(tmp_path.glob("matchwire-gateway-0-soup-*"))
+
+
 def _logs_in(address: tuple[str, int]) -> bool:
     try:
         with OuchClient(*address, "TRADB", "tradb-pw", next_seq=0):

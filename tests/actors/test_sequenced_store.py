@@ -86,3 +86,15 @@ def test_a_damaged_archive_is_reported_once_and_what_comes_before_the_damage_is_
     reports = [r.getMessage() for r in caplog.records]
     assert len(reports) == 1 and "CRC mismatch" in reports[0] and f"from {len(got) + 1} on" in reports[0]
     assert str(tmp_path / "archive") in reports[0] and store.archive_read_errors == 1
+
+
+def test_without_a_journal_messages_are_visible_at_once_and_spill_to_the_archive(tmp_path):
+    store = DurableSequencedStore(None)
+    store.archive = SnapshotArchive(tmp_path, 0, sink=store.restore_archived)
+    assert [store.append("U", b"m%d" % k) for k in range(1, 4)] == [1, 2, 3]
+    assert store.get_from("U", 1, 10) == [b"m1", b"m2", b"m3"]  # nothing to publish: no journal to wait for
+    assert store.archive_unarchived() == 3 and store.held_in_memory() == 0
+    store.append("U", b"m4")
+    assert store.get_from("U", 2, 10) == [b"m2", b"m3", b"m4"] and store.held_in_memory() == 1
+    assert not list(tmp_path.glob("journal-*"))  # only the archive was written
+    store.close()
