@@ -716,8 +716,8 @@ class GatewayActor(ClusterActor):
         send_many = self.soup.send_sequenced_many
         for username, run in itertools.groupby(out, key=_first):
             send_many(username, [payload for _, payload in run])
-        if self.spill_dir is not None and self.store.held_in_memory() >= SPILL_MESSAGES:  # type: ignore[union-attr]
-            self.store.archive_unarchived()  # type: ignore[union-attr]
+        if self.spill_dir is not None:
+            self.store.spill_if_due(SPILL_MESSAGES)  # type: ignore[union-attr]
 
     def _ouch_reject(self, symbol: str, order_id: int, op: str, reason: str, account: str) -> None:
         self.count(f"rejected_{reason}")
@@ -1130,4 +1130,5 @@ class GatewayActor(ClusterActor):
         if self.store is not None:
             out["soup_messages_in_memory"] = self.store.held_in_memory()
             out["soup_archive_read_errors"] = self.store.archive_read_errors
+            out["soup_spill_failed"] = self.store.spill_failed
         return out

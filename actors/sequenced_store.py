@@ -153,6 +153,7 @@ class DurableSequencedStore:
         self._lock = threading.Lock()
         self._unreadable: dict[str, int] = {}  # per user, the message the archive could not give back
         self.archive_read_errors = 0
+        self.spill_failed = False
         self.recovery = ""
 
     @classmethod
@@ -214,6 +215,20 @@ class DurableSequencedStore:
                 self._tails[username] = []
             self._held -= len(records)
         return len(records)
+
+    def spill_if_due(self, limit: int) -> None:
+        """Without a journal: move the messages held to the archive once ``limit`` are. A spill that fails (a full
+        disk) is logged, and the messages stay in memory from then on: a session goes on as before spilling
+        existed, rather than losing its gateway."""
+        if self._held < limit or self.spill_failed:
+            return
+        try:
+            self.archive_unarchived()
+        except OSError as exc:
+            self.spill_failed = True
+            assert self.archive is not None
+            log.error("cannot write sequenced messages to %s (%s): keeping them in memory from now on",
+                      self.archive.directory, exc)
 
     def append(self, username: str, payload: bytes) -> int:
         tail = self._tails.get(username)

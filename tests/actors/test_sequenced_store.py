@@ -98,3 +98,22 @@ def test_without_a_journal_messages_are_visible_at_once_and_spill_to_the_archive
     assert store.get_from("U", 2, 10) == [b"m2", b"m3", b"m4"] and store.held_in_memory() == 1
     assert not list(tmp_path.glob("journal-*"))  # only the archive was written
     store.close()
+
+
+def test_a_spill_that_fails_keeps_the_messages_in_memory_and_says_so_once(tmp_path, caplog):
+    import shutil
+
+    store = DurableSequencedStore(None)
+    store.archive = SnapshotArchive(tmp_path, 0, sink=store.restore_archived)
+    for k in range(5):
+        store.append("U", b"m%d" % k)
+    store.spill_if_due(5)
+    assert store.held_in_memory() == 0
+    shutil.rmtree(tmp_path / "archive")  # the spill directory gone (or its disk full): writing fails
+    with caplog.at_level(logging.ERROR, logger="matchwire.soup"):
+        for k in range(5, 20):
+            store.append("U", b"m%d" % k)
+            store.spill_if_due(5)
+    assert store.spill_failed and store.held_in_memory() == 15
+    assert len([r for r in caplog.records if "keeping them in memory" in r.getMessage()]) == 1
+    assert store.get_from("U", 6, 100) == [b"m%d" % k for k in range(5, 20)]  # from memory, in order
