@@ -211,6 +211,8 @@ _ACTOR_COUNTERS = {
     "journal_bytes": ("matchwire_journal_bytes", "Bytes appended to the book's journal"),
     "journal_snapshots": ("matchwire_journal_snapshots", "Snapshots the book wrote"),
     "reports_out": ("matchwire_gateway_reports", "Reports the gateway sent to its clients"),
+    "soup_archive_read_errors": ("matchwire_gateway_archive_read_errors",
+                                 "SoupBinTCP messages the archive could not give back (damaged files)"),
     "events": ("matchwire_md_events", "Book events received by market data"),
     "messages": ("matchwire_md_itch_messages", "ITCH messages market data published"),
     "packets": ("matchwire_md_packets", "MoldUDP64 packets market data sent"),
@@ -227,6 +229,8 @@ _ACTOR_GAUGES = {
     "next_seq": ("matchwire_md_next_sequence", "Next MoldUDP64 sequence number"),
     "soup_connections_open": ("matchwire_gateway_connections", "Open SoupBinTCP connections"),
     "soup_sessions_live": ("matchwire_gateway_sessions", "Logged-in SoupBinTCP sessions"),
+    "soup_messages_in_memory": ("matchwire_gateway_sequenced_in_memory",
+                                "SoupBinTCP messages held in memory (not yet in the archive or the spill file)"),
 }
 # Keys that are consumed elsewhere (or are not numbers worth a series).
 _SPECIAL = {"orders", "client_orders", "ouch_messages", "rejects", "seq", "bid", "bid_qty", "ask", "ask_qty",
