@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -65,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     cluster = Cluster(load_config(path), str(path), log_dir=work / "logs")
     try:
-        cluster.start(timeout=120)
+        try:
+            cluster.start(timeout=120)
+        except RuntimeError as exc:  # a node refused (its open-files limit, say): the reason, not a traceback
+            print(f"bench_instruments: {exc}", file=sys.stderr)
+            return 1
         print(f"instruments={args.instruments} start_s={time.monotonic() - started:.1f}")
         symbols = list(cluster.config.instruments)
         with ClusterClient(cluster.config.client_endpoint(), name="instruments") as client:

@@ -68,3 +68,17 @@ def test_bench_memory_prints_every_node_after_every_run(capsys, options):
         assert "soup_messages_in_memory=" in line, line
     with pytest.raises(SystemExit):
         bench_memory.main(["--runs", "0"])
+
+
+def test_bench_instruments_names_a_node_that_refuses_to_start():
+    import resource
+    import subprocess
+    import sys
+
+    limits = (1024, 1024)  # 400 books need some 1,500 files a book node
+    result = subprocess.run([sys.executable, "-m", "actors.bench_instruments", "--instruments", "400"],
+                            capture_output=True, text=True, timeout=120,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limits))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "bench_instruments: node book" in result.stderr and "open files" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
