@@ -8,16 +8,15 @@ sequence number) and then tells everyone it is back (a RECOVERED report).
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
-import struct
 import time
 from pathlib import Path
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import ClusterConfig, gateway_number_of, recent_order_ids
 from actors.durable import RESEND_REQUEST, instrument_grid, resend_done_record
+from actors.event_history import EventHistory, in_memory_for
 from exchange.engine import Book
 from exchange.journal import JournalWriter, recover
 from exchange.layout import LayoutError
@@ -38,14 +37,8 @@ from exchange.wire import (
 log = logging.getLogger("matchwire.book")
 
 _REPORTS = MessageKind.REPORTS
-_SEQ = struct.Struct("<Q")  # a report record's sequence number is the u64 at byte 8
-RECENT_EVENTS = 200_000  # events kept in memory for re-send requests of recovering receivers
 MATCH_SHIFT = 40  # cluster match number = (instrument number + 1) << 40 | the book's match number
 _CLIENT_EVENTS = (Accepted, Rejected, Cancelled, Modified, Fill)
-
-
-def _seq_of(record: bytes) -> int:
-    return _SEQ.unpack_from(record, 8)[0]
 
 
 def recovered_record(symbol: str, seq: int) -> bytes:
@@ -102,8 +95,9 @@ class BookActor(ClusterActor):
         self.since_snapshot = 0
         self.last_snapshot = time.monotonic()
         self.recovery: str | None = None
-        # Recent events, for receivers that recover and ask for what they missed (actors/durable.py).
-        self.recent: collections.deque = collections.deque(maxlen=RECENT_EVENTS)
+        # Recent events, for receivers that recover and ask for what they missed (actors/durable.py); with journals
+        # only: without, no receiver can recover and ask.
+        self.recent: EventHistory | None = None
         # The last modify version applied per order (docs/durability.md "Modifies sent again"): a gateway
         # sends an unanswered modify again after a crash, and a copy of one applied here must not be
         # applied twice (around a fill it would change the order). Kept here, not in the engine, so every
@@ -132,6 +126,9 @@ class BookActor(ClusterActor):
         # Replaying a journal needs the grid its commands were checked against.
         # (A journal written for another grid is refused before the node starts: check_state_dir.)
         (directory / "instrument.json").write_text(json.dumps(instrument_grid(instrument)))
+        books_here = sum(name.startswith("book/") for name in self.config.node(self.ctx.node).actors)
+        self.recent = EventHistory(directory / "history",
+                                   in_memory=self.durability.events_in_memory or in_memory_for(books_here))
         state, records, report = recover(directory, oldest=True)
         if state is not None:
             state = dict(state)
@@ -253,17 +250,16 @@ class BookActor(ClusterActor):
                 continue
             after = fields[17]
             self.count("resend_requests")
-            oldest = _seq_of(self.recent[0][0]) if self.recent else 0
+            oldest = self.recent.oldest_seq() if self.recent is not None else 0
             if oldest > after + 1:
                 # Older events are gone from memory: the receiver gets what is kept (and it is counted).
                 self.count("resend_gaps")
                 log.error("%s: %s asked for events after %d, the oldest kept is %d", self.name,
                           self.config.actor_names[batch.source], after, oldest)
             resent = 0
-            for record, source in self.recent:
-                if _seq_of(record) > after:
-                    event, trace_ns = record_to_event(record)
-                    resent += self._route(event, trace_ns, source, only=batch.source, record=record)
+            for record, source in self.recent.since(after) if self.recent is not None else ():
+                event, trace_ns = record_to_event(record)
+                resent += self._route(event, trace_ns, source, only=batch.source, record=record)
             self.count("resent_events", resent)
             self.outbox.add(batch.source, _REPORTS, resend_done_record(self.symbol, getattr(self.book, "seq", 0)))  # type: ignore[union-attr]
 
@@ -278,7 +274,8 @@ class BookActor(ClusterActor):
             # Kept as bytes (with the risk shard that sent the command): a tuple of bytes and an int leaves the
             # garbage collector's view, while 200,000 kept event tuples made every full collection of a
             # book node take ~100 ms (measured: docs/cluster.md "Garbage collection").
-            self.recent.append((record, source))
+            if self.recent is not None:
+                self.recent.append(record, source)
             add = self.outbox.add  # type: ignore[union-attr]
         else:
             outbox_add = self.outbox.add  # type: ignore[union-attr]

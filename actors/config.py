@@ -48,6 +48,9 @@ class Durability:
     batch_ms: float = 2.0
     snapshot_every: int = 100_000
     snapshot_seconds: float = 60.0
+    # Events a book keeps in memory for re-sends before it spills a chunk to its history files (0: a share of its
+    # node's budget, actors/event_history.py in_memory_for).
+    events_in_memory: int = 0
 
     def directory(self, node: str) -> str:
         if not self.state_dir:
@@ -79,7 +82,7 @@ class ClusterConfig:
     risk_accounts: dict[str, RiskLimits] = field(default_factory=dict)
     durability: Durability = field(default_factory=Durability)
     # Records an actor keeps per peer actor that cannot take them, before it drops the oldest: as many as a book
-    # keeps to send again on request (actors/book.py RECENT_EVENTS), which is what a peer that returns asks for.
+    # keeps to send again on request (actors/event_history.py RECENT_EVENTS): what a peer that returns asks for.
     max_held: int = 200_000
 
     def limits_for(self, account: str) -> RiskLimits:
@@ -199,9 +202,13 @@ def parse_config(data: dict, source: str) -> ClusterConfig:
         raise ConfigError(f"{source}: {exc}") from exc
     table = data.get("durability", {})
     _require(isinstance(table, dict), source, "[durability] must be a table")
-    unknown = set(table) - {"enabled", "state_dir", "fsync", "batch_ms", "snapshot_every", "snapshot_seconds"}
+    unknown = set(table) - {"enabled", "state_dir", "fsync", "batch_ms", "snapshot_every", "snapshot_seconds",
+                            "events_in_memory"}
     _require(not unknown, source, f"[durability]: unknown keys {sorted(unknown)}")
     durability = Durability(**table)
+    events = durability.events_in_memory
+    _require(type(events) is int and events >= 0, source,
+             f"durability.events_in_memory must be a whole number, 0 or more, not {events!r}")
     _require(durability.fsync in ("always", "batch", "none"), source,
              f"durability.fsync must be always, batch or none, not {durability.fsync!r}")
     return ClusterConfig(

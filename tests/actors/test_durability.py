@@ -495,7 +495,10 @@ def test_crash_trials_of_every_role_lose_nothing(tmp_path):
     trials = int(os.environ.get("MATCHWIRE_CRASH_TRIALS", "4"))
     feed = FeedListener()
     users = users_toml(OUCH_USERS)
+    # events_in_memory = 50: the books' re-send history spills to its files within seconds, so the receivers that
+    # recover are answered from disk as well as from memory.
     extra = ('[durability]\nenabled = true\nfsync = "batch"\nbatch_ms = 2.0\nsnapshot_every = 300\n'
+             'events_in_memory = 50\n'
              f'[market_data]\ntargets = ["127.0.0.1:{feed.port}"]\nsession = "TRIALS"\n' + users)
     path = write_config(tmp_path, extra=extra)
     cluster = start_cluster(path, tmp_path / "logs")
