@@ -252,7 +252,7 @@ class BookActor(ClusterActor):
             self.count("resend_requests")
             oldest = self.recent.oldest_seq() if self.recent is not None else 0
             if oldest > after + 1:
-                # Older events are gone from memory: the receiver gets what is kept (and it is counted).
+                # Older events are gone from the history: the receiver gets what is kept (and it is counted).
                 self.count("resend_gaps")
                 log.error("%s: %s asked for events after %d, the oldest kept is %d", self.name,
                           self.config.actor_names[batch.source], after, oldest)
