@@ -298,7 +298,7 @@ class SnapshotArchive:
         self.directory.mkdir(parents=True, exist_ok=True)
         # With a sink, the records recovered go to it a segment at a time, with where each one is (the
         # segment's first record index and each record's byte offset), instead of into ``records``: an
-        # owner that reads them back from the files (:meth:`read_from`) need not hold them all at once.
+        # owner that reads them back from the files (:meth:`read_segment`) need not hold them all at once.
         self.records: list[bytes] = []
         self._load(covered, 0 if keep is None else max(0, covered - keep), sink or self._keep_records)
         self.writer = JournalWriter(self.directory, "none", next_index=covered)
@@ -355,7 +355,7 @@ class SnapshotArchive:
 
     def extend(self, records: list[bytes]) -> tuple[int, list[int]]:
         """Append and sync (before the snapshot that counts them is written). Returns where they are: the
-        segment's first record index (:meth:`read_from` takes it) and each record's byte offset in it."""
+        segment's first record index (:meth:`read_segment` takes it) and each record's byte offset in it."""
         segment = self.writer.index
         self.writer.start_segment()  # every extend writes a segment of its own, named by its first record
         at = self.writer.file.tell()
@@ -369,12 +369,10 @@ class SnapshotArchive:
         self.writer.start_segment()
         return segment, offsets
 
-    def read_from(self, segment: int, offset: int, size: int) -> bytes:
-        """Up to ``size`` bytes of the segment that starts with record ``segment``, from byte ``offset``
-        (whole frames or not: the caller parses them, see :func:`exchange.journal.FRAME`)."""
-        with open(self.directory / segment_name(segment), "rb") as handle:
-            handle.seek(offset)
-            return handle.read(size)
+    def read_segment(self, segment: int) -> bytes:
+        """The whole segment that starts with record ``segment`` (:meth:`extend` says which), framed as the journal's:
+        ``exchange.journal.iter_frames`` reads it."""
+        return (self.directory / segment_name(segment)).read_bytes()
 
     def prune(self, before: int) -> None:
         """Delete the segments whose records all come before record ``before``."""

@@ -13,11 +13,10 @@ import bisect
 import logging
 import threading
 import time
-import zlib
 from array import array
 from typing import TYPE_CHECKING, Protocol
 
-from exchange.journal import FRAME, MAX_RECORD, JournalWriter, recover
+from exchange.journal import JournalError, JournalWriter, iter_frames, recover
 
 if TYPE_CHECKING:
     from actors.durable import SnapshotArchive
@@ -34,7 +33,6 @@ log = logging.getLogger("matchwire.soup")
 
 SEQUENCED_TAG = b"S"  # journal records of sequenced messages start with this byte
 MARK_EVERY = 128  # an index entry per this many archived messages of a user (and at each archive segment)
-READ_CHUNK = 1 << 16  # bytes read from an archive segment at a time
 
 
 class SequencedStore(Protocol):
@@ -151,6 +149,7 @@ class DurableSequencedStore:
         self._cursor: dict[str, tuple[int, int, int]] = {}  # a replay's next (seq, segment, offset) per user
         # get_from runs on the server's thread under the server's lock; archiving cuts the tails on the owner's.
         self._lock = threading.Lock()
+        self._cached: tuple[int, bytes] = (-1, b"")  # the archive segment last read
         self._unreadable: dict[str, int] = {}  # per user, the message the archive could not give back
         self.archive_read_errors = 0
         self.spill_failed = False
@@ -275,43 +274,36 @@ class DurableSequencedStore:
         prefix = SEQUENCED_TAG + bytes((len(name),)) + name
         cut = len(prefix)
         out: list[bytes] = []
-        data, data_at = b"", offset  # bytes of the segment in hand, and the offset of data[0]
         while at <= last:
-            pos = offset - data_at
-            if len(data) - pos < FRAME.size or len(data) - pos < FRAME.size + FRAME.unpack_from(data, pos)[0]:
-                data, data_at, pos = self.archive.read_from(segment, offset, READ_CHUNK), offset, 0
-                if not data:
-                    # The end of a segment: the user's next message is its first in a later one, which the index
-                    # marks.
-                    following = self._next_segment(username, at, segment)
-                    if following is None:
-                        self._damaged(username, at, segment, offset, "the segment ends before the message")
-                        break
-                    segment, offset = following
-                    data_at = offset
-                    continue
-                length = FRAME.unpack_from(data, 0)[0] if len(data) >= FRAME.size else -1
-                if length < 0 or length > MAX_RECORD:
-                    self._damaged(username, at, segment, offset, "torn or implausible frame header")
-                    break
-                if len(data) < FRAME.size + length:
-                    data = self.archive.read_from(segment, offset, FRAME.size + length)
-                    if len(data) < FRAME.size + length:
-                        self._damaged(username, at, segment, offset, "torn record")
-                        break
-            length, crc = FRAME.unpack_from(data, pos)
-            record = data[pos + FRAME.size:pos + FRAME.size + length]
-            if zlib.crc32(record) != crc:
-                self._damaged(username, at, segment, offset, "CRC mismatch")
-                break
-            offset += FRAME.size + length
-            if record[:cut] == prefix:
-                if at >= seq:
-                    out.append(record[cut:])
-                at += 1
-        else:
-            self._cursor[username] = (at, segment, offset)
+            try:
+                frames = iter_frames(self._segment(segment), offset)
+                for offset, record in frames:  # noqa: B007  # where the cursor stops
+                    if record[:cut] == prefix:
+                        if at >= seq:
+                            out.append(record[cut:])
+                        at += 1
+                        if at > last:
+                            break
+            except (JournalError, OSError) as exc:
+                self._damaged(username, at, segment, offset, str(exc))
+                return out
+            if at <= last:
+                # The end of a segment: the user's next message is its first in a later one, which the index marks.
+                following = self._next_segment(username, at, segment)
+                if following is None:
+                    self._damaged(username, at, segment, offset, "the segment ends before the message")
+                    return out
+                segment, offset = following
+        self._cursor[username] = (at, segment, offset)
         return out
+
+    def _segment(self, segment: int) -> bytes:
+        """A whole archive segment (one snapshot's or spill's messages), the last one read kept: a replay reads on
+        in it."""
+        if self._cached[0] != segment:
+            assert self.archive is not None
+            self._cached = (segment, self.archive.read_segment(segment))
+        return self._cached[1]
 
     def _next_segment(self, username: str, seq: int, segment: int) -> tuple[int, int] | None:
         index = self._index[username]
@@ -328,7 +320,7 @@ class DurableSequencedStore:
             return  # the server asks again with every new message: said once is enough
         self._unreadable[username] = seq
         self.archive_read_errors += 1
-        log.error("%s: %s (segment of record %d, offset %d): %s's messages from %d on cannot be sent",
+        log.error("%s: %s (segment of record %d, read from offset %d): %s's messages from %d on cannot be sent",
                   self.archive.directory, reason, segment, offset, username, seq)
 
     def next_seq(self, username: str) -> int:

@@ -90,26 +90,35 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def iter_frames(data: bytes, offset: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(offset just after it, payload) of each good record from ``offset`` to the end of ``data``; raises
+    :class:`JournalError` naming the offset where a record is torn or damaged."""
+    unpack, size, crc32 = FRAME.unpack_from, FRAME.size, zlib.crc32
+    while offset < len(data):
+        if len(data) - offset < size:
+            raise JournalError(f"offset {offset}: torn frame header ({len(data) - offset} bytes)")
+        length, crc = unpack(data, offset)
+        if length > MAX_RECORD:
+            raise JournalError(f"offset {offset}: record length {length} is not plausible")
+        end = offset + size + length
+        if end > len(data):
+            raise JournalError(f"offset {offset}: torn record ({len(data) - offset - size} of {length} bytes)")
+        payload = data[offset + size:end]
+        if crc32(payload) != crc:
+            raise JournalError(f"offset {offset}: CRC mismatch")
+        offset = end
+        yield offset, payload
+
+
 def scan_segment(path: Path) -> tuple[list[bytes], int, str | None]:
     """(good records, offset just after the last good one, reason the rest is bad or None)."""
-    data = path.read_bytes()
     records: list[bytes] = []
     offset = 0
-    while offset < len(data):
-        if len(data) - offset < FRAME.size:
-            return records, offset, f"offset {offset}: torn frame header ({len(data) - offset} bytes)"
-        length, crc = FRAME.unpack_from(data, offset)
-        if length > MAX_RECORD:
-            return records, offset, f"offset {offset}: record length {length} is not plausible"
-        end = offset + FRAME.size + length
-        if end > len(data):
-            have = len(data) - offset - FRAME.size
-            return records, offset, f"offset {offset}: torn record ({have} of {length} bytes)"
-        payload = data[offset + FRAME.size:end]
-        if zlib.crc32(payload) != crc:
-            return records, offset, f"offset {offset}: CRC mismatch"
-        records.append(payload)
-        offset = end
+    try:
+        for offset, payload in iter_frames(path.read_bytes()):  # noqa: B007  # the last offset is the answer
+            records.append(payload)
+    except JournalError as exc:
+        return records, offset, str(exc)
     return records, offset, None
 
 
