@@ -739,6 +739,9 @@ class OuchOrder:
     cross_type: str = "N"
     cl_ord_id: str = ""
     accepted: bool = False
+    # The open shares the book will leave once every pending request is applied (meaningful while ``pending``): a
+    # cancel behind another request is judged against it, not against the open shares the book last reported.
+    promised: int = 0
     # Requests sent to the book and not yet answered, oldest first: ("replace", msg) / ("modify", msg) /
     # ("cancel", None) / ("reduce", None). The book answers each, in order, with one event.
     pending: deque = field(default_factory=deque)
@@ -929,6 +932,7 @@ class OuchTranslator:
             result.replies.append(self._replaced(order, msg["orig_user_ref_num"]))
             return
         order.pending.append(("replace", msg))
+        order.promised = msg["quantity"]
         result.commands.append(ModifyOrder(order.symbol, order.order_id, qty=msg["quantity"], price=price))
 
     def _on_cancel_order(self, username: str, msg: OuchMessage, result: OuchResult) -> None:
@@ -942,9 +946,11 @@ class OuchTranslator:
         target = msg["quantity"] - order.executed
         if target <= 0:
             order.pending.append(("cancel", None))
+            order.promised = 0
             result.commands.append(CancelOrder(order.symbol, order.order_id))
-        elif target < _open_shares(order):
+        elif target < (order.promised if order.pending else _open_shares(order)):
             order.pending.append(("reduce", None))
+            order.promised = target
             result.commands.append(ModifyOrder(order.symbol, order.order_id, qty=target))
         else:
             result.replies.append(encode_outbound("I", timestamp=self.clock(), user_ref_num=ref))
@@ -968,6 +974,7 @@ class OuchTranslator:
             result.replies.append(self._modified(order))
             return
         order.pending.append(("modify", msg))
+        order.promised = target
         result.commands.append(ModifyOrder(order.symbol, order.order_id, qty=target))
 
     def _on_account_query(self, username: str, msg: OuchMessage, result: OuchResult) -> None:
@@ -1015,7 +1022,9 @@ class OuchTranslator:
                 orig = order.user_ref_num
                 self._apply_replace(order, msg)
                 return [(order.username, self._replaced(order, orig))]
-            if request == "reduce":
+            # A reduce the book found nothing to cut by (the order executed meanwhile, unseen here when the cancel
+            # was translated) is reported as what it is, an Order Modified, not as a cancel of a negative quantity.
+            if request == "reduce" and event.qty < old_leaves:
                 return [(order.username, encode_outbound(
                     "C", timestamp=self.clock(), user_ref_num=order.user_ref_num, quantity=old_leaves - event.qty,
                     reason="U"))]
@@ -1035,31 +1044,23 @@ class OuchTranslator:
             # Requests sent behind the order, before its answer: the book refuses them as for an unknown order,
             # and with the order forgotten those refusals reach nobody, so each is answered here, once.
             while order.pending:
-                request, msg = order.pending.popleft()
-                if request in ("cancel", "reduce"):
-                    out.append((order.username, encode_outbound("I", timestamp=self.clock(),
-                                                                user_ref_num=order.user_ref_num)))
-                elif request == "replace":
-                    out.append((order.username, encode_outbound(
-                        "J", timestamp=self.clock(), user_ref_num=msg["user_ref_num"],
-                        reason=self._reject_code(RejectReason.UNKNOWN_ORDER), cl_ord_id=msg["cl_ord_id"])))
-                else:
-                    out.append((order.username, encode_outbound(
-                        "J", timestamp=self.clock(), user_ref_num=order.user_ref_num,
-                        reason=self._reject_code(RejectReason.UNKNOWN_ORDER), cl_ord_id=order.cl_ord_id)))
+                out.append((order.username, self._refusal(order, *order.pending.popleft(), RejectReason.UNKNOWN_ORDER)))
             return out
         request, msg = order.pending.popleft() if order.pending else ("cancel", None)
-        if request in ("cancel", "reduce"):
-            out = encode_outbound("I", timestamp=self.clock(), user_ref_num=order.user_ref_num)
-        elif request == "replace":
-            # The order itself is unchanged; the reject carries the replacement's UserRefNum.
-            out = encode_outbound("J", timestamp=self.clock(), user_ref_num=msg["user_ref_num"],
-                                  reason=self._reject_code(event.reason), cl_ord_id=msg["cl_ord_id"])
-        else:
-            out = encode_outbound("J", timestamp=self.clock(), user_ref_num=order.user_ref_num,
-                                  reason=self._reject_code(event.reason), cl_ord_id=order.cl_ord_id)
+        out = self._refusal(order, request, msg, event.reason)
         self._maybe_forget(order)
         return [(order.username, out)]
+
+    def _refusal(self, order: OuchOrder, request: str, msg: OuchMessage | None, reason: str) -> bytes:
+        """The answer to a refused request on ``order``: Cancel Reject for a cancel, Order Rejected otherwise."""
+        if request in ("cancel", "reduce"):
+            return encode_outbound("I", timestamp=self.clock(), user_ref_num=order.user_ref_num)
+        if request == "replace":
+            # The order itself is unchanged; the reject carries the replacement's UserRefNum.
+            return encode_outbound("J", timestamp=self.clock(), user_ref_num=msg["user_ref_num"],  # type: ignore[index]
+                                   reason=self._reject_code(reason), cl_ord_id=msg["cl_ord_id"])  # type: ignore[index]
+        return encode_outbound("J", timestamp=self.clock(), user_ref_num=order.user_ref_num,
+                               reason=self._reject_code(reason), cl_ord_id=order.cl_ord_id)
 
     def _apply_replace(self, order: OuchOrder, msg: OuchMessage) -> None:
         # The order continues under the replacement's UserRefNum; the old one no longer addresses it.

@@ -606,3 +606,29 @@ def test_translator_tracks_the_engine_exactly_when_answers_come_late(ops):
             _apply(v, refs, op)
     v.deliver()
     _check_translator_is_the_engine(v)
+
+
+def test_a_second_cut_behind_a_first_is_judged_against_what_the_first_leaves():
+    v = LateVenue()
+    v.enter("U1", 1, "B", 3, 1_000_000)
+    assert v.send("U1", encode_inbound("X", user_ref_num=1, quantity=1)) == []  # cut to 1
+    assert kinds(v.send("U1", encode_inbound("X", user_ref_num=1, quantity=2))) == [("U1", "I")]  # 2 is no cut
+    out = v.deliver()
+    assert kinds(out) == [("U1", "A"), ("U1", "C")] and out[1][1]["quantity"] == 2
+    [resting] = v.exchange.book("AAPL").orders.values()
+    assert resting.leaves == 1 and v.tr.orders[("U1", 1)].leaves == 1
+
+
+def test_a_cut_that_an_unseen_execution_overtook_is_reported_not_raised():
+    """The intended size is worked out at the gateway from the executions it has seen: one still on its way can
+    leave the book nothing to cut. That is answered with what the book did, not with a negative Order Canceled."""
+    v = LateVenue()
+    v.enter("U1", 1, "S", 100, 1_000_000)
+    v.deliver()
+    v.enter("U2", 1, "B", 50, 1_000_000)  # executes 50 of U1's order at the book, before U1's cut arrives there
+    v.send("U1", encode_inbound("X", user_ref_num=1, quantity=80))
+    out = [(u, m) for u, m in v.deliver() if u == "U1"]
+    assert [m["type"] for _, m in out] == ["E", "M"]
+    [resting] = v.exchange.book("AAPL").orders.values()
+    order = v.tr.orders[("U1", 1)]
+    assert (order.leaves, order.executed + order.leaves) == (resting.leaves, out[1][1]["quantity"])
