@@ -114,6 +114,10 @@ class ClusterClient:
     def modify(self, symbol: str, order_id: int, qty: int | None = None, price: int | None = None) -> bool:
         return self.send(ModifyOrder(symbol, order_id, qty=qty, price=price))
 
+    def reduce(self, symbol: str, order_id: int, qty: int) -> bool:
+        """Cut ``qty`` shares off what the order has open at the book (all of it or more: cancel it)."""
+        return self.send(ModifyOrder(symbol, order_id, qty=qty, reduce=True))
+
     # -- receiving ---------------------------------------------------------------------------
 
     def poll(self, timeout: float = 0.0) -> list[tuple[Event, int]]:

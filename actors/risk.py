@@ -28,10 +28,11 @@ from actors.durable import (
 )
 from actors.transport import SendResult
 from exchange.layout import LayoutError
-from exchange.orders import Cancelled, Rejected, RejectReason, Side
+from exchange.orders import Cancelled, CancelReason, Rejected, RejectReason, Side
 from exchange.risk import AccountRisk, RiskOrder
 from exchange.wire import (
     FLAG_ADMIN,
+    FLAG_REDUCE,
     ORDER,
     ORDER_SIZE,
     REASON_CODES,
@@ -53,6 +54,23 @@ log = logging.getLogger("matchwire.risk")
 _unpack_order = ORDER.struct.unpack_from
 _pack_order = ORDER.struct.pack
 _unpack_report = REPORT.struct.unpack_from
+_ANSWERS_CANCEL, _ANSWERS_MODIFY, _ANSWERS_CUT = 1, 2, 4
+_FLAGS_AT = 5  # the flags byte of an order record
+
+
+def _answer_kind(kind: int, reason: int, op: int) -> int:
+    """Which commands of an order a book event answers, as _ANSWERS_* bits: a modify (a cut among them) is
+    answered by Modified or its reject, a cancel by the user's Cancelled or its reject, and a cut that took all
+    that was open by the user's Cancelled too."""
+    if kind == EventKind.MODIFIED or kind == EventKind.REJECTED and op == Op.MODIFY:
+        return _ANSWERS_MODIFY | _ANSWERS_CUT
+    if kind == EventKind.CANCELLED and REASONS_BY_CODE.get(reason) == CancelReason.USER:
+        return _ANSWERS_CANCEL | _ANSWERS_CUT
+    if kind == EventKind.REJECTED and op == Op.CANCEL:
+        return _ANSWERS_CANCEL
+    return 0
+
+
 _OP_NAMES = {Op.NEW: "new", Op.CANCEL: "cancel", Op.MODIFY: "modify", Op.END_OF_DAY: "end_of_day",
              Op.SET_BASE: "set_base"}
 
@@ -268,7 +286,7 @@ class RiskActor(ClusterActor):
         orders_kind = MessageKind.ORDERS
         for offset in offsets:
             fields = _unpack_order(payload, offset)
-            op, side, _, _, _, _, _, trace_ns, symbol_b, account_b, order_id, price, qty, version = fields
+            op, side, _, _, _, flags, _, trace_ns, symbol_b, account_b, order_id, price, qty, version = fields
             symbol = _text(symbol_b)
             self.count("orders")
             book = self.book_index.get(symbol)
@@ -311,7 +329,7 @@ class RiskActor(ClusterActor):
                 if reason is not None:
                     self._reject(batch.source, symbol, order_id, op, reason, trace_ns, account.account)
                     continue
-            elif op == Op.MODIFY:
+            elif op == Op.MODIFY and not flags & FLAG_REDUCE:  # a cut only lowers risk: it always passes
                 order = self.orders.get(order_id)
                 if order is not None:
                     account = self.account(order.account)
@@ -347,7 +365,7 @@ class RiskActor(ClusterActor):
 
     def _forward(self, source: int, payload: bytes, offset: int) -> None:
         """The state change of an order that passed its checks (live, or from the journal)."""
-        op, side, _, _, _, _, _, _, symbol_b, account_b, order_id, price, qty, _ = _unpack_order(payload, offset)
+        op, side, _, _, _, flags, _, _, symbol_b, account_b, order_id, price, qty, _ = _unpack_order(payload, offset)
         if op == Op.NEW:
             self.seen_ids.add(order_id)
             self.in_flight_new[order_id] = bytes(payload[offset:offset + ORDER_SIZE])
@@ -358,7 +376,7 @@ class RiskActor(ClusterActor):
                                                                                    value_price, qty)
         elif op == Op.MODIFY:
             order = self.orders.get(order_id)
-            if order is not None:
+            if order is not None and not flags & FLAG_REDUCE:  # a cut reserves nothing more; its answer settles
                 self.account(order.account).reserve_modify(order, price, qty)
             version = _unpack_order(payload, offset)[13]
             if version:
@@ -524,12 +542,11 @@ class RiskActor(ClusterActor):
         cmds = self.in_flight_cmds.get(order_id)
         if cmds is not None:
             # The book answers each command of an order in the order it got them: the oldest one of the kind.
-            answered = Op.MODIFY if kind == EventKind.MODIFIED or (kind == EventKind.REJECTED and op == Op.MODIFY) \
-                else Op.CANCEL if (kind == EventKind.CANCELLED and REASONS_BY_CODE.get(reason) == "user") or \
-                (kind == EventKind.REJECTED and op == Op.CANCEL) else None
-            if answered is not None:
+            answered = _answer_kind(kind, reason, op)
+            if answered:
                 for i, record in enumerate(cmds):
-                    if record[0] == answered:
+                    if record[0] == Op.CANCEL and answered & _ANSWERS_CANCEL or record[0] == Op.MODIFY and \
+                            answered & (_ANSWERS_CUT if record[_FLAGS_AT] & FLAG_REDUCE else _ANSWERS_MODIFY):
                         del cmds[i]
                         break
                 if not cmds:

@@ -536,6 +536,17 @@ class OrderBook:
             return
         new_qty, new_price = cmd.qty, cmd.price
         old_price, leaves = order.price, order.leaves
+        if cmd.reduce is True:
+            if not self._check_qty(new_qty, out, oid, "modify"):
+                return
+            if new_price is not None:
+                self._reject(out, oid, "modify", RejectReason.INVALID_PRICE, "a reduce carries no price")
+                return
+            if new_qty >= leaves:  # type: ignore[operator]
+                side = self.bids if order.side is BUY else self.asks
+                self._remove_resting(order, side.levels[old_price], CancelReason.USER, out)
+                return
+            new_qty = leaves - new_qty  # type: ignore[operator]
         if new_qty is None:
             new_qty = leaves
         elif not (type(new_qty) is int and new_qty > 0 and not new_qty % self._lot):

@@ -164,18 +164,28 @@ class ModifyOrder(Command):
 
     A quantity decrease at the same price keeps time priority; a price change or a quantity
     increase loses it, and a repriced order may trade on the way back in.
+
+    ``reduce=True`` makes it a cut: ``qty`` is the number of shares to take off the order's open
+    quantity, as the book finds it when the command arrives (fills still on their way to the sender
+    included), priority kept; a cut of all that is open or more cancels the order. It carries no
+    price. A sender that knows only an older open quantity cannot make the order grow with it, as an
+    absolute quantity would when fills overtook the command (OUCH's "intended order size").
     """
 
-    __slots__ = ("order_id", "qty", "price")
+    __slots__ = ("order_id", "qty", "price", "reduce")
     op = "modify"
 
-    def __init__(self, symbol: str, order_id: int, qty: int | None = None, price: int | None = None) -> None:
+    def __init__(self, symbol: str, order_id: int, qty: int | None = None, price: int | None = None,
+                 reduce: bool = False) -> None:
         self.symbol = symbol
         self.order_id = order_id
         self.qty = qty
         self.price = price
+        self.reduce = reduce
 
     def __repr__(self) -> str:
+        if self.reduce:
+            return f"ModifyOrder({self.symbol} #{self.order_id} reduce by {self.qty})"
         return f"ModifyOrder({self.symbol} #{self.order_id} qty={self.qty} price={self.price})"
 
 

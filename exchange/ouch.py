@@ -942,16 +942,20 @@ class OuchTranslator:
             result.replies.append(encode_outbound("I", timestamp=self.clock(), user_ref_num=ref))
             return
         # Quantity is the intended order size: the most shares that may have executed, in total, once
-        # the cancel is applied. So the new open quantity is what remains after the executions.
+        # the cancel is applied. So the new open quantity is what remains after the executions. Executions
+        # may be on their way here: the book is asked to cut the shares this view says are too many, which
+        # it takes off what it has open then, so shares executed meanwhile count against the intended size
+        # (an absolute open quantity would make the order grow by them).
         target = msg["quantity"] - order.executed
+        expected = order.promised if order.pending else _open_shares(order)
         if target <= 0:
             order.pending.append(("cancel", None))
             order.promised = 0
             result.commands.append(CancelOrder(order.symbol, order.order_id))
-        elif target < (order.promised if order.pending else _open_shares(order)):
+        elif target < expected:
             order.pending.append(("reduce", None))
             order.promised = target
-            result.commands.append(ModifyOrder(order.symbol, order.order_id, qty=target))
+            result.commands.append(ModifyOrder(order.symbol, order.order_id, qty=expected - target, reduce=True))
         else:
             result.replies.append(encode_outbound("I", timestamp=self.clock(), user_ref_num=ref))
 
@@ -973,9 +977,13 @@ class OuchTranslator:
             order.side = msg["side"]
             result.replies.append(self._modified(order))
             return
+        expected = order.promised if order.pending else _open_shares(order)
         order.pending.append(("modify", msg))
         order.promised = target
-        result.commands.append(ModifyOrder(order.symbol, order.order_id, qty=target))
+        if target < expected:  # a cut, as for a cancel: executions on their way count against the intended size
+            result.commands.append(ModifyOrder(order.symbol, order.order_id, qty=expected - target, reduce=True))
+        else:
+            result.commands.append(ModifyOrder(order.symbol, order.order_id, qty=target))
 
     def _on_account_query(self, username: str, msg: OuchMessage, result: OuchResult) -> None:
         next_ref = min(self.last_user_ref_num.get(username, 0) + 1, 0xFFFFFFFF)
@@ -1006,7 +1014,10 @@ class OuchTranslator:
             order.leaves = event.qty
             return [(order.username, self._accepted(order))]
         if kind is Cancelled:
-            if event.reason == CancelReason.USER and order.pending and order.pending[0][0] == "cancel":
+            # The user's cancel, or a cut (a cancel's or a modify's) that found no more open than it cuts: it ends the
+            # order. Never the answer to a request behind an unanswered modify, since the book answers in order.
+            if event.reason == CancelReason.USER and order.pending and order.pending[0][0] in ("cancel", "reduce",
+                                                                                             "modify"):
                 order.pending.popleft()
             order.leaves -= event.qty
             payload = encode_outbound("C", timestamp=self.clock(), user_ref_num=order.user_ref_num,
@@ -1022,8 +1033,9 @@ class OuchTranslator:
                 orig = order.user_ref_num
                 self._apply_replace(order, msg)
                 return [(order.username, self._replaced(order, orig))]
-            # A reduce the book found nothing to cut by (the order executed meanwhile, unseen here when the cancel
-            # was translated) is reported as what it is, an Order Modified, not as a cancel of a negative quantity.
+            # A cut: the shares the book took off, as a cancel (every execution before it is in old_leaves already,
+            # since the book's events come in its order). Never a cancel of a negative quantity: a cut that
+            # somehow took nothing off would be reported as an Order Modified.
             if request == "reduce" and event.qty < old_leaves:
                 return [(order.username, encode_outbound(
                     "C", timestamp=self.clock(), user_ref_num=order.user_ref_num, quantity=old_leaves - event.qty,

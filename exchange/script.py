@@ -6,10 +6,12 @@ A script holds one JSON object per line::
      "type": "limit", "tif": "gtc", "price": 101, "qty": 100}
     {"op": "cancel", "symbol": "JPM", "order_id": 1}
     {"op": "modify", "symbol": "JPM", "order_id": 1, "qty": 50, "price": 101}
+    {"op": "reduce", "symbol": "JPM", "order_id": 1, "qty": 20}
     {"op": "end_of_day", "symbol": "JPM"}
     {"op": "set_base", "symbol": "JPM", "price": 100}
 
-A line that is not such an object (bad JSON, unknown op, unknown key) is *malformed*: it is
+``reduce`` cuts ``qty`` shares off what is open (``ModifyOrder(..., reduce=True)``), cancelling the order
+when that is all of it. A line that is not such an object (bad JSON, unknown op, unknown key) is *malformed*: it is
 reported with its line number and skipped. A well-formed line with bad values (a negative
 quantity, side "up") becomes a command anyway, and the engine rejects it with a reason.
 """
@@ -42,6 +44,7 @@ _KEYS = {
             "display_qty", "stp"},
     "cancel": {"op", "symbol", "order_id"},
     "modify": {"op", "symbol", "order_id", "qty", "price"},
+    "reduce": {"op", "symbol", "order_id", "qty", "price"},  # a price reaches the engine, which refuses it
     "end_of_day": {"op", "symbol"},
     "set_base": {"op", "symbol", "price"},
 }
@@ -91,6 +94,8 @@ def command_from_dict(obj: object) -> Command:
         return CancelOrder(symbol, obj.get("order_id"))
     if op == "modify":
         return ModifyOrder(symbol, obj.get("order_id"), qty=obj.get("qty"), price=obj.get("price"))
+    if op == "reduce":
+        return ModifyOrder(symbol, obj.get("order_id"), qty=obj.get("qty"), price=obj.get("price"), reduce=True)
     if op == "end_of_day":
         return EndOfDay(symbol)
     return SetBasePrice(symbol, obj.get("price"))
@@ -119,6 +124,11 @@ def command_to_dict(command: Command) -> dict:
         return out
     if isinstance(command, CancelOrder):
         return {"op": "cancel", "symbol": command.symbol, "order_id": command.order_id}
+    if isinstance(command, ModifyOrder) and command.reduce is True:
+        out = {"op": "reduce", "symbol": command.symbol, "order_id": command.order_id, "qty": command.qty}
+        if command.price is not None:
+            out["price"] = command.price
+        return out
     if isinstance(command, ModifyOrder):
         out = {"op": "modify", "symbol": command.symbol, "order_id": command.order_id}
         if command.qty is not None:

@@ -44,7 +44,9 @@ from exchange.orders import (
 from exchange.risk import RISK_REASON_TEXT, RiskReason
 
 # 2: an order record's last field carries a modify's version (``display_qty`` of new orders only).
-WIRE_VERSION = 2
+# 3: a modify may be a cut (FLAG_REDUCE: qty is the shares to take off), which a node of version 2 would apply
+#    as an absolute quantity.
+WIRE_VERSION = 3
 
 
 class MessageKind(IntEnum):
@@ -193,6 +195,7 @@ REPORT = Layout("report", [
 
 FLAG_POST_ONLY = 1  # order records, new orders
 FLAG_ADMIN = 2  # order records, cancels: an operator's (or the kill switch's) cancel
+FLAG_REDUCE = 4  # order records, modifies: qty is the number of shares to cut (ModifyOrder.reduce)
 FLAG_KEPT_PRIORITY = 1
 FLAG_NULL_PRICE = 2
 
@@ -299,7 +302,10 @@ def command_to_record(command: Command, trace_ns: int = 0, version: int = 0) -> 
     order_id = _int(getattr(command, "order_id", 0)) & 0xFFFF_FFFF_FFFF_FFFF
     price = _clamp_price(getattr(command, "price", None))
     qty = _clamp_qty(getattr(command, "qty", None))
-    flags = FLAG_ADMIN if kind is CancelOrder and command.reason == CancelReason.ADMIN else 0  # type: ignore[attr-defined]
+    if kind is CancelOrder:
+        flags = FLAG_ADMIN if command.reason == CancelReason.ADMIN else 0  # type: ignore[attr-defined]
+    else:
+        flags = FLAG_REDUCE if kind is ModifyOrder and command.reduce is True else 0  # type: ignore[attr-defined]
     return _pack_order(op, 0, 0, 0, 0, flags, 0, trace_ns, _ascii8(command.symbol), b"        ", order_id, price,
                        qty, _int(version) & 0xFFFF_FFFF_FFFF_FFFF if op == Op.MODIFY else 0)
 
@@ -355,7 +361,8 @@ def record_to_command(buffer: bytes | memoryview, offset: int = 0) -> tuple[Comm
         reason = CancelReason.ADMIN if flags & FLAG_ADMIN else CancelReason.USER
         return CancelOrder(symbol_text, order_id, reason), trace_ns
     if op == Op.MODIFY:
-        return ModifyOrder(symbol_text, order_id, qty=qty or None, price=price or None), trace_ns
+        return ModifyOrder(symbol_text, order_id, qty=qty or None, price=price or None,
+                           reduce=bool(flags & FLAG_REDUCE)), trace_ns
     if op == Op.END_OF_DAY:
         return EndOfDay(symbol_text), trace_ns
     if op == Op.SET_BASE:

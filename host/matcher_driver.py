@@ -453,6 +453,19 @@ class MatcherDriver:
         if order is None:
             self._reject(out, oid, "modify", RejectReason.UNKNOWN_ORDER, f"no resting order {oid!r}")
             return out
+        if cmd.reduce is True:
+            # The gateware knows absolute quantities only; the open quantity is known here, so a cut becomes
+            # the cancel or the quantity-down modify the engine's cut amounts to (same checks, same order).
+            bad_qty = self._check_qty(cmd.qty)
+            if bad_qty:
+                self._reject(out, oid, "modify", *bad_qty)
+            elif cmd.price is not None:
+                self._reject(out, oid, "modify", RejectReason.INVALID_PRICE, "a reduce carries no price")
+            elif cmd.qty >= order.leaves:  # type: ignore[operator]
+                yield from self._cancel_resting(order, CancelReason.USER, out)
+            else:
+                yield from self._modify(ModifyOrder(cmd.symbol, oid, qty=order.leaves - cmd.qty), out)  # type: ignore[operator]
+            return out
         new_qty, new_price = cmd.qty, cmd.price
         if new_qty is not None:
             bad_qty = self._check_qty(new_qty)

@@ -156,9 +156,13 @@ def random_commands(rng: random.Random, count: int, config: MatcherConfig, instr
             out.append(CancelOrder(symbol, known_id()))
         elif roll < 0.96:
             pick = rng.random()
-            new_qty = qty() if pick < 0.7 else None
-            new_price = price() if pick > 0.45 else None
-            out.append(ModifyOrder(symbol, known_id(), qty=new_qty, price=new_price))
+            if pick < 0.15:  # a cut: the host makes it a cancel or a quantity-down modify of what is open
+                out.append(ModifyOrder(symbol, known_id(), qty=qty(), price=price() if rng.random() < odd else None,
+                                       reduce=True))
+            else:
+                new_qty = qty() if pick < 0.7 else None
+                new_price = price() if pick > 0.45 else None
+                out.append(ModifyOrder(symbol, known_id(), qty=new_qty, price=new_price))
         elif roll < 0.985:
             out.append(EndOfDay(symbol))
         else:
@@ -290,6 +294,8 @@ def command_kind(command: Command, burst: list[EventRecord]) -> str:
         kind = burst[0].kind
         if kind == RecordKind.REDUCED:
             return "modify_down"
+        if kind == RecordKind.CANCELLED:
+            return "cancel"  # a cut of all that was open
         if kind == RecordKind.REMOVED:
             return "modify_cross" if any(r.kind == RecordKind.FILL for r in burst) else "modify_requeue"
         return "reject"
@@ -438,6 +444,18 @@ def directed_scenarios(config: MatcherConfig, instrument: Instrument, base: int 
     day = [new(buy, -1 - k % 3, 2, "D", tif=TimeInForce.DAY) for k in range(5)]
     s += day[::-1] + [new(sell, 1, 2, "G"), EndOfDay(sym), new(sell, -1, 1, "T", tif=TimeInForce.IOC)]
     out["end_of_day"] = s
+
+    # Cuts (ModifyOrder.reduce): the host turns each into a quantity-down modify or a cancel of what is open.
+    s = start()
+    a, b, c = new(sell, 2, 10, "A"), new(sell, 2, 10, "B"), new(sell, 3, 4, "C")
+    s += [a, b, c, ModifyOrder(sym, a.order_id, qty=3 * lot, reduce=True),  # 7 left, still first in its level
+          new(buy, 2, 5, "T", tif=TimeInForce.IOC),  # takes 5 of a's 7
+          ModifyOrder(sym, a.order_id, qty=2 * lot, reduce=True),  # the 2 left: a is cancelled
+          ModifyOrder(sym, b.order_id, qty=20 * lot, reduce=True),  # more than open: cancelled
+          ModifyOrder(sym, c.order_id, qty=lot, price=base, reduce=True),  # a cut carries no price: refused
+          ModifyOrder(sym, c.order_id, qty=0, reduce=True), ModifyOrder(sym, a.order_id, qty=lot, reduce=True),
+          ModifyOrder(sym, c.order_id, qty=lot, reduce=True), new(buy, 3, 10, "T", tif=TimeInForce.IOC)]
+    out["cuts"] = s
     return out
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from actors.client import ClusterClient
-from exchange.orders import Accepted, Cancelled, Fill, NewOrder, Rejected, Side
+from exchange.orders import Accepted, Cancelled, Fill, Modified, NewOrder, Rejected, Side
 from tests.actors.cluster_helpers import ouch_reports, start_cluster, wait_for, write_config
 
 
@@ -78,6 +78,13 @@ def test_orders_across_two_book_nodes_trade_and_report(cluster):
         maker.cancel("AAPL", 10)
         cancelled = maker.collect(lambda ev: any(isinstance(e, Cancelled) for e in ev))
         assert [(e.order_id, e.qty, e.reason) for e in cancelled if isinstance(e, Cancelled)] == [(10, 100, "user")]
+        # A cut takes shares off what is open (100 of order 11 after its fill), priority kept; all of it cancels.
+        maker.reduce("MSFT", 11, 30)
+        modified = maker.collect(lambda ev: any(isinstance(e, Modified) for e in ev))
+        assert [(e.order_id, e.qty, e.kept_priority) for e in modified if isinstance(e, Modified)] == [(11, 70, True)]
+        maker.reduce("MSFT", 11, 500)
+        cancelled = maker.collect(lambda ev: any(isinstance(e, Cancelled) for e in ev))
+        assert [(e.order_id, e.qty, e.reason) for e in cancelled if isinstance(e, Cancelled)] == [(11, 70, "user")]
 
 
 def test_sequence_numbers_have_no_gaps_and_market_data_sees_every_event(cluster):

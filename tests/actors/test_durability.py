@@ -450,6 +450,11 @@ class OuchTrader:
                 if order[2] <= 0:
                     self._finished(ref)
         elif kind == "C" and ref in self.live:
+            if m["reason"] == "U" and self.requests.get(ref, ("",))[0] == "modify":
+                # A modify that cut more than executions on their way had left: it ended the order, its answer.
+                self.modify_answers += 1
+                del self.requests[ref]
+                self.modify_drops.discard(ref)
             self.live[ref][2] -= m["quantity"]
             if self.live[ref][2] <= 0:
                 self._finished(ref)

@@ -25,7 +25,9 @@ from exchange.engine import OrderBook
 from exchange.journal import recover
 from exchange.orders import (
     Accepted,
+    Cancelled,
     CancelOrder,
+    CancelReason,
     Fill,
     Modified,
     ModifyOrder,
@@ -180,6 +182,32 @@ def test_a_copy_of_an_applied_modify_is_dropped_and_a_new_version_applied(book):
     rejects = [r for r in book.reports() if type(r) is Rejected]
     assert [(r.order_id, r.op, r.reason) for r in rejects] == [(ORDER, "modify", RejectReason.UNKNOWN_ORDER)]
     # The journal holds what the engine saw (no copies): a plain replay of it equals the book.
+    replayed, _ = rebuild(str(book.state))
+    assert replayed is not None and replayed.snapshot() == book.control("snapshot")["state"]
+
+
+def _cut(order_id: int, version: int, qty: int) -> bytes:
+    return command_to_record(ModifyOrder("AAPL", order_id, qty=qty, reduce=True), 0, version)
+
+
+def test_a_cut_rides_as_a_flagged_modify_with_its_version():
+    record = _cut(ORDER, 3, 5)
+    assert record_version(record) == 3
+    command = record_to_command(record)[0]
+    assert type(command) is ModifyOrder and command.reduce is True and (command.qty, command.price) == (5, None)
+    assert record_to_command(_modify(ORDER, 3, qty=5))[0].reduce is False
+
+
+def test_a_copy_of_an_applied_cut_is_dropped(book):
+    """A cut is not idempotent as an absolute quantity is: applied again, its copy would cut twice."""
+    book.send(command_to_record(NewOrder("AAPL", ORDER, "A1", Side.BUY, 100, 50)), _cut(ORDER, 1, 10))
+    book.send(_cut(ORDER, 1, 10), _cut(ORDER, 2, 10), _cut(ORDER, 2, 10))
+    reports = book.reports()
+    assert [r.qty for r in reports if type(r) is Modified] == [40, 30]
+    assert book.control("stats")["stats"]["duplicate_modifies"] == 2
+    book.send(_cut(ORDER, 3, 100))  # more than is open: the order is cancelled, by the user
+    cancelled = [r for r in book.reports() if type(r) is Cancelled]
+    assert [(r.order_id, r.qty, r.reason) for r in cancelled] == [(ORDER, 30, CancelReason.USER)]
     replayed, _ = rebuild(str(book.state))
     assert replayed is not None and replayed.snapshot() == book.control("snapshot")["state"]
 

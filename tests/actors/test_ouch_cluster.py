@@ -9,10 +9,11 @@ import time
 import pytest
 from nasdaq_protocols import soup as nsoup
 
+from actors.admin import admin_request
 from actors.ouch_client import LoginRejected, OuchClient
 from exchange import ouch
 from exchange.accounts import hash_password
-from tests.actors.cluster_helpers import start_cluster, write_config
+from tests.actors.cluster_helpers import start_cluster, wait_for, write_config
 
 PASSWORDS = {"ALICE": "alice-pw", "BOB": "bob-pw", "CAROL": "carol-pw"}
 
@@ -74,6 +75,45 @@ def test_nasdaq_protocols_client_trades_through_the_cluster(cluster):
         executed = messages[1]
         assert (executed["quantity"], executed["price"], executed["liquidity_flag"]) == (100, 1_000_000, "R")
     finally:
+        bob.close()
+
+
+def test_a_partial_cancel_counts_executions_its_gateway_has_not_seen_yet(cluster):
+    """Alice cuts her order to an intended size while Bob's order executes against it. Her cancel is translated at
+    the gateway before the execution comes back there; whichever of the two reaches the book first, she executes
+    no more than she intended (the gateway had sent an absolute open quantity, which grew the order by the
+    execution it had not seen). Risk and the gateway are left with nothing waiting."""
+    alice, bob = login(cluster, "ALICE"), login(cluster, "BOB")
+    try:
+        def settle(ref: int, done) -> tuple[int, int]:  # noqa: ANN001
+            got = wait_messages(alice, lambda got: done(got))
+            executed = sum(m["quantity"] for m in got if m["type"] == "E" and m["user_ref_num"] == ref)
+            cancelled = sum(m["quantity"] for m in got if m["type"] == "C" and m["user_ref_num"] == ref)
+            return executed, cancelled
+
+        ref = alice.enter_order("TSLA", "S", 100, 2_000_000)
+        assert wait_messages(alice, lambda got: any(m["type"] == "A" for m in got))
+        bob.enter_order("TSLA", "B", 60, 2_000_000, time_in_force="3")
+        alice.cancel_order(ref, 80)  # at most 80 in all
+        executed, cancelled = settle(ref, lambda got: {m["type"] for m in got} >= {"E", "C"})
+        assert (executed, cancelled) == (60, 20)  # 20 still open: 80 in all, in either order at the book
+        alice.cancel_order(ref)
+        assert settle(ref, lambda got: any(m["type"] == "C" for m in got)) == (0, 20)
+
+        ref = alice.enter_order("TSLA", "S", 100, 2_000_000)
+        assert wait_messages(alice, lambda got: any(m["type"] == "A" for m in got))
+        bob.enter_order("TSLA", "B", 90, 2_000_000, time_in_force="3")
+        alice.cancel_order(ref, 50)
+        # Cut first at the book: 50 left, Bob takes them. Execution first: 10 left, the cut takes them.
+        executed, cancelled = settle(ref, lambda got: sum(m["quantity"] for m in got if m["type"] in "EC") >= 100)
+        assert (executed, cancelled) in ((50, 50), (90, 10))
+        alice.cancel_order(ref)  # nothing left: a Cancel Reject, not a second cancel
+        assert [m["type"] for m in wait_messages(alice, lambda got: bool(got))] == ["I"]
+        config = cluster.config
+        assert wait_for(lambda: all(admin_request(config, shard, {"command": "stats"})["stats"]["in_flight_commands"]
+                                    == 0 for shard in config.risk_shards), timeout=5)
+    finally:
+        alice.close()
         bob.close()
 
 

@@ -361,6 +361,19 @@ class SimpleBook:
         if order is None:
             self._reject(c.order_id, "modify", "unknown_order")
             return
+        if c.reduce is True:  # a cut: so many shares off what remains, all of them a cancel
+            try:
+                self._check_qty(c.qty)
+            except Rejection as r:
+                self._reject(c.order_id, "modify", r.reason)
+                return
+            if c.price is not None:
+                self._reject(c.order_id, "modify", "invalid_price")
+            elif c.qty >= order.leaves:  # type: ignore[operator]
+                self._take_out(order, "user")
+            else:
+                self._modify(ModifyOrder(c.symbol, c.order_id, qty=order.leaves - c.qty))  # type: ignore[operator]
+            return
         try:
             if c.qty is not None:
                 self._check_qty(c.qty)

@@ -109,6 +109,12 @@ class StreamMaker:
             return self._new(rng, symbol, grid, lot, order_id)
         if kind == "cancel":
             return CancelOrder(symbol, order_id)
+        if kind == "modify" and rng.random() < 0.25:  # a cut
+            qty = rng.choice([rng.randint(1, 4) * lot, rng.randint(1, 12) * lot])
+            if self._odd(rng):
+                qty = rng.choice([0, -1, 1.0, None, lot + 1 if lot > 1 else 0])
+            price = self._price(rng, grid) if self._odd(rng) else None
+            return ModifyOrder(symbol, order_id, qty=qty, price=price, reduce=True)
         if kind == "modify":
             lots = rng.randint(1, 12) * lot
             qty = rng.choice([None, lots, lots, lots + 5 if lot > 1 else lots])  # QQ: sometimes off lot

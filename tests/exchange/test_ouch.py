@@ -619,16 +619,47 @@ def test_a_second_cut_behind_a_first_is_judged_against_what_the_first_leaves():
     assert resting.leaves == 1 and v.tr.orders[("U1", 1)].leaves == 1
 
 
-def test_a_cut_that_an_unseen_execution_overtook_is_reported_not_raised():
-    """The intended size is worked out at the gateway from the executions it has seen: one still on its way can
-    leave the book nothing to cut. That is answered with what the book did, not with a negative Order Canceled."""
+def test_executions_on_their_way_count_against_a_cancels_intended_size():
+    """The intended size is worked out at the gateway from the executions it has seen; one still on its way when the
+    cancel is sent counts against it all the same: the book cuts what the gateway saw as too many from what it has
+    open then (an absolute open quantity made the order grow by the unseen execution)."""
     v = LateVenue()
     v.enter("U1", 1, "S", 100, 1_000_000)
     v.deliver()
     v.enter("U2", 1, "B", 50, 1_000_000)  # executes 50 of U1's order at the book, before U1's cut arrives there
-    v.send("U1", encode_inbound("X", user_ref_num=1, quantity=80))
-    out = [(u, m) for u, m in v.deliver() if u == "U1"]
-    assert [m["type"] for _, m in out] == ["E", "M"]
+    v.send("U1", encode_inbound("X", user_ref_num=1, quantity=80))  # at most 80 in all: 50 executed, 30 left
+    out = [m for u, m in v.deliver() if u == "U1"]
+    assert [(m["type"], m["quantity"]) for m in out] == [("E", 50), ("C", 20)]
     [resting] = v.exchange.book("AAPL").orders.values()
     order = v.tr.orders[("U1", 1)]
-    assert (order.leaves, order.executed + order.leaves) == (resting.leaves, out[1][1]["quantity"])
+    assert resting.leaves == order.leaves == 30 and order.executed + order.leaves == 80
+
+
+def test_a_cut_that_executions_overtook_ends_the_order():
+    v = LateVenue()
+    v.enter("U1", 1, "S", 100, 1_000_000)
+    v.deliver()
+    v.enter("U2", 1, "B", 90, 1_000_000)  # 90 executed at the book, unseen at the gateway
+    v.send("U1", encode_inbound("X", user_ref_num=1, quantity=50))  # cut 50 of the 100 it saw: takes the 10 left
+    v.send("U1", encode_inbound("X", user_ref_num=1, quantity=0))  # behind it: nothing left to cancel
+    out = [m for u, m in v.deliver() if u == "U1"]
+    assert [(m["type"], m.get("quantity")) for m in out] == [("E", 90), ("C", 10), ("I", None)]
+    assert not v.exchange.book("AAPL").orders and not v.tr.by_id and not v.tr.orders
+
+
+def test_a_modify_down_counts_executions_on_their_way_too():
+    v = LateVenue()
+    v.enter("U1", 1, "S", 100, 1_000_000)
+    v.deliver()
+    v.enter("U2", 1, "B", 40, 1_000_000)
+    v.send("U1", encode_inbound("M", user_ref_num=1, side="T", quantity=70))  # at most 70 in all: 30 left
+    out = [m for u, m in v.deliver() if u == "U1"]
+    assert [m["type"] for m in out] == ["E", "M"] and (out[1]["quantity"], out[1]["side"]) == (70, "T")  # in all
+    [resting] = v.exchange.book("AAPL").orders.values()
+    assert resting.leaves == 30
+    v.enter("U2", 2, "B", 90, 1_000_000)  # executes the 30 the modify kept
+    v.send("U1", encode_inbound("M", user_ref_num=1, side="S", quantity=50))  # cuts 20 of 30 seen; none left
+    out = [m for u, m in v.deliver() if u == "U1"]
+    assert [m["type"] for m in out] == ["E", "J"] and out[0]["quantity"] == 30  # the order had gone: refused
+    assert [o.username for o in v.tr.by_id.values()] == ["U2"] and ("U1", 1) not in v.tr.orders
+    assert list(v.exchange.book("AAPL").orders) == list(v.tr.by_id)  # U2's rest of 60
