@@ -283,6 +283,8 @@ class OuchTrader:
         self.modify_answers = 0
         self.modifies_cut_off = 0  # sent, then the connection dropped before their answer (OUCH cannot resend M)
         self.modify_drops: set[int] = set()  # live UserRefNums whose outstanding modify met a connection drop
+        self.cuts_sent = 0  # partial cancels (Cancel Order with an intended size above what executed)
+        self.cut_answers = 0
 
     def _idle_live(self) -> list[int]:
         return [ref for ref in self.live if ref not in self.requests and ref not in self.cancelling]
@@ -302,12 +304,18 @@ class OuchTrader:
                 self._replace(self.rng.choice(idle))
             elif draw < 0.45 and idle:
                 ref = self.rng.choice(idle)
-                # Modify sets the intended order size (shares executed under this UserRefNum included).
                 leaves = self.live[ref][2]
-                target = self.rng.choice([q for q in (10, 20, 30, 40, 50) if q != leaves])
-                self.requests[ref] = ("modify", 0)
-                self.modifies_sent += 1
-                self.client.modify_order(ref, self.sides[ref], self.executed[ref] + target)
+                if leaves > 10 and self.rng.random() < 0.4:
+                    # A partial cancel: an intended size below what the client knows to be open, a cut at the book.
+                    self.requests[ref] = ("cut", 0)
+                    self.cuts_sent += 1
+                    self.client.cancel_order(ref, self.executed[ref] + self.rng.randrange(10, leaves, 10))
+                else:
+                    # Modify sets the intended order size (shares executed under this UserRefNum included).
+                    target = self.rng.choice([q for q in (10, 20, 30, 40, 50) if q != leaves])
+                    self.requests[ref] = ("modify", 0)
+                    self.modifies_sent += 1
+                    self.client.modify_order(ref, self.sides[ref], self.executed[ref] + target)
             else:
                 symbol = self.rng.choice(SYMBOLS)
                 side = self.rng.choice("BS")
@@ -343,7 +351,7 @@ class OuchTrader:
         # A Modify (M) has no UserRefNum of its own, so it cannot be sent again safely: one the gateway had not
         # journaled when it died is never answered. It must not be answered twice either (counted when it is).
         for ref, (kind, _) in self.requests.items():
-            if kind == "modify" and ref not in self.modify_drops:
+            if kind in ("modify", "cut") and ref not in self.modify_drops:
                 self.modify_drops.add(ref)
 
     def recover(self) -> None:
@@ -449,10 +457,19 @@ class OuchTrader:
                 order[2] -= m["quantity"]
                 if order[2] <= 0:
                     self._finished(ref)
+        elif kind == "I" and self.requests.get(ref, ("",))[0] == "cut":
+            self.cut_answers += 1  # executions had left nothing to cut
+            del self.requests[ref]
+            self.modify_drops.discard(ref)
         elif kind == "C" and ref in self.live:
-            if m["reason"] == "U" and self.requests.get(ref, ("",))[0] == "modify":
-                # A modify that cut more than executions on their way had left: it ended the order, its answer.
-                self.modify_answers += 1
+            request = self.requests.get(ref, ("",))[0]
+            if m["reason"] == "U" and request in ("modify", "cut"):
+                # The answer to a cut, or to a modify that cut more than executions on their way had left (it
+                # ended the order).
+                if request == "cut":
+                    self.cut_answers += 1
+                else:
+                    self.modify_answers += 1
                 del self.requests[ref]
                 self.modify_drops.discard(ref)
             self.live[ref][2] -= m["quantity"]
@@ -646,7 +663,8 @@ def _run_role_trials(cluster, traders: list, trials: int, feed: FeedListener) ->
           f"{sum(1 for t in traders for n in t.replaces if t.replace_answers[n])}, ignored by the gateway as their "
           f"order finished first {sum(1 for t in traders for n in t.replace_orphans if not t.replace_answers[n])}; "
           f"modifies sent {sum(t.modifies_sent for t in traders)}, answered {sum(t.modify_answers for t in traders)},"
-          f" cut off by a gateway kill before its journal {sum(len(t.modify_drops) for t in traders)}; "
+          f" cut off by a gateway kill before its journal {sum(len(t.modify_drops) for t in traders)}; partial "
+          f"cancels sent {sum(t.cuts_sent for t in traders)}, answered {sum(t.cut_answers for t in traders)}; "
           f"copies dropped by books {copies_dropped}")
     print(f"lost: unanswered orders { {a: len(u) for a, u in unanswered.items()} }, executions reported twice "
           f"{twice}, answers twice {duplicates}, "
@@ -673,6 +691,7 @@ def _run_role_trials(cluster, traders: list, trials: int, feed: FeedListener) ->
     assert sum(sum(t.executions.values()) for t in traders) > 10
     assert sum(1 for t in traders for n in t.replaces if t.replace_answers[n]) > 20
     assert sum(t.modify_answers for t in traders) > 10
+    assert sum(t.cut_answers for t in traders) > 5
     if killed["gateway"]:
         assert all(t.reconnects >= killed["gateway"] for t in traders)
 
@@ -681,8 +700,8 @@ def _unanswered_requests(trader: OuchTrader) -> list[str]:
     """Replaces and modifies without an answer, but for those OUCH allows to go unanswered: a replace of an order
     that finished before the gateway saw it, a modify sent into a connection that dropped (lost with it, or not)."""
     out = [f"replace {n}" for n in trader.replaces if not trader.replace_answers[n] and n not in trader.replace_orphans]
-    return out + [f"modify of {ref}" for ref, (kind, _) in trader.requests.items()
-                  if kind == "modify" and ref not in trader.modify_drops]
+    return out + [f"{kind} of {ref}" for ref, (kind, _) in trader.requests.items()
+                  if kind in ("modify", "cut") and ref not in trader.modify_drops]
 
 
 def _risk_mismatches(config, traders: list) -> bool:  # noqa: ANN001
