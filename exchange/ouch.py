@@ -978,6 +978,12 @@ class OuchTranslator:
             result.replies.append(self._modified(order))
             return
         expected = order.promised if order.pending else _open_shares(order)
+        if target == expected:
+            # The size the requests before it (or the order's own entry) will leave: nothing for the book, where an
+            # absolute quantity would add executions on their way. Answered in its turn, after theirs.
+            order.pending.append(("modify_same", msg))
+            order.promised = target
+            return
         order.pending.append(("modify", msg))
         order.promised = target
         if target < expected:  # a cut, as for a cancel: executions on their way count against the intended size
@@ -1009,6 +1015,26 @@ class OuchTranslator:
         order = self.by_id.get(getattr(event, "order_id", None))  # type: ignore[arg-type]
         if order is None:
             return []
+        out = self._on_order_event(order, kind, event)
+        if order.pending and order.pending[0][0] == "modify_same" and order.accepted:
+            out += self._answer_same_sizes(order)
+        return out
+
+    def _answer_same_sizes(self, order: OuchOrder) -> list[tuple[str, bytes]]:
+        """Modify Orders of the size the requests before them leave, now that those are answered: an Order Modified
+        each (the side may change), or an Order Rejected for an order that ended meanwhile, as the book would."""
+        out = []
+        while order.pending and order.pending[0][0] == "modify_same":
+            _, msg = order.pending.popleft()
+            if order.leaves > 0:
+                order.side = msg["side"]
+                out.append((order.username, self._modified(order)))
+            else:
+                out.append((order.username, self._refusal(order, "modify", msg, RejectReason.UNKNOWN_ORDER)))
+        self._maybe_forget(order)
+        return out
+
+    def _on_order_event(self, order: OuchOrder, kind: type, event: Event) -> list[tuple[str, bytes]]:
         if kind is Accepted:
             order.accepted = True
             order.leaves = event.qty

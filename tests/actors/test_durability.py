@@ -274,7 +274,8 @@ class OuchTrader:
         self.connected = True
         self._next_try = 0.0
         self.executed: Counter = Counter()  # UserRefNum -> shares executed under it (OUCH modify sizes count them)
-        self.requests: dict[int, tuple[str, int]] = {}  # live UserRefNum -> ("replace", new UserRefNum) / ("modify", 0)
+        # live UserRefNum -> ("replace", new UserRefNum) / ("modify", the Modify Order sent) / ("cut", the Cancel sent)
+        self.requests: dict[int, tuple[str, object]] = {}
         self.cancelling: set[int] = set()
         self.replaces: dict[int, bytes] = {}  # replacement UserRefNum -> the Replace Order sent
         self.replace_answers: Counter = Counter()  # replacement UserRefNum -> answers (Replaced or Rejected)
@@ -282,7 +283,10 @@ class OuchTrader:
         self.modifies_sent = 0
         self.modify_answers = 0
         self.modifies_cut_off = 0  # sent, then the connection dropped before their answer (OUCH cannot resend M)
-        self.modify_drops: set[int] = set()  # live UserRefNums whose outstanding modify met a connection drop
+        self.modify_drops: set[int] = set()  # live UserRefNums whose outstanding modify or cut met a connection drop
+        self.copies: Counter = Counter()  # UserRefNum -> copies of its modify/cut sent again after a drop
+        self.request_answers: Counter = Counter()  # UserRefNum -> answers to its modify/cut and their copies
+        self.requests_sent_again = 0
         self.cuts_sent = 0  # partial cancels (Cancel Order with an intended size above what executed)
         self.cut_answers = 0
 
@@ -307,15 +311,19 @@ class OuchTrader:
                 leaves = self.live[ref][2]
                 if leaves > 10 and self.rng.random() < 0.4:
                     # A partial cancel: an intended size below what the client knows to be open, a cut at the book.
-                    self.requests[ref] = ("cut", 0)
+                    payload = ouch.encode_inbound("X", user_ref_num=ref,
+                                                  quantity=self.executed[ref] + self.rng.randrange(10, leaves, 10))
+                    self.requests[ref] = ("cut", payload)
                     self.cuts_sent += 1
-                    self.client.cancel_order(ref, self.executed[ref] + self.rng.randrange(10, leaves, 10))
+                    self.client.send(payload)
                 else:
                     # Modify sets the intended order size (shares executed under this UserRefNum included).
                     target = self.rng.choice([q for q in (10, 20, 30, 40, 50) if q != leaves])
-                    self.requests[ref] = ("modify", 0)
+                    payload = ouch.encode_inbound("M", user_ref_num=ref, side=self.sides[ref],
+                                                  quantity=self.executed[ref] + target)
+                    self.requests[ref] = ("modify", payload)
                     self.modifies_sent += 1
-                    self.client.modify_order(ref, self.sides[ref], self.executed[ref] + target)
+                    self.client.send(payload)
             else:
                 symbol = self.rng.choice(SYMBOLS)
                 side = self.rng.choice("BS")
@@ -348,10 +356,11 @@ class OuchTrader:
 
     def _dropped(self) -> None:
         self.connected = False
-        # A Modify (M) has no UserRefNum of its own, so it cannot be sent again safely: one the gateway had not
-        # journaled when it died is never answered. It must not be answered twice either (counted when it is).
+        # A Modify (M) or a partial cancel has no UserRefNum of its own: the client cannot tell whether one outstanding
+        # when the connection dropped reached the gateway's journal. Both carry an intended order size, so a copy
+        # is harmless (it finds the size already there) and is sent again after the reconnect; each is answered.
         for ref, (kind, _) in self.requests.items():
-            if kind in ("modify", "cut") and ref not in self.modify_drops:
+            if kind in ("modify", "cut"):
                 self.modify_drops.add(ref)
 
     def recover(self) -> None:
@@ -376,6 +385,11 @@ class OuchTrader:
             for ref in sorted(again):
                 self.client.send(again[ref])
                 self.retransmitted += 1
+            for ref in sorted(self.modify_drops & set(self.requests)):
+                self.client.send(self.requests[ref][1])  # type: ignore[arg-type]
+                self.copies[ref] += 1
+                self.requests_sent_again += 1
+            self.modify_drops.clear()
         except (ConnectionClosed, OSError):
             self._dropped()
 
@@ -386,6 +400,18 @@ class OuchTrader:
             self._dropped()
         while self.client.pending():
             self._on(self.client.recv(0))
+
+    def _request_answered(self, ref: int) -> None:
+        """One answer to the order's modify or cut. Without copies sent again it is done. With copies, the original
+        may have died with the gateway or not, so one answer each for the original and the copies is the most it may
+        get; the order takes no new request meanwhile, so that no later answer is taken for another request's."""
+        self.request_answers[ref] += 1
+        if not self.copies[ref]:
+            del self.requests[ref]
+            self.modify_drops.discard(ref)
+            del self.request_answers[ref]
+        elif self.request_answers[ref] > 1 + self.copies[ref]:
+            self.duplicate_answers += 1
 
     def _finished(self, ref: int) -> None:
         del self.live[ref]
@@ -417,16 +443,14 @@ class OuchTrader:
                 self.duplicate_answers += 1
                 return
             self.modify_answers += 1
-            del self.requests[ref]
-            self.modify_drops.discard(ref)
+            self._request_answered(ref)
             if ref in self.live:
                 self.live[ref][2] = m["quantity"] - self.executed[ref]
             return
         if kind == "J" and ref in self.requests and self.requests[ref][0] == "modify":
             # Before the replace check: a modify of an order entered by a Replace is rejected under that number.
             self.modify_answers += 1
-            del self.requests[ref]
-            self.modify_drops.discard(ref)
+            self._request_answered(ref)
             return
         if kind == "J" and ref in self.replaces:
             self.replace_answers[ref] += 1
@@ -459,8 +483,7 @@ class OuchTrader:
                     self._finished(ref)
         elif kind == "I" and self.requests.get(ref, ("",))[0] == "cut":
             self.cut_answers += 1  # executions had left nothing to cut
-            del self.requests[ref]
-            self.modify_drops.discard(ref)
+            self._request_answered(ref)
         elif kind == "C" and ref in self.live:
             request = self.requests.get(ref, ("",))[0]
             if m["reason"] == "U" and request in ("modify", "cut"):
@@ -470,8 +493,7 @@ class OuchTrader:
                     self.cut_answers += 1
                 else:
                     self.modify_answers += 1
-                del self.requests[ref]
-                self.modify_drops.discard(ref)
+                self._request_answered(ref)
             self.live[ref][2] -= m["quantity"]
             if self.live[ref][2] <= 0:
                 self._finished(ref)
@@ -663,8 +685,8 @@ def _run_role_trials(cluster, traders: list, trials: int, feed: FeedListener) ->
           f"{sum(1 for t in traders for n in t.replaces if t.replace_answers[n])}, ignored by the gateway as their "
           f"order finished first {sum(1 for t in traders for n in t.replace_orphans if not t.replace_answers[n])}; "
           f"modifies sent {sum(t.modifies_sent for t in traders)}, answered {sum(t.modify_answers for t in traders)},"
-          f" cut off by a gateway kill before its journal {sum(len(t.modify_drops) for t in traders)}; partial "
-          f"cancels sent {sum(t.cuts_sent for t in traders)}, answered {sum(t.cut_answers for t in traders)}; "
+          f" partial cancels sent {sum(t.cuts_sent for t in traders)}, answered {sum(t.cut_answers for t in traders)};"
+          f" either sent again after a drop {sum(t.requests_sent_again for t in traders)}; "
           f"copies dropped by books {copies_dropped}")
     print(f"lost: unanswered orders { {a: len(u) for a, u in unanswered.items()} }, executions reported twice "
           f"{twice}, answers twice {duplicates}, "
@@ -697,11 +719,12 @@ def _run_role_trials(cluster, traders: list, trials: int, feed: FeedListener) ->
 
 
 def _unanswered_requests(trader: OuchTrader) -> list[str]:
-    """Replaces and modifies without an answer, but for those OUCH allows to go unanswered: a replace of an order
-    that finished before the gateway saw it, a modify sent into a connection that dropped (lost with it, or not)."""
+    """Replaces, modifies and partial cancels without an answer, but for those OUCH allows to go unanswered: a replace
+    of an order that finished before the gateway saw it. (A modify or partial cancel sent into a connection that
+    dropped is sent again after the reconnect, and one of the two must be answered.)"""
     out = [f"replace {n}" for n in trader.replaces if not trader.replace_answers[n] and n not in trader.replace_orphans]
     return out + [f"{kind} of {ref}" for ref, (kind, _) in trader.requests.items()
-                  if kind in ("modify", "cut") and ref not in trader.modify_drops]
+                  if kind in ("modify", "cut") and not trader.request_answers[ref]]
 
 
 def _risk_mismatches(config, traders: list) -> bool:  # noqa: ANN001

@@ -635,6 +635,30 @@ def test_executions_on_their_way_count_against_a_cancels_intended_size():
     assert resting.leaves == order.leaves == 30 and order.executed + order.leaves == 80
 
 
+def test_a_modify_to_the_size_a_request_in_flight_leaves_changes_nothing_at_the_book():
+    """Sent again (or repeated) while the first is unanswered: it is answered in its turn, and the book is not sent an
+    absolute quantity, which would have added the execution on its way to the order."""
+    v = LateVenue()
+    v.enter("U1", 1, "S", 100, 1_000_000)
+    v.deliver()
+    v.enter("U2", 1, "B", 40, 1_000_000)
+    v.send("U1", encode_inbound("M", user_ref_num=1, side="S", quantity=70))
+    v.send("U1", encode_inbound("M", user_ref_num=1, side="T", quantity=70))
+    out = [m for u, m in v.deliver() if u == "U1"]
+    assert [(m["type"], m.get("quantity"), m.get("side")) for m in out] == [("E", 40, None), ("M", 70, "S"),
+                                                                           ("M", 70, "T")]
+    [resting] = v.exchange.book("AAPL").orders.values()
+    assert resting.leaves == 30 and not v.tr.orders[("U1", 1)].pending
+    # Before the order's own answer, and behind an order the book refuses: each answered in its turn.
+    v.enter("U1", 2, "B", 50, 990_000)
+    v.send("U1", encode_inbound("M", user_ref_num=2, side="B", quantity=50))
+    assert [m["type"] for u, m in v.deliver() if u == "U1"] == ["A", "M"]
+    v.enter("U1", 3, "B", 50, 0)  # price 0: the book refuses the order
+    v.send("U1", encode_inbound("M", user_ref_num=3, side="B", quantity=50))
+    assert [(m["type"], m["user_ref_num"]) for u, m in v.deliver() if u == "U1"] == [("J", 3), ("J", 3)]
+    assert ("U1", 3) not in v.tr.orders
+
+
 def test_a_cut_that_executions_overtook_ends_the_order():
     v = LateVenue()
     v.enter("U1", 1, "S", 100, 1_000_000)
