@@ -41,7 +41,8 @@ def inspect(path: str, out: TextIO = sys.stdout) -> int:
     for record in records:
         try:
             command, _ = record_to_command(record)
-            ops[command.op] = ops.get(command.op, 0) + 1
+            op = "reduce" if getattr(command, "reduce", False) is True else command.op  # cuts apart from modifies
+            ops[op] = ops.get(op, 0) + 1
         except LayoutError:
             ops["malformed"] = ops.get("malformed", 0) + 1
     if ops:

@@ -6,6 +6,7 @@ played by a collector, so every report the book sends is seen.
 
 from __future__ import annotations
 
+import io
 import signal
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from actors.admin import admin_request
 from actors.base import ControlRequest, NodeContext
 from actors.book import BookActor
 from actors.config import cluster_order_id, load_config
-from actors.journal_cli import rebuild
+from actors.journal_cli import inspect, rebuild
 from actors.ouch_client import OuchClient
 from actors.transport import Batch, LocalDirectory
 from exchange.engine import OrderBook
@@ -210,6 +211,8 @@ def test_a_copy_of_an_applied_cut_is_dropped(book):
     assert [(r.order_id, r.qty, r.reason) for r in cancelled] == [(ORDER, 30, CancelReason.USER)]
     replayed, _ = rebuild(str(book.state))
     assert replayed is not None and replayed.snapshot() == book.control("snapshot")["state"]
+    out = io.StringIO()  # the journal holds the cuts the book applied, copies left out, counted apart from modifies
+    assert inspect(str(book.state), out) == 0 and "commands after the snapshot: new 1, reduce 3" in out.getvalue()
 
 
 def test_versions_of_orders_gone_from_the_book_are_forgotten_without_snapshots(book):
