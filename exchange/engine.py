@@ -89,10 +89,13 @@ class BookProfile:
     self_trade_prevention: bool = True
     day_orders: bool = True
     fok_orders: bool = True
+    max_qty: int | None = None  # the widest quantity an order may have (a hardware book's quantity field)
 
     def __post_init__(self) -> None:
         if self.max_orders is not None and (type(self.max_orders) is not int or self.max_orders <= 0):
             raise ValueError(f"max_orders must be a positive integer, got {self.max_orders!r}")
+        if self.max_qty is not None and (type(self.max_qty) is not int or self.max_qty <= 0):
+            raise ValueError(f"max_qty must be a positive integer, got {self.max_qty!r}")
         if self.window_ticks is not None and (type(self.window_ticks) is not int or self.window_ticks <= 0):
             raise ValueError(f"window_ticks must be a positive integer, got {self.window_ticks!r}")
 
@@ -331,7 +334,8 @@ class OrderBook:
             missing = None
             if order_type is OrderType.MARKET and not profile.market_orders:
                 missing = "market orders"
-            elif display and display < cmd.qty and not profile.reserve_orders:
+            elif display and not profile.reserve_orders:
+                # Any display quantity: one equal to qty would become a reserve after a quantity increase.
                 missing = "reserve orders"
             elif cmd.post_only and not profile.post_only:
                 missing = "post-only orders"
@@ -341,6 +345,8 @@ class OrderBook:
                 missing = "day orders"
             elif tif is TimeInForce.FOK and not profile.fok_orders:
                 missing = "fill-or-kill orders"
+            elif profile.max_qty is not None and cmd.qty > profile.max_qty:
+                missing = f"quantities above {profile.max_qty}"
             if missing:
                 reject(out, oid, "new", RejectReason.UNSUPPORTED, f"the {profile.name} book does not support {missing}")
                 return False
@@ -557,6 +563,11 @@ class OrderBook:
         elif not (self._plain and type(new_price) is int and new_price > 0 and not new_price % self._tick):
             if not self._check_price(new_price, out, oid, "modify"):
                 return
+        max_qty = self.profile.max_qty
+        if max_qty is not None and new_qty > max_qty:
+            self._reject(out, oid, "modify", RejectReason.UNSUPPORTED,
+                         f"the {self.profile.name} book does not support quantities above {max_qty}")
+            return
         if new_qty == leaves and new_price == old_price:
             self._reject(out, oid, "modify", RejectReason.NO_CHANGE, "modify changes neither price nor quantity")
             return

@@ -227,7 +227,8 @@ class MatcherConfig:
 
     def profile(self, name: str = "hardware") -> BookProfile:
         """The reference engine's profile for this matcher (see :func:`hardware_profile`)."""
-        return hardware_profile(max_orders=self.max_orders, window_ticks=self.window_ticks, name=name)
+        return hardware_profile(max_orders=self.max_orders, window_ticks=self.window_ticks, name=name,
+                                max_qty=self.max_qty)
 
     # -- records -----------------------------------------------------------------------------
 
@@ -259,13 +260,16 @@ def clamp_offset(offset: int) -> int:
     return INT32_MIN if offset < INT32_MIN else INT32_MAX if offset > INT32_MAX else offset
 
 
-def hardware_profile(max_orders: int = 4096, window_ticks: int = 1024, name: str = "hardware") -> BookProfile:
+def hardware_profile(max_orders: int = 4096, window_ticks: int = 1024, name: str = "hardware",
+                     max_qty: int = (1 << 32) - 1) -> BookProfile:
     """The reference engine's profile for the gateware matcher.
 
     Supported: limit orders GTC, DAY (expired by the host at end of day), IOC and FOK; market
     orders (IOC, FOK); post-only; cancel; modify; the price window. Not supported, so rejected
-    with reason ``unsupported``: reserve (iceberg) orders and self-trade prevention.
+    with reason ``unsupported``: reserve (iceberg) orders (any display quantity: one equal to the
+    quantity would become a reserve after a quantity increase), self-trade prevention, and quantities
+    above ``max_qty`` (the matcher's quantity field).
     """
     return BookProfile(name=name, max_orders=max_orders, window_ticks=window_ticks, market_orders=True,
                        reserve_orders=False, post_only=True, self_trade_prevention=False, day_orders=True,
-                       fok_orders=True)
+                       fok_orders=True, max_qty=max_qty)

@@ -98,8 +98,8 @@ def random_commands(rng: random.Random, count: int, config: MatcherConfig, instr
 
     def qty() -> int:
         roll = rng.random()
-        if roll < odd:
-            return rng.choice((0, -lot, lot + 1 if lot > 1 else 0, 1.5))
+        if roll < odd:  # invalid, or wider than the matcher's quantity field (unsupported)
+            return rng.choice((0, -lot, lot + 1 if lot > 1 else 0, 1.5, (config.max_qty // lot + 1) * lot))
         return lot * rng.choice((1, 1, 2, 3, 5, 10, rng.randint(1, 40)))
 
     def known_id() -> int:
@@ -129,7 +129,7 @@ def random_commands(rng: random.Random, count: int, config: MatcherConfig, instr
             if rng.random() < odd:  # unsupported or invalid features
                 pick = rng.randrange(6)
                 if pick == 0 and rng.random() < 0.5:
-                    display = lot  # a reserve when qty > lot (display == qty: see docs/matcher.md)
+                    display = lot  # a reserve when qty > lot; unsupported even when it equals qty
                 elif pick == 1:
                     stp = rng.choice((SelfTradePrevention.CANCEL_NEWEST, SelfTradePrevention.CANCEL_OLDEST))
                 elif pick == 2:
@@ -148,8 +148,6 @@ def random_commands(rng: random.Random, count: int, config: MatcherConfig, instr
                 ids.append(oid)
             account = rng.choice(ACCOUNTS) if rng.random() > odd / 3 else "BAD ACCOUNT"
             q = qty()
-            if display == lot and (type(q) is not int or q <= lot):
-                q = 2 * lot
             out.append(NewOrder(symbol, oid, account, side, p, q, order_type=order_type, tif=tif,
                                 post_only=post_only, display_qty=display, stp=stp))
         elif roll < 0.77:

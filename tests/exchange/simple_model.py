@@ -183,11 +183,12 @@ class SimpleBook:
         p = self.profile
         if (
             (market and not p.market_orders)
-            or (c.display_qty and c.display_qty < c.qty and not p.reserve_orders)
+            or (c.display_qty and not p.reserve_orders)
             or (c.post_only and not p.post_only)
             or (c.stp != SelfTradePrevention.NONE and not p.self_trade_prevention)
             or (c.tif == TimeInForce.DAY and not p.day_orders)
             or (c.tif == TimeInForce.FOK and not p.fok_orders)
+            or (p.max_qty is not None and c.qty > p.max_qty)
         ):
             raise Rejection("unsupported")
 
@@ -384,6 +385,9 @@ class SimpleBook:
             return
         qty = order.leaves if c.qty is None else c.qty
         price = order.price if c.price is None else c.price
+        if self.profile.max_qty is not None and qty > self.profile.max_qty:
+            self._reject(c.order_id, "modify", "unsupported")
+            return
         if qty == order.leaves and price == order.price:
             self._reject(c.order_id, "modify", "no_change")
             return

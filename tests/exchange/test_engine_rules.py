@@ -802,9 +802,23 @@ def test_unsupported_features_of_a_restricted_profile(flag: str, fields: dict) -
     assert full.exchange.process(command)[0].to_dict()["event"] == "accepted"
 
 
-def test_display_qty_equal_to_qty_is_not_a_reserve_order() -> None:
+def test_any_display_qty_is_a_reserve_order_where_reserves_are_unsupported() -> None:
+    """Equal to the quantity it shows everything, but a quantity increase would make it a reserve, which the gateware
+    cannot hold: the driver refuses it, and so does the engine's profile (they gave different events)."""
     s = Session(GRID, BookProfile(name="lite", reserve_orders=False))
-    s(_grid_order(display_qty=20), accepted(1, "A", "buy", 100, 20, display_qty=20), added(1, "buy", 100, 20))
+    s(_grid_order(display_qty=20), rejected(1, "new", "unsupported"))
+    Session(GRID)(_grid_order(display_qty=20), accepted(1, "A", "buy", 100, 20, display_qty=20),
+                  added(1, "buy", 100, 20))
+
+
+def test_quantities_above_a_profiles_max_qty_are_unsupported() -> None:
+    s = Session(GRID, BookProfile(name="narrow", max_qty=30))
+    s(_grid_order(qty=40), rejected(1, "new", "unsupported"))
+    s(_grid_order(qty=30), accepted(1, "A", "buy", 100, 30), added(1, "buy", 100, 30))
+    s(ModifyOrder(SYM, 1, qty=40), rejected(1, "modify", "unsupported"))
+    s(ModifyOrder(SYM, 1, qty=20), modified(1, "A", 100, 20, True), reduced(1, 10, 20))
+    with pytest.raises(ValueError):
+        BookProfile(max_qty=0)
 
 
 def test_unknown_and_invalid_symbols_are_rejected_without_seq() -> None:

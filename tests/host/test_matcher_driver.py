@@ -108,6 +108,8 @@ def invalid_commands() -> list:
         new("QQ", 1, "A", Side.BUY, 100_000, 20, post_only=True, tif=TimeInForce.FOK),
         new("QQ", 1, "A", Side.BUY, 100_000, 20, display_qty=10),  # a reserve order: unsupported
         new("QQ", 1, "A", Side.BUY, 100_000, 20, stp=SelfTradePrevention.CANCEL_BOTH),  # STP: unsupported
+        new("QQ", 1, "A", Side.BUY, 100_000, 20, display_qty=20),  # shows all, but still a reserve order
+        new("QQ", 1, "A", Side.BUY, 100_000, (SMALL.max_qty // 10 + 1) * 10),  # wider than the quantity field
         CancelOrder("QQ", 99), CancelOrder("QQ", "x"), ModifyOrder("QQ", 5, qty=10), EndOfDay("QQ"),
         SetBasePrice("QQ", 0), SetBasePrice("QQ", 100_001), SetBasePrice("QQ", "100000"),  # type: ignore[arg-type]
     ]
