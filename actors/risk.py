@@ -54,6 +54,8 @@ log = logging.getLogger("matchwire.risk")
 _unpack_order = ORDER.struct.unpack_from
 _pack_order = ORDER.struct.pack
 _unpack_report = REPORT.struct.unpack_from
+#: Refused new orders remembered per shard (a gateway sends its unanswered orders again within moments).
+REFUSED_KEPT = 100_000
 _ANSWERS_CANCEL, _ANSWERS_MODIFY, _ANSWERS_CUT = 1, 2, 4
 _FLAGS_AT = 5  # the flags byte of an order record
 
@@ -120,6 +122,10 @@ class RiskActor(ClusterActor):
         self._rejects_logged = 0
         self.seen_ids = recent_order_ids()  # new orders that passed (a gateway may send one again;
         # exchange/recent_ids.py says why a window per gateway recognises every copy)
+        # New orders this shard refused, with the reason code: a copy a gateway sends again (it does when it sees
+        # this node come up, and a refusal may still be on its way) is refused again, never checked anew: it
+        # might pass now and rest in a book while its client was told it was rejected.
+        self.refused_new: dict[int, int] = {}
         # New orders sent to a book and not answered yet (id -> record): a book that recovers is sent these
         # again (it answers a copy of one it has with duplicate_order_id, which everyone ignores), since
         # one sent to its new incarnation before its RECOVERED arrived cannot be told from one lost.
@@ -211,6 +217,7 @@ class RiskActor(ClusterActor):
                              if order_id not in in_accounts],
             "pending_source": list(self.pending_source.items()),
             "seen_ids": self.seen_ids.save_state(),
+            "refused_new": list(self.refused_new.items()),
             "in_flight_new": [[order_id, record.hex()] for order_id, record in self.in_flight_new.items()],
             "in_flight_cmds": [[order_id, [r.hex() for r in cmds]] for order_id, cmds in self.in_flight_cmds.items()],
             "modify_seen": list(self.modify_seen.items()),
@@ -230,6 +237,7 @@ class RiskActor(ClusterActor):
             self.orders[values[0]] = RiskOrder.from_state(values)
         self.pending_source = dict(state["pending_source"])
         self.seen_ids.load_state(state["seen_ids"])
+        self.refused_new = dict(state.get("refused_new", ()))  # snapshots of before 2026-12-05 have none
         self.in_flight_new = {order_id: bytes.fromhex(r) for order_id, r in state["in_flight_new"]}
         self.in_flight_cmds = {order_id: [bytes.fromhex(r) for r in cmds] for order_id, cmds in state["in_flight_cmds"]}
         self.modify_seen = dict(state["modify_seen"])
@@ -292,6 +300,11 @@ class RiskActor(ClusterActor):
             book = self.book_index.get(symbol)
             if book is None:
                 self._reject(batch.source, symbol, order_id, op, "unknown_symbol", trace_ns)
+                continue
+            if op == Op.NEW and order_id in self.refused_new:
+                self.count("refused_copies")
+                self._reject(batch.source, symbol, order_id, op, REASONS_BY_CODE.get(self.refused_new[order_id], ""),
+                             trace_ns)
                 continue
             if op != Op.MODIFY:
                 version = 0  # the field is a new order's display quantity
@@ -454,6 +467,9 @@ class RiskActor(ClusterActor):
                 if not cmds:
                     del self.in_flight_cmds[order_id]
         if op == Op.NEW:
+            self.refused_new[order_id] = code
+            if len(self.refused_new) > REFUSED_KEPT:
+                del self.refused_new[next(iter(self.refused_new))]  # the oldest: long answered
             self.in_flight_new.pop(order_id, None)
             order = self.orders.pop(order_id, None)
             if order is not None:

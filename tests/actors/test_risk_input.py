@@ -12,12 +12,13 @@ import pytest
 import zmq
 
 from actors.base import NodeContext
-from actors.config import load_config
+from actors.config import cluster_order_id, load_config
 from actors.durable import resend_done_record
 from actors.ports import free_port_block
 from actors.risk import RiskActor
 from actors.transport import Batch, LocalDirectory, PeerDown, PeerUp
-from exchange.wire import REPORT_SIZE, EventKind, MessageKind
+from exchange.orders import NewOrder, Side
+from exchange.wire import REPORT_SIZE, EventKind, MessageKind, command_to_record
 from tests.actors.cluster_helpers import wait_for
 
 CONFIG = """
@@ -93,4 +94,26 @@ def test_garbage_reports_and_a_returning_books_answer(risk):
     actor.tell(Batch(MessageKind.REPORTS, book, resend_done_record("AAPL", 0), 1))
     assert wait_for(lambda: _stats(actor)["books_recovering"] == [])
     assert _stats(actor)["books_back_without_restart"] == 1
+
+
+def test_a_copy_of_a_refused_order_is_refused_again_once_its_book_is_back(risk):
+    """A gateway sends its unanswered orders again when it sees a risk node come up, and the refusal of one may still
+    be on its way (a cluster whose nodes start one by one). Checked anew, the copy passed once the book was up and
+    rested there, while its client had been told Order Rejected (and a later execution of it reached nobody)."""
+    actor, config = risk
+    gateway, book = config.actor_index["gateway/0"], config.actor_index["book/AAPL"]
+    record = command_to_record(NewOrder("AAPL", cluster_order_id(0, 1), "A1", Side.SELL, 1_000_000, 100))
+    actor.tell(PeerDown("books"))
+    actor.tell(Batch(MessageKind.ORDERS, gateway, record, 1))
+    assert wait_for(lambda: _stats(actor).get("rejected_instrument_unavailable") == 1)
+    actor.tell(PeerUp("books"))
+    actor.tell(Batch(MessageKind.REPORTS, book, resend_done_record("AAPL", 0), 1))
+    assert wait_for(lambda: _stats(actor)["books_recovering"] == [])
+    actor.tell(Batch(MessageKind.ORDERS, gateway, record, 1))  # the gateway's copy
+    assert wait_for(lambda: _stats(actor).get("refused_copies") == 1)
+    stats = _stats(actor)
+    assert stats["rejected_instrument_unavailable"] == 2 and stats["in_flight_new"] == 0  # not sent to the book
+    # The refusal is remembered across a snapshot.
+    state = actor.proxy().save_state().get(timeout=10)
+    assert [order_id for order_id, _ in state["refused_new"]] == [cluster_order_id(0, 1)]
 
