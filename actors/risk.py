@@ -60,6 +60,13 @@ _ANSWERS_CANCEL, _ANSWERS_MODIFY, _ANSWERS_CUT = 1, 2, 4
 _FLAGS_AT = 5  # the flags byte of an order record
 
 
+def _command_kind(record: bytes) -> int:
+    """The _ANSWERS_* bit of an order record in flight: a cancel, a cut or another modify."""
+    if record[0] == Op.CANCEL:
+        return _ANSWERS_CANCEL
+    return _ANSWERS_CUT if record[_FLAGS_AT] & FLAG_REDUCE else _ANSWERS_MODIFY
+
+
 def _answer_kind(kind: int, reason: int, op: int) -> int:
     """Which commands of an order a book event answers, as _ANSWERS_* bits: a modify (a cut among them) is
     answered by Modified or its reject, a cancel by the user's Cancelled or its reject, and a cut that took all
@@ -561,8 +568,7 @@ class RiskActor(ClusterActor):
             answered = _answer_kind(kind, reason, op)
             if answered:
                 for i, record in enumerate(cmds):
-                    if record[0] == Op.CANCEL and answered & _ANSWERS_CANCEL or record[0] == Op.MODIFY and \
-                            answered & (_ANSWERS_CUT if record[_FLAGS_AT] & FLAG_REDUCE else _ANSWERS_MODIFY):
+                    if answered & _command_kind(record):
                         del cmds[i]
                         break
                 if not cmds:

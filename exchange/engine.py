@@ -530,8 +530,12 @@ class OrderBook:
             self._reject(out, cmd.order_id, "cancel", RejectReason.UNKNOWN_ORDER,
                          f"no resting order {cmd.order_id!r}")
             return
+        self._cancel_resting(order, cmd.reason if isinstance(cmd.reason, str) and cmd.reason else CancelReason.USER,
+                             out)
+
+    def _cancel_resting(self, order: RestingOrder, reason: str, out: list[Event]) -> None:
+        """Cancel what remains of a resting order (a user's cancel, a cut of all of it, a DAY order's expiry)."""
         side = self.bids if order.side is BUY else self.asks
-        reason = cmd.reason if isinstance(cmd.reason, str) and cmd.reason else CancelReason.USER
         self._remove_resting(order, side.levels[order.price], reason, out)
 
     def _modify(self, cmd: ModifyOrder, out: list[Event]) -> None:
@@ -549,8 +553,7 @@ class OrderBook:
                 self._reject(out, oid, "modify", RejectReason.INVALID_PRICE, "a reduce carries no price")
                 return
             if new_qty >= leaves:  # type: ignore[operator]
-                side = self.bids if order.side is BUY else self.asks
-                self._remove_resting(order, side.levels[old_price], CancelReason.USER, out)
+                self._cancel_resting(order, CancelReason.USER, out)
                 return
             new_qty = leaves - new_qty  # type: ignore[operator]
         if new_qty is None:
@@ -640,8 +643,7 @@ class OrderBook:
         expiring = [order for order in self.orders.values() if order.tif is TimeInForce.DAY]
         # Expire in order-id order so the result does not depend on book layout.
         for order in sorted(expiring, key=lambda o: o.order_id):
-            side = self.bids if order.side is BUY else self.asks
-            self._remove_resting(order, side.levels[order.price], CancelReason.EXPIRED, out)
+            self._cancel_resting(order, CancelReason.EXPIRED, out)
 
     def _set_base(self, cmd: SetBasePrice, out: list[Event]) -> None:
         price = cmd.price

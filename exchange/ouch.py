@@ -752,6 +752,12 @@ def _open_shares(order: OuchOrder) -> int:
     return order.leaves if order.accepted else order.quantity
 
 
+def _expected_open(order: OuchOrder) -> int:
+    """The open shares a new request on the order starts from: what the requests before it will leave, else all
+    that is open as far as the translator knows."""
+    return order.promised if order.pending else _open_shares(order)
+
+
 def _done(order: OuchOrder) -> bool:
     """Nothing left to cancel, replace or modify. An order not yet answered is not done: the book takes requests
     in the order they were sent, so one sent behind the order finds it there (Nasdaq handles a user's messages in
@@ -947,7 +953,7 @@ class OuchTranslator:
         # it takes off what it has open then, so shares executed meanwhile count against the intended size
         # (an absolute open quantity would make the order grow by them).
         target = msg["quantity"] - order.executed
-        expected = order.promised if order.pending else _open_shares(order)
+        expected = _expected_open(order)
         if target <= 0:
             order.pending.append(("cancel", None))
             order.promised = 0
@@ -977,7 +983,7 @@ class OuchTranslator:
             order.side = msg["side"]
             result.replies.append(self._modified(order))
             return
-        expected = order.promised if order.pending else _open_shares(order)
+        expected = _expected_open(order)
         if target == expected:
             # The size the requests before it (or the order's own entry) will leave: nothing for the book, where an
             # absolute quantity would add executions on their way. Answered in its turn, after theirs.
