@@ -43,6 +43,7 @@ __all__ = [
     "DEVICES",
     "PACKAGES",
     "Report",
+    "SPEED_GRADES",
     "build_harness",
     "load_component",
     "main",
@@ -63,6 +64,9 @@ DEVICES = {
     "LFE5UM5G-45F": "--um5g-45k",
     "LFE5UM5G-85F": "--um5g-85k",
 }
+#: Speed grades each family is sold in: ECP5 and ECP5-5G parts differ (the 5G parts, whose SERDES reach
+#: 5 Gb/s, come in grade 8 only), and nextpnr would time a part that does not exist without a word.
+SPEED_GRADES = {"LFE5U": (6, 7, 8), "LFE5UM": (6, 7, 8), "LFE5UM5G": (8,)}
 PACKAGES = ("CABGA256", "CABGA381", "CABGA554", "CABGA756", "CSFBGA285", "TQFP144")
 #: Above this many port bits the ``auto`` harness switches from ``io`` to ``chain``.
 IO_HARNESS_LIMIT = 150
@@ -258,7 +262,7 @@ def synthesise(
     params: dict[str, Any] | None = None,
     device: str = "LFE5U-85F",
     package: str = "CABGA381",
-    speed: int = 6,
+    speed: int | None = None,
     clock_mhz: float = 100.0,
     out_dir: Path | str | None = None,
     harness: str = "auto",
@@ -269,8 +273,11 @@ def synthesise(
         raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
     if package not in PACKAGES:
         raise ValueError(f"unknown package {package!r}; choose from {', '.join(PACKAGES)}")
-    if speed not in (6, 7, 8):
-        raise ValueError(f"speed grade must be 6, 7 or 8, not {speed!r}")
+    grades = SPEED_GRADES[device.split("-")[0]]
+    if speed is None:
+        speed = grades[0]  # the slowest grade the part is sold in: what a design must meet to run on any of them
+    if isinstance(speed, bool) or speed not in grades:
+        raise ValueError(f"{device} comes in speed grade {' or '.join(map(str, grades))}, not {speed!r}")
     if not clock_mhz > 0:
         raise ValueError(f"clock must be positive, not {clock_mhz!r} MHz")
     params = dict(params or {})
@@ -372,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE")
     parser.add_argument("--device", default="LFE5U-85F", choices=sorted(DEVICES))
     parser.add_argument("--package", default="CABGA381", choices=PACKAGES)
-    parser.add_argument("--speed", type=int, default=6, choices=(6, 7, 8))
+    parser.add_argument("--speed", type=int, choices=(6, 7, 8),
+                        help="speed grade (default: the slowest the device is sold in, 6, or 8 for LFE5UM5G)")
     parser.add_argument("--clock-mhz", type=float, default=100.0)
     parser.add_argument("--harness", default="auto", choices=("auto", "io", "chain"))
     parser.add_argument("--seed", type=int, default=1)

@@ -1,0 +1,26 @@
+"""hdl.report's parameter checks: refused before any tool runs, so these need no YoWASP."""
+
+import pytest
+
+from hdl.report import DEVICES, SPEED_GRADES, synthesise
+
+
+@pytest.mark.parametrize(("device", "speed"), [("LFE5UM5G-85F", 6), ("LFE5UM5G-85F", 7), ("LFE5U-85F", 5),
+                                               ("LFE5U-85F", 9), ("LFE5U-85F", True)])
+def test_a_speed_grade_the_part_is_not_sold_in_is_refused(device, speed, tmp_path):
+    with pytest.raises(ValueError, match=f"{device} comes in speed grade"):
+        synthesise("hdl.link:FrameDecoder", device=device, speed=speed, out_dir=tmp_path)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_every_device_has_its_speed_grades():
+    assert {device.split("-")[0] for device in DEVICES} == set(SPEED_GRADES)
+    assert SPEED_GRADES["LFE5UM5G"] == (8,)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"device": "XC7A35T"}, "unknown device"),
+                                                 ({"package": "QFN48"}, "unknown package"),
+                                                 ({"clock_mhz": 0}, "clock must be positive")])
+def test_other_bad_parameters_are_refused(kwargs, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        synthesise("hdl.link:FrameDecoder", out_dir=tmp_path, **kwargs)
