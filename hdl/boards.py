@@ -15,6 +15,12 @@ name              FPGA                        clock, matcher, UART
 ``icesugar-pro``  ECP5 LFE5U-25F (CABGA256)   25 MHz oscillator, EHXPLLL to 30 MHz; ``medium``
                                               matcher (1024 orders, +-256 ticks) for its 56 block
                                               RAMs; the iCELink's USB serial port at 115200 baud
+``ecp5-5g-evn``   ECP5-5G LFE5UM5G-85F-8      12 MHz oscillator, EHXPLLL to 30 MHz; ``default``
+                  (CABGA381)                  matcher; the FT2232H's second channel at 1 Mbaud
+                                              (the board's jumpers and the FTDI's EEPROM must be
+                                              changed for it, see its user guide); the part on
+                                              which the matcher (100 MHz) and the ITCH decoder
+                                              (156.25 MHz) meet their targets alone
 ================  ==========================  ===================================================
 
 No iCE40 holds the card: at the smallest useful size (64 orders) it needs about 8900 logic
@@ -138,6 +144,12 @@ def _icesugar_pro() -> Any:
     return ICESugarProPlatform()
 
 
+def _ecp5_5g_evn() -> Any:
+    from amaranth_boards.ecp5_5g_evn import ECP55GEVNPlatform
+
+    return ECP55GEVNPlatform()
+
+
 BOARDS: dict[str, Board] = {
     "ulx3s-85f": Board(
         name="ulx3s-85f",
@@ -164,6 +176,20 @@ BOARDS: dict[str, Board] = {
         program=("-c", "cmsisdap", "--vid", "0x1d50", "--pid", "0x602b"),
         notes="the medium matcher (1024 orders, +-256 ticks): the 25F's 56 block RAMs cannot hold the default one; "
               "115200 baud, the iCELink bridge's safe speed",
+    ),
+    "ecp5-5g-evn": Board(
+        name="ecp5-5g-evn",
+        description="Lattice ECP5-5G Evaluation Board with an LFE5UM5G-85F-8; host link: the FT2232H's second "
+                    "channel as a UART",
+        platform=_ecp5_5g_evn,
+        family="ecp5",
+        preset="default",
+        clock_hz=30e6,
+        pll=Pll(in_mhz=12, out_mhz=30, in_div=2, fb_div=5, op_div=20, op_cphase=9),
+        leds=8,
+        program=("-b", "ecp5_evn"),
+        notes="the UART needs the board's two UART jumpers moved and the FT2232H's EEPROM set for a serial channel "
+              "B (the board's user guide, section 'UART'); until then the host cannot reach the card",
     ),
 }
 

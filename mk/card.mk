@@ -8,6 +8,8 @@
 #                                      report.json; fails when a clock misses its target
 #   make bitstream BOARD=icesugar-pro  build/icesugar-pro/matchwire_card.bit (ECP5-25F, medium matcher,
 #                                      115200 baud: open it as /dev/ttyACM0?baud=115200)
+#   make bitstream BOARD=ecp5-5g-evn   build/ecp5-5g-evn/matchwire_card.bit (ECP5-5G LFE5UM5G-85F-8, the
+#                                      part on which the matcher and the ITCH decoder meet their Fmax targets)
 #   make bitstream BOARD=ulx3s-85f DESIGN=itch
 #                                      the ITCH decoder card instead: build/ulx3s-85f-itch/matchwire_itch_card.bit
 #   make bitstreams                    every board (matcher card)
@@ -19,7 +21,7 @@
 # (nextpnr placement seed), FORCE=1 (rebuild even when nothing changed).
 
 BOARD ?= ulx3s-85f
-CARD_BOARDS := ulx3s-85f icesugar-pro
+CARD_BOARDS := ulx3s-85f icesugar-pro ecp5-5g-evn
 BAUD ?=
 SEED ?= 1
 DESIGN ?= matcher

@@ -39,14 +39,19 @@ def test_ulx3s_bitstream_builds_and_meets_timing(background_bitstream_build):
 
 
 def test_boards_and_their_parameters():
-    assert set(BOARDS) >= {"ulx3s-85f", "icesugar-pro"}
+    assert set(BOARDS) >= {"ulx3s-85f", "icesugar-pro", "ecp5-5g-evn"}
     assert board("ulx3s-85f").config == matcher_preset("default")
+    assert board("ecp5-5g-evn").config == matcher_preset("default")
     assert board("icesugar-pro").config == matcher_preset("medium")
-    with pytest.raises(ValueError, match="unknown board 'de0'; choose from ulx3s-85f, icesugar-pro"):
+    with pytest.raises(ValueError, match="unknown board 'de0'; choose from ulx3s-85f, icesugar-pro, ecp5-5g-evn"):
         board("de0")
     top = CardTop(board("ulx3s-85f"))
     assert top.uart.divisor == 30 and top.card.clock_hz == 30_000_000
     assert CardTop(board("icesugar-pro")).uart.divisor == 260  # 115200 baud
+    evn = CardTop(board("ecp5-5g-evn"))  # a 12 MHz oscillator, the same 30 MHz card clock
+    assert evn.uart.divisor == 30 and evn.card.clock_hz == 30_000_000
+    platform = board("ecp5-5g-evn").platform()
+    assert (platform.device, platform.speed) == ("LFE5UM5G-85F", "8")
     assert CardTop(board("icesugar-pro"), baud=CARD_BAUD).uart.divisor == 30
     with pytest.raises(ValueError, match="baud"):
         CardTop(board("icesugar-pro"), baud=12_000_000)  # 2.5 clocks per bit
