@@ -188,8 +188,9 @@ BOARDS: dict[str, Board] = {
         pll=Pll(in_mhz=12, out_mhz=30, in_div=2, fb_div=5, op_div=20, op_cphase=9),
         leds=8,
         program=("-b", "ecp5_evn"),
-        notes="the UART needs the board's two UART jumpers moved and the FT2232H's EEPROM set for a serial channel "
-              "B (the board's user guide, section 'UART'); until then the host cannot reach the card",
+        notes="the 12 MHz clock on pin A10 is the FT2232H's (a jumper routes it: the board's user guide); the UART "
+              "needs the board's two UART jumpers moved and the FT2232H's EEPROM set for a serial channel B (the user "
+              "guide, section 'UART'); until then the host cannot reach the card",
     ),
 }
 
