@@ -48,6 +48,7 @@ __all__ = [
     "load_component",
     "main",
     "parse_component",
+    "speed_grade",
     "synthesise",
 ]
 
@@ -256,6 +257,19 @@ def _fmax(report: dict) -> float | None:
     return min(achieved) if achieved else None
 
 
+def speed_grade(device: str, speed: int | None = None) -> int:
+    """``speed``, checked against the grades ``device`` is sold in; by default the slowest of them, which is
+    what a design must meet to run on any part of that name."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    grades = SPEED_GRADES[device.split("-")[0]]
+    if speed is None:
+        return grades[0]
+    if isinstance(speed, bool) or speed not in grades:
+        raise ValueError(f"{device} comes in speed grade {' or '.join(map(str, grades))}, not {speed!r}")
+    return speed
+
+
 def synthesise(
     component: str,
     *,
@@ -269,15 +283,9 @@ def synthesise(
     seed: int = 1,
 ) -> Report:
     """Synthesise, place and route ``component`` (``module:factory``); returns the figures."""
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    speed = speed_grade(device, speed)  # the device first
     if package not in PACKAGES:
         raise ValueError(f"unknown package {package!r}; choose from {', '.join(PACKAGES)}")
-    grades = SPEED_GRADES[device.split("-")[0]]
-    if speed is None:
-        speed = grades[0]  # the slowest grade the part is sold in: what a design must meet to run on any of them
-    if isinstance(speed, bool) or speed not in grades:
-        raise ValueError(f"{device} comes in speed grade {' or '.join(map(str, grades))}, not {speed!r}")
     if not clock_mhz > 0:
         raise ValueError(f"clock must be positive, not {clock_mhz!r} MHz")
     params = dict(params or {})

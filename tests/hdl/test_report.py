@@ -2,7 +2,7 @@
 
 import pytest
 
-from hdl.report import DEVICES, SPEED_GRADES, synthesise
+from hdl.report import DEVICES, SPEED_GRADES, main, speed_grade, synthesise
 
 
 @pytest.mark.parametrize(("device", "speed"), [("LFE5UM5G-85F", 6), ("LFE5UM5G-85F", 7), ("LFE5U-85F", 5),
@@ -13,9 +13,17 @@ def test_a_speed_grade_the_part_is_not_sold_in_is_refused(device, speed, tmp_pat
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
-def test_every_device_has_its_speed_grades():
+def test_every_device_has_its_speed_grades_and_the_slowest_is_the_default():
     assert {device.split("-")[0] for device in DEVICES} == set(SPEED_GRADES)
     assert SPEED_GRADES["LFE5UM5G"] == (8,)
+    assert speed_grade("LFE5U-85F") == 6 and speed_grade("LFE5UM-85F") == 6
+    assert speed_grade("LFE5UM5G-85F") == 8 and speed_grade("LFE5U-85F", 8) == 8
+
+
+def test_the_command_line_names_the_refusal(tmp_path, capsys):
+    code = main(["hdl.link:FrameDecoder", "--device", "LFE5UM5G-85F", "--speed", "6", "--out", str(tmp_path)])
+    assert code == 2
+    assert "hdl.report: LFE5UM5G-85F comes in speed grade 8, not 6" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [({"device": "XC7A35T"}, "unknown device"),
