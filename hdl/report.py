@@ -387,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE")
     parser.add_argument("--device", default="LFE5U-85F", choices=sorted(DEVICES))
     parser.add_argument("--package", default="CABGA381", choices=PACKAGES)
-    parser.add_argument("--speed", type=int, choices=(6, 7, 8),
+    # No argparse choices: speed_grade() judges the grade against the device, in one place.
+    parser.add_argument("--speed", type=int,
                         help="speed grade (default: the slowest the device is sold in, 6, or 8 for LFE5UM5G)")
     parser.add_argument("--clock-mhz", type=float, default=100.0)
     parser.add_argument("--harness", default="auto", choices=("auto", "io", "chain"))

@@ -20,10 +20,14 @@ def test_every_device_has_its_speed_grades_and_the_slowest_is_the_default():
     assert speed_grade("LFE5UM5G-85F") == 8 and speed_grade("LFE5U-85F", 8) == 8
 
 
-def test_the_command_line_names_the_refusal(tmp_path, capsys):
-    code = main(["hdl.link:FrameDecoder", "--device", "LFE5UM5G-85F", "--speed", "6", "--out", str(tmp_path)])
+@pytest.mark.parametrize(("device", "speed", "message"), [
+    ("LFE5UM5G-85F", "6", "LFE5UM5G-85F comes in speed grade 8, not 6"),
+    ("LFE5U-85F", "9", "LFE5U-85F comes in speed grade 6 or 7 or 8, not 9")])
+def test_the_command_line_names_the_refusal(device, speed, message, tmp_path, capsys):
+    code = main(["hdl.link:FrameDecoder", "--device", device, "--speed", speed, "--out", str(tmp_path)])
     assert code == 2
-    assert "hdl.report: LFE5UM5G-85F comes in speed grade 8, not 6" in capsys.readouterr().err
+    assert f"hdl.report: {message}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [({"device": "XC7A35T"}, "unknown device"),
