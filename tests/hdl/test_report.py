@@ -2,7 +2,7 @@
 
 import pytest
 
-from hdl.report import DEVICES, SPEED_GRADES, main, speed_grade, synthesise
+from hdl.report import DEVICES, ROUTER_OPTIONS, SPEED_GRADES, main, nextpnr_arguments, speed_grade, synthesise
 
 
 @pytest.mark.parametrize(("device", "speed"), [("LFE5UM5G-85F", 6), ("LFE5UM5G-85F", 7), ("LFE5U-85F", 5),
@@ -36,3 +36,13 @@ def test_the_command_line_names_the_refusal(device, speed, message, tmp_path, ca
 def test_other_bad_parameters_are_refused(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         synthesise("hdl.link:FrameDecoder", out_dir=tmp_path, **kwargs)
+
+
+def test_timing_driven_ripup_adds_its_option_and_nothing_else():
+    with_ripup = nextpnr_arguments("LFE5U-85F", "CABGA381", 8, 100.0, 3, list(ROUTER_OPTIONS))
+    plain = nextpnr_arguments("LFE5U-85F", "CABGA381", 8, 100.0, 3, [])
+    assert ROUTER_OPTIONS == ("--tmg-ripup",)
+    assert "--tmg-ripup" in with_ripup and "--tmg-ripup" not in plain
+    assert [a for a in with_ripup if a != "--tmg-ripup"] == plain
+    assert plain[:6] == ["--85k", "--package", "CABGA381", "--speed", "8", "--json"]
+    assert plain[plain.index("--freq") + 1] == "100" and plain[plain.index("--seed") + 1] == "3"
