@@ -356,6 +356,7 @@ def synthesise(
 def nextpnr_arguments(device: str, package: str, speed: int, clock_mhz: float, seed: int,
                       router_options: list[str]) -> list[str]:
     """nextpnr-ecp5's arguments for a report, run in its output directory (reads ``top.json``)."""
+    speed = speed_grade(device, speed)  # the device and grade judged where synthesise() judges them
     return [DEVICES[device], "--package", package, "--speed", str(speed), "--json", "top.json",
             "--freq", f"{clock_mhz:g}", "--lpf-allow-unconstrained", "--timing-allow-fail", "--seed", str(seed),
             *router_options, "--report", "nextpnr-report.json", "-l", "nextpnr.log", "-q"]

@@ -46,3 +46,10 @@ def test_timing_driven_ripup_adds_its_option_and_nothing_else():
     assert [a for a in with_ripup if a != "--tmg-ripup"] == plain
     assert plain[:6] == ["--85k", "--package", "CABGA381", "--speed", "8", "--json"]
     assert plain[plain.index("--freq") + 1] == "100" and plain[plain.index("--seed") + 1] == "3"
+
+
+def test_the_nextpnr_arguments_refuse_a_device_or_grade_that_does_not_exist():
+    with pytest.raises(ValueError, match="unknown device 'XC7A35T'"):
+        nextpnr_arguments("XC7A35T", "CABGA381", 6, 100.0, 1, [])
+    with pytest.raises(ValueError, match="LFE5UM5G-85F comes in speed grade 8, not 6"):
+        nextpnr_arguments("LFE5UM5G-85F", "CABGA381", 6, 100.0, 1, [])
