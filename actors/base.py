@@ -27,7 +27,7 @@ from actors.transport import (
     SendResult,
     Tick,
 )
-from exchange.wire import ORDER, ORDER_SIZE, REPORT, REPORT_SIZE, MessageKind
+from exchange.wire import MSG_ORDERS, MSG_REPORTS, ORDER, ORDER_SIZE, REPORT, REPORT_SIZE, MessageKind
 
 _unpack_trace = struct.Struct("<Q").unpack_from
 _ORDER_TRACE_AT = ORDER.offset_of("trace_ns") // 8
@@ -198,9 +198,9 @@ class ClusterActor(pykka.ThreadingActor):
 
     def _record_age(self, batch: Batch, now: int) -> None:
         payload = batch.payload
-        if batch.kind is MessageKind.ORDERS and len(payload) >= ORDER_SIZE:
+        if batch.kind is MSG_ORDERS and len(payload) >= ORDER_SIZE:
             trace, histogram = _unpack_trace(payload, _ORDER_TRACE_AT)[0], self.age_orders_ns
-        elif batch.kind is MessageKind.REPORTS and len(payload) >= REPORT_SIZE:
+        elif batch.kind is MSG_REPORTS and len(payload) >= REPORT_SIZE:
             trace, histogram = _unpack_trace(payload, _REPORT_TRACE_AT)[0], self.age_reports_ns
         else:
             return  # other kinds, or too short (handle_batch counts a malformed batch)

@@ -138,8 +138,12 @@ _ACCEPTED, _REJECTED, _CANCELLED = int(EventKind.ACCEPTED), int(EventKind.REJECT
 _USER = REASON_CODES["user"]
 
 
-def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7) -> dict:
-    """Offer ``rate`` commands/s for ``seconds``; returns achieved rate and latency percentiles (us)."""
+def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7, send_tick_us: float = 0.0) -> dict:
+    """Offer ``rate`` commands/s for ``seconds``; returns achieved rate and latency percentiles (us).
+
+    ``send_tick_us``: the sender wakes at most this often and sends every order due by then as one message (0: a
+    message per order). Each order's latency still counts from its own scheduled time, so the wait is measured.
+    """
     client = ClusterClient(endpoint, name=f"bench-{os.getpid()}-{rate:.0f}", send_hwm=1_000_000)
     latencies: list[int] = []
     answered = 0
@@ -154,6 +158,9 @@ def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7) -> dict:
     start = time.perf_counter_ns() + 20_000_000
     sent = 0
     last_answer = start
+    last_send = 0
+    messages = 0  # client messages sent (one per order without a send tick)
+    tick_ns = int(send_tick_us * 1000)
 
     def read(timeout: float) -> None:
         nonlocal answered, last_answer
@@ -173,16 +180,21 @@ def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7) -> dict:
     try:
         while sent < total:
             now = time.perf_counter_ns()
-            due = min(total, (now - start) // interval_ns + 1) if now >= start else 0
-            pending = client.pending  # flush replaces the list
-            while sent < due:
-                record = plan[sent]
-                pending.append(record[:first] + trace(start + sent * interval_ns) + record[rest:])
-                sent += 1
-            if not client.flush():
-                busy += 1
+            if now - last_send >= tick_ns:
+                due = min(total, (now - start) // interval_ns + 1) if now >= start else 0
+                if due > sent:
+                    last_send = now
+                    messages += 1
+                pending = client.pending  # flush replaces the list
+                while sent < due:
+                    record = plan[sent]
+                    pending.append(record[:first] + trace(start + sent * interval_ns) + record[rest:])
+                    sent += 1
+                if not client.flush():
+                    busy += 1
             # Wait in the socket until the next order is due (to the microsecond: no spinning).
-            read(min(max((start + sent * interval_ns - time.perf_counter_ns()) / 1e9, 0.0), 0.002))
+            next_send = max(start + sent * interval_ns, last_send + tick_ns) if sent < total else 0
+            read(min(max((next_send - time.perf_counter_ns()) / 1e9, 0.0), 0.002))
         deadline = time.monotonic() + 10
         while answered < sent and time.monotonic() < deadline:
             read(0.05)
@@ -197,6 +209,7 @@ def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7) -> dict:
     return {"offered": rate, "sent": sent, "answered": answered, "achieved": answered / elapsed,
             "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99), "p999_us": pct(0.999),
             "max_us": latencies[-1] / 1000 if latencies else float("nan"), "client_busy": busy,
+            "client_messages": messages,
             "rejected": rejected, "latency": latency_histogram(latencies)}
 
 
@@ -337,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--placement", choices=("per-role", *PLACEMENTS), default="per-role",
                         help="which actors share a node (process): per-role (default, as the embedded configuration; "
                              "--book-nodes applies), or roles together (their actors talk through pykka)")
+    parser.add_argument("--send-tick-us", type=float, default=0.0,
+                        help="ZeroMQ clients: send the orders due as one message at most every this many us (default "
+                             "0: a message per order); latency still counts from each order's scheduled time")
     parser.add_argument("--quick", action="store_true", help="a smoke-sized run (see the defaults above)")
     parser.add_argument("--json", metavar="FILE", help="also write every run as JSON (with HdrHistogram latencies)")
     args = parser.parse_args(argv)
@@ -379,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                         if client == "ouch":
                             result = run_load_ouch(config.ouch_address(), rate, args.seconds)
                         else:
-                            result = run_load(config.client_endpoint(), rate, args.seconds)
+                            result = run_load(config.client_endpoint(), rate, args.seconds,
+                                              send_tick_us=args.send_tick_us)
                         cpu = {n: (_cpu_seconds(p.process.pid) - before[n]) * 1e6 / max(result["sent"], 1)
                                for n, p in cluster.nodes.items()}
                         cpu["client"] = (time.process_time() - bench_cpu) * 1e6 / max(result["sent"], 1)
@@ -403,7 +420,9 @@ def main(argv: list[str] | None = None) -> int:
                               + " gc_ms=" + ",".join(f"{n}:{v:.1f}" for n, v in gc_ms.items())
                               + f" gc_max_pause_us={gc_max} arrival_age_p50/p99_us="
                               + ",".join(f"{stage}:{p50}/{p99}" for stage, (p50, p99) in age_us.items()
-                                         if p50 is not None), flush=True)
+                                         if p50 is not None)
+                              + (f" client_messages={result['client_messages']}" if "client_messages" in result
+                                 else ""), flush=True)
                         sustained = result["answered"] == result["sent"] and result["achieved"] >= 0.95 * rate
                         runs.append({"fsync": policy, "book_nodes": book_nodes, "client": client, **result,
                                      "sustained": sustained, "cpu_us_per_order": cpu, "gc_ms": gc_ms,

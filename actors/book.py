@@ -22,10 +22,12 @@ from exchange.journal import JournalWriter, recover
 from exchange.layout import LayoutError
 from exchange.orders import Accepted, Cancelled, Event, Fill, Modified, ModifyOrder, Rejected
 from exchange.wire import (
+    EV_RECOVERED,
+    MSG_ORDERS,
+    MSG_REPORTS,
     ORDER_SIZE,
     REPORT,
     REPORT_SIZE,
-    EventKind,
     MessageKind,
     event_to_record,
     iter_records,
@@ -45,7 +47,7 @@ def recovered_record(symbol: str, seq: int) -> bytes:
     """The report that says: this book is back, and its events up to ``seq`` have been (re)sent."""
     # Its own seq stays 0 (the last event's number rides in ``extra``): receivers drop records whose
     # seq they have seen, and this one must always get through.
-    return REPORT.pack(kind=EventKind.RECOVERED, side=0, order_type=0, tif=0, stp=0, flags=0, reason=0,
+    return REPORT.pack(kind=EV_RECOVERED, side=0, order_type=0, tif=0, stp=0, flags=0, reason=0,
                        op=1, seq=0, trace_ns=0, symbol=symbol, account="", account2="", order_id=0,
                        order_id2=0, price=0, qty=0, extra=seq, match_number=0)
 
@@ -185,10 +187,10 @@ class BookActor(ClusterActor):
         return self.gateway_indices[number] if 0 <= number < len(self.gateway_indices) else None
 
     def handle_batch(self, batch) -> None:  # noqa: ANN001
-        if batch.kind is MessageKind.REPORTS:
+        if batch.kind is MSG_REPORTS:
             self._resend_requests(batch)
             return
-        if batch.kind is not MessageKind.ORDERS:
+        if batch.kind is not MSG_ORDERS:
             self.count("unexpected_batches")
             return
         try:
@@ -245,7 +247,7 @@ class BookActor(ClusterActor):
             return
         for offset in offsets:
             fields = REPORT.struct.unpack_from(batch.payload, offset)
-            if fields[0] != EventKind.RECOVERED or fields[7] != RESEND_REQUEST:
+            if fields[0] != EV_RECOVERED or fields[7] != RESEND_REQUEST:
                 self.count("unexpected_reports")
                 continue
             after = fields[17]

@@ -47,7 +47,7 @@ from exchange.journal import (
     segments,
     snapshots,
 )
-from exchange.wire import REPORT, EventKind
+from exchange.wire import EV_RECOVERED, REPORT
 
 log = logging.getLogger("matchwire.durable")
 
@@ -423,27 +423,27 @@ def commit_and_wait(journal: JournalWriter, wait: bool = True) -> bool:
 
 def resend_request_record(symbol: str, after_seq: int) -> bytes:
     """Ask book ``symbol`` to re-send the events meant for the sender whose seq is above ``after_seq``."""
-    return REPORT.pack(kind=EventKind.RECOVERED, side=0, order_type=0, tif=0, stp=0, flags=0, reason=0,
+    return REPORT.pack(kind=EV_RECOVERED, side=0, order_type=0, tif=0, stp=0, flags=0, reason=0,
                        op=RESEND_REQUEST, seq=0, trace_ns=0, symbol=symbol, account="", account2="", order_id=0,
                        order_id2=0, price=0, qty=0, extra=after_seq, match_number=0)
 
 
 def resend_done_record(symbol: str, seq: int) -> bytes:
     """A book's answer to a re-send request: everything up to ``seq`` meant for you has been sent."""
-    return REPORT.pack(kind=EventKind.RECOVERED, side=0, order_type=0, tif=0, stp=0, flags=0, reason=0,
+    return REPORT.pack(kind=EV_RECOVERED, side=0, order_type=0, tif=0, stp=0, flags=0, reason=0,
                        op=RESEND_DONE, seq=0, trace_ns=0, symbol=symbol, account="", account2="", order_id=0,
                        order_id2=0, price=0, qty=0, extra=seq, match_number=0)
 
 
 def risk_recovered_record(shard_index: int) -> bytes:
     """A restarted risk shard tells the gateways: orders you sent me and I did not answer may be lost."""
-    return REPORT.pack(kind=EventKind.RECOVERED, side=0, order_type=0, tif=0, stp=0, flags=0, reason=0,
+    return REPORT.pack(kind=EV_RECOVERED, side=0, order_type=0, tif=0, stp=0, flags=0, reason=0,
                        op=RISK_RECOVERED, seq=0, trace_ns=0, symbol="", account="", account2="",
                        order_id=shard_index, order_id2=0, price=0, qty=0, extra=0, match_number=0)
 
 
 def is_resend_done(buffer: bytes | memoryview, offset: int) -> bool:
-    return buffer[offset] == EventKind.RECOVERED and buffer[offset + 7] == RESEND_DONE
+    return buffer[offset] == EV_RECOVERED and buffer[offset + 7] == RESEND_DONE
 
 
 class ResendGate:
@@ -492,7 +492,7 @@ class ResendGate:
             for record in self.release(buffer, offset) or ():
                 apply(record, 0)
             return
-        if buffer[offset] == EventKind.RECOVERED and buffer[offset + 7] == 1:
+        if buffer[offset] == EV_RECOVERED and buffer[offset + 7] == 1:
             symbol = bytes(buffer[offset + 24:offset + 32])
             if symbol in self.waiting:
                 request_again(symbol.decode("ascii", "replace").rstrip())

@@ -46,14 +46,23 @@ from exchange.orders import CancelOrder, CancelReason, ModifyOrder, NewOrder, Re
 from exchange.ouch import OuchTranslator
 from exchange.risk import RiskReason, TokenBucket
 from exchange.wire import (
+    EV_ACCEPTED,
+    EV_CANCELLED,
+    EV_FILL,
+    EV_MODIFIED,
+    EV_RECOVERED,
+    EV_REJECTED,
+    MSG_ORDERS,
+    MSG_REPORTS,
+    OP_CANCEL,
+    OP_MODIFY,
+    OP_NEW,
     ORDER,
     ORDER_SIZE,
     REASONS_BY_CODE,
     REPORT,
     REPORT_SIZE,
     ClusterReason,
-    EventKind,
-    MessageKind,
     Op,
     ReplayFilter,
     command_to_record,
@@ -177,7 +186,7 @@ class ClientPort(threading.Thread):
         client, header_frame, payload = frames
         try:
             kind, count, _, _, _ = parse_header(header_frame)
-            if kind is not MessageKind.ORDERS:
+            if kind is not MSG_ORDERS:
                 raise LayoutError("clients send orders only")
             iter_records(payload, ORDER_SIZE, count)
         except LayoutError:
@@ -185,7 +194,7 @@ class ClientPort(threading.Thread):
             return
         self.stats["client_messages"] += 1
         self.stats["client_records"] += count
-        self.local.deliver(self.gateway_index, Batch(MessageKind.ORDERS, -1, payload, count, session=client))
+        self.local.deliver(self.gateway_index, Batch(MSG_ORDERS, -1, payload, count, session=client))
 
     def _to_client(self, clients: zmq.Socket, frames: list) -> None:
         client = frames[0]
@@ -419,7 +428,7 @@ class GatewayActor(ClusterActor):
             if shard_name is not None and shard != shard_name:
                 continue
             self._resent.add(order_id)
-            self.outbox.add(self.config.actor_index[shard], MessageKind.ORDERS, record)  # type: ignore[union-attr]
+            self.outbox.add(self.config.actor_index[shard], MSG_ORDERS, record)  # type: ignore[union-attr]
             count += 1
         if count:
             self.count("orders_resent", count)
@@ -564,7 +573,7 @@ class GatewayActor(ClusterActor):
         """Ask book ``symbol`` for its events after the last one journaled; hold its events until they come."""
         self.gate.wait_for(symbol)
         last = self.replays.last.get(symbol.encode().ljust(8, b" "), 0)
-        self.outbox.add(self.config.actor_index[f"book/{symbol}"], MessageKind.REPORTS,  # type: ignore[union-attr]
+        self.outbox.add(self.config.actor_index[f"book/{symbol}"], MSG_REPORTS,  # type: ignore[union-attr]
                         resend_request_record(symbol, last))
 
     def on_stop(self) -> None:
@@ -616,9 +625,9 @@ class GatewayActor(ClusterActor):
         return index
 
     def handle_batch(self, batch: Batch) -> None:
-        if batch.kind is MessageKind.ORDERS and batch.session:
+        if batch.kind is MSG_ORDERS and batch.session:
             self._client_orders(batch)
-        elif batch.kind is MessageKind.REPORTS:
+        elif batch.kind is MSG_REPORTS:
             self._reports(batch)
         else:
             self.count("unexpected_batches")
@@ -691,7 +700,7 @@ class GatewayActor(ClusterActor):
                 else:
                     self._unanswered_modifies.setdefault(order_id, {})[version] = (next(self._sent_number), record)
             if not replaying:
-                self.outbox.add(self._risk_of(account), MessageKind.ORDERS, record)  # type: ignore[union-attr]
+                self.outbox.add(self._risk_of(account), MSG_ORDERS, record)  # type: ignore[union-attr]
         if self.journal is not None and not replaying:
             # Every message that got this far changed the translator (at least the UserRefNum mark).
             name = username.encode("ascii", "replace")
@@ -745,7 +754,7 @@ class GatewayActor(ClusterActor):
             (op, side, order_type, tif, stp, flags, reserved, trace_ns, symbol_b, account_b, client_id, price, qty,
              display) = _unpack_order(payload, offset)
             symbol = text8(symbol_b)
-            if op == Op.NEW:
+            if op == OP_NEW:
                 key = (session, client_id)
                 if key in self.by_client:
                     self._reject_to(session, symbol, client_id, op, RejectReason.DUPLICATE_ORDER_ID, trace_ns)
@@ -762,14 +771,14 @@ class GatewayActor(ClusterActor):
                 order_id = self._new_order_id()
                 self.orders[order_id] = GatewayOrder(session, client_id, account, symbol, qty)
                 self.by_client[key] = order_id
-            elif op == Op.CANCEL or op == Op.MODIFY:
+            elif op == OP_CANCEL or op == OP_MODIFY:
                 order_id = self.by_client.get((session, client_id))
                 order = self.orders.get(order_id) if order_id is not None else None
                 if order is None or order.done:
                     self._answer_after(order_id, 0 if order is None else order.pending,
                                        ("client", session, symbol, client_id, op, RejectReason.UNKNOWN_ORDER, trace_ns))
                     continue
-                if op == Op.MODIFY and not self._rate_ok(session, order.account):
+                if op == OP_MODIFY and not self._rate_ok(session, order.account):
                     self._answer_after(order_id, order.pending,
                                        ("client", session, symbol, client_id, op, RiskReason.RATE_LIMIT, trace_ns))
                     continue
@@ -781,9 +790,9 @@ class GatewayActor(ClusterActor):
             else:
                 self._reject_to(session, symbol, client_id, op, RejectReason.INVALID_COMMAND, trace_ns)
                 continue
-            if op == Op.MODIFY:
+            if op == OP_MODIFY:
                 display = 0  # the modify version: these sessions are not durable, so their modifies are unnumbered
-            add(self._risk_of(account), MessageKind.ORDERS,
+            add(self._risk_of(account), MSG_ORDERS,
                 _pack_order(op, side, order_type, tif, stp, flags, reserved, trace_ns, symbol_b, account_b, order_id,
                             price, qty, display))
 
@@ -810,11 +819,11 @@ class GatewayActor(ClusterActor):
         failures += [(ClusterReason.INSTRUMENT_UNAVAILABLE, item) for item in result.unreachable]
         failed: list[tuple[str, bytes]] = []
         for reason, (destination, kind, records) in failures:
-            if kind is not MessageKind.ORDERS:
+            if kind is not MSG_ORDERS:
                 self.hold_for_peer(destination, kind, records)
                 continue
             for record in records:
-                if record[0] in (Op.NEW, Op.CANCEL, Op.MODIFY) and _unpack_order(record, 0)[10] in self._resent:
+                if record[0] in (OP_NEW, OP_CANCEL, OP_MODIFY) and _unpack_order(record, 0)[10] in self._resent:
                     self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
                     continue  # the book may have it: only an answer from there settles it
                 if self.journal is not None:
@@ -839,12 +848,12 @@ class GatewayActor(ClusterActor):
         order = self.orders.get(order_id)
         if order is None:
             return
-        if op == Op.NEW:
+        if op == OP_NEW:
             order.done = True
             self._unanswered.pop(order_id, None)
-        elif op == Op.CANCEL:
+        elif op == OP_CANCEL:
             self._unanswered_cancels.pop(order_id, None)
-        elif op == Op.MODIFY:
+        elif op == OP_MODIFY:
             versions = self._unanswered_modifies.get(order_id)
             if versions is not None:
                 versions.pop(fields[13], None)
@@ -884,18 +893,18 @@ class GatewayActor(ClusterActor):
             return  # a recovered book re-sent it, and it was seen already
         fields = list(_unpack_report(payload, offset))
         kind = fields[0]
-        if kind == EventKind.RECOVERED:
+        if kind == EV_RECOVERED:
             if fields[7] == 1:
                 self.count("books_recovered")
             elif fields[7] == RISK_RECOVERED and not self.replaying and 0 <= fields[13] < len(self.config.actor_names):
                 self.count("risk_recovered")
                 self._resend_unanswered(None, self.config.actor_names[fields[13]])
             return
-        if kind == EventKind.REJECTED and REASONS_BY_CODE.get(fields[6]) == RejectReason.DUPLICATE_ORDER_ID:
+        if kind == EV_REJECTED and REASONS_BY_CODE.get(fields[6]) == RejectReason.DUPLICATE_ORDER_ID:
             # A copy of an order sent again after a restart, which the book had: its answer is elsewhere.
             self.count("resent_duplicates")
             return
-        if (kind == EventKind.MODIFIED or (kind == EventKind.REJECTED and fields[7] == Op.MODIFY)) and \
+        if (kind == EV_MODIFIED or (kind == EV_REJECTED and fields[7] == OP_MODIFY)) and \
                 self.journal is not None:
             order = orders.get(fields[13])
             if order is not None and order.session == OUCH_SESSION:
@@ -912,16 +921,16 @@ class GatewayActor(ClusterActor):
                     del self._unanswered_modifies[fields[13]]
         if self._unanswered:
             self._unanswered.pop(fields[13], None)
-            if kind == EventKind.FILL:
+            if kind == EV_FILL:
                 self._unanswered.pop(fields[14], None)
-        if self._unanswered_cancels and (kind == EventKind.CANCELLED or
-                                         (kind == EventKind.REJECTED and fields[7] == Op.CANCEL)):
+        if self._unanswered_cancels and (kind == EV_CANCELLED or
+                                         (kind == EV_REJECTED and fields[7] == OP_CANCEL)):
             self._unanswered_cancels.pop(fields[13], None)  # the order is gone, or the cancel answered
         if self._resent:
             self._resent.discard(fields[13])
         if self.journal is not None and not self.replaying:
             self.journal.append(_TAG_EVENT + bytes(payload[offset:offset + REPORT_SIZE]))
-        if kind == EventKind.FILL:
+        if kind == EV_FILL:
             self.count("fills")
             maker = orders.get(fields[13])
             taker = orders.get(fields[14])
@@ -954,7 +963,7 @@ class GatewayActor(ClusterActor):
             # Rejects the gateway itself answered earlier, or reports for orders already done.
             self.count("reports_for_unknown_orders")
             return
-        if kind == EventKind.REJECTED or kind == EventKind.CANCELLED:
+        if kind == EV_REJECTED or kind == EV_CANCELLED:
             ending = self._consistent_ending(fields, order)
             if ending is not fields:
                 fields, kind = ending, ending[0]
@@ -965,19 +974,19 @@ class GatewayActor(ClusterActor):
             fields[13] = order.client_id
             self._to_client(order.session, _pack_report(*fields))
         answered = True
-        if kind == EventKind.ACCEPTED:
+        if kind == EV_ACCEPTED:
             order.accepted = True
             order.pending -= 1
-        elif kind == EventKind.REJECTED:
+        elif kind == EV_REJECTED:
             order.pending -= 1
-            if fields[7] == Op.NEW:
+            if fields[7] == OP_NEW:
                 order.done = True
-        elif kind == EventKind.CANCELLED:
+        elif kind == EV_CANCELLED:
             order.done = True
             answered = REASONS_BY_CODE.get(fields[6]) == CancelReason.USER
             if answered:
                 order.pending -= 1  # the answer to a cancel
-        elif kind == EventKind.MODIFIED:
+        elif kind == EV_MODIFIED:
             order.pending -= 1
             order.leaves = fields[16]
         else:
@@ -998,16 +1007,16 @@ class GatewayActor(ClusterActor):
         if REASONS_BY_CODE.get(fields[6]) != ClusterReason.INSTRUMENT_UNAVAILABLE:
             return fields
         kind = fields[0]
-        if kind == EventKind.REJECTED and fields[7] == Op.NEW and order.accepted:
+        if kind == EV_REJECTED and fields[7] == OP_NEW and order.accepted:
             self.count("rejects_of_accepted_orders_as_cancels")
             fields = list(fields)
-            fields[0], fields[7], fields[11], fields[16] = (EventKind.CANCELLED, 0, order.account.encode().ljust(8),
+            fields[0], fields[7], fields[11], fields[16] = (EV_CANCELLED, 0, order.account.encode().ljust(8),
                                                             order.leaves)
-        elif kind == EventKind.CANCELLED and not order.accepted:
+        elif kind == EV_CANCELLED and not order.accepted:
             self.count("cancels_of_unaccepted_orders_as_rejects")
             fields = list(fields)
-            fields[0], fields[7], fields[11], fields[16] = EventKind.REJECTED, Op.NEW, b"        ", 0
-        elif kind == EventKind.CANCELLED and fields[16] != order.leaves:
+            fields[0], fields[7], fields[11], fields[16] = EV_REJECTED, OP_NEW, b"        ", 0
+        elif kind == EV_CANCELLED and fields[16] != order.leaves:
             # What is cancelled is what the client was told remains: fills that reached it before risk saw them
             # count (risk's figure could be stale by those).
             fields = list(fields)
@@ -1074,7 +1083,7 @@ class GatewayActor(ClusterActor):
             return
         pending, self.to_clients = self.to_clients, {}
         for session, records in pending.items():
-            header = pack_header(MessageKind.REPORTS, len(records), self.index, 0, 0)
+            header = pack_header(MSG_REPORTS, len(records), self.index, 0, 0)
             # The inproc queue is large and drained by the port thread; blocking here only
             # happens when the port is far behind, which is the backpressure we want.
             send_frames(self.push, session, header, b"".join(records), 0)

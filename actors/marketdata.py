@@ -58,7 +58,14 @@ from exchange.moldudp64 import (
     parse_packet,
     parse_request,
 )
-from exchange.wire import REPORT_SIZE, EventKind, MessageKind, ReplayFilter, iter_records, record_to_event
+from exchange.wire import (
+    EV_RECOVERED,
+    MSG_REPORTS,
+    REPORT_SIZE,
+    ReplayFilter,
+    iter_records,
+    record_to_event,
+)
 
 # Journal records of a market-data actor (docs/durability.md "Market data"):
 _TAG_SESSION = b"S"  # the MoldUDP64 session name: a restart continues it
@@ -434,7 +441,7 @@ class MarketDataActor(ClusterActor):
         """Ask book ``symbol`` for its events after the last one journaled; hold its events until they come."""
         self.gate.wait_for(symbol)
         last = self.replays.last.get(symbol.encode().ljust(8, b" "), 0)
-        self.outbox.add(self.config.actor_index[f"book/{symbol}"], MessageKind.REPORTS,  # type: ignore[union-attr]
+        self.outbox.add(self.config.actor_index[f"book/{symbol}"], MSG_REPORTS,  # type: ignore[union-attr]
                         resend_request_record(symbol, last))
 
     def on_stop(self) -> None:
@@ -478,7 +485,7 @@ class MarketDataActor(ClusterActor):
     # -- events in ----------------------------------------------------------------------------------------
 
     def handle_batch(self, batch: Batch) -> None:
-        if batch.kind is not MessageKind.REPORTS:
+        if batch.kind is not MSG_REPORTS:
             self.count("unexpected_batches")
             return
         try:
@@ -495,39 +502,47 @@ class MarketDataActor(ClusterActor):
         gate = self.gate
         journal = self.journal
         self.count("events", batch.count)
-        for offset in offsets:
-            if gate.waiting:
-                gate.route(payload, offset, REPORT_SIZE, self._event, self._request_resend)
-                continue
-            if journal is not None:
-                self._event(payload, offset)
-                continue
-            # A recovered book re-sends its events since its snapshot: drop the ones seen already,
-            # and take its RECOVERED marker as what it is, not as an event.
-            if not fresh(payload, offset):
-                continue
-            if payload[offset] == EventKind.RECOVERED:
-                if payload[offset + 7] == 1:
-                    self.count("books_recovered")
-                continue
-            try:
-                event, trace_ns = record_to_event(payload, offset)
-            except LayoutError:
-                self.count("malformed_records")
-                continue
-            apply(event)
-            for listener in listeners:
-                listener(event, trace_ns)
-            if on_event is not None:
-                messages = on_event(event)
-                if messages:
-                    publish(messages)
+        # The batch's messages are numbered and packetized together at its end (or before anything else leaves):
+        # the same packets, in the same order, for one call per batch instead of one per event.
+        messages: list[bytes] = []
+        try:
+            for offset in offsets:
+                if gate.waiting or journal is not None:
+                    if messages:
+                        publish(messages)
+                        messages = []
+                    if gate.waiting:
+                        gate.route(payload, offset, REPORT_SIZE, self._event, self._request_resend)
+                    else:
+                        self._event(payload, offset)
+                    continue
+                # A recovered book re-sends its events since its snapshot: drop the ones seen already,
+                # and take its RECOVERED marker as what it is, not as an event.
+                if not fresh(payload, offset):
+                    continue
+                if payload[offset] == EV_RECOVERED:
+                    if payload[offset + 7] == 1:
+                        self.count("books_recovered")
+                    continue
+                try:
+                    event, trace_ns = record_to_event(payload, offset)
+                except LayoutError:
+                    self.count("malformed_records")
+                    continue
+                apply(event)
+                for listener in listeners:
+                    listener(event, trace_ns)
+                if on_event is not None:
+                    messages += on_event(event)
+        finally:
+            if messages:
+                publish(messages)
 
     def _event(self, payload: bytes | memoryview, offset: int) -> None:
         """One event with durability on: journaled with the messages it becomes before any packet leaves."""
         if not self.replays.fresh(payload, offset):
             return
-        if payload[offset] == EventKind.RECOVERED:
+        if payload[offset] == EV_RECOVERED:
             if payload[offset + 7] == 1:
                 self.count("books_recovered")
             return

@@ -27,12 +27,25 @@ from actors.durable import (
     risk_recovered_record,
 )
 from actors.transport import SendResult
+from exchange.engine import BUY
 from exchange.layout import LayoutError
-from exchange.orders import Cancelled, CancelReason, Rejected, RejectReason, Side
+from exchange.orders import Cancelled, CancelReason, Rejected, RejectReason
 from exchange.risk import AccountRisk, RiskOrder
 from exchange.wire import (
+    EV_ACCEPTED,
+    EV_CANCELLED,
+    EV_FILL,
+    EV_MODIFIED,
+    EV_RECOVERED,
+    EV_REJECTED,
     FLAG_ADMIN,
     FLAG_REDUCE,
+    MSG_ORDERS,
+    MSG_REPORTS,
+    OP_CANCEL,
+    OP_MODIFY,
+    OP_NEW,
+    OP_SET_BASE,
     ORDER,
     ORDER_SIZE,
     REASON_CODES,
@@ -40,8 +53,6 @@ from exchange.wire import (
     REPORT,
     REPORT_SIZE,
     ClusterReason,
-    EventKind,
-    MessageKind,
     Op,
     ReplayFilter,
     event_to_record,
@@ -62,7 +73,7 @@ _FLAGS_AT = 5  # the flags byte of an order record
 
 def _command_kind(record: bytes) -> int:
     """The _ANSWERS_* bit of an order record in flight: a cancel, a cut or another modify."""
-    if record[0] == Op.CANCEL:
+    if record[0] == OP_CANCEL:
         return _ANSWERS_CANCEL
     return _ANSWERS_CUT if record[_FLAGS_AT] & FLAG_REDUCE else _ANSWERS_MODIFY
 
@@ -71,17 +82,17 @@ def _answer_kind(kind: int, reason: int, op: int) -> int:
     """Which commands of an order a book event answers, as _ANSWERS_* bits: a modify (a cut among them) is
     answered by Modified or its reject, a cancel by the user's Cancelled or its reject, and a cut that took all
     that was open by the user's Cancelled too."""
-    if kind == EventKind.MODIFIED or kind == EventKind.REJECTED and op == Op.MODIFY:
+    if kind == EV_MODIFIED or kind == EV_REJECTED and op == OP_MODIFY:
         return _ANSWERS_MODIFY | _ANSWERS_CUT
-    if kind == EventKind.CANCELLED and REASONS_BY_CODE.get(reason) == CancelReason.USER:
+    if kind == EV_CANCELLED and REASONS_BY_CODE.get(reason) == CancelReason.USER:
         return _ANSWERS_CANCEL | _ANSWERS_CUT
-    if kind == EventKind.REJECTED and op == Op.CANCEL:
+    if kind == EV_REJECTED and op == OP_CANCEL:
         return _ANSWERS_CANCEL
     return 0
 
 
 _OP_NAMES = {Op.NEW: "new", Op.CANCEL: "cancel", Op.MODIFY: "modify", Op.END_OF_DAY: "end_of_day",
-             Op.SET_BASE: "set_base"}
+             OP_SET_BASE: "set_base"}
 
 
 # Journal records of a risk shard (docs/durability.md "Risk"): what changed its state, in order.
@@ -170,7 +181,7 @@ class RiskActor(ClusterActor):
         # Orders that reached the old process but not its journal died with it: the gateways send their
         # unanswered orders again when they hear this (the ones journaled are recognised by id).
         for gateway in self.gateway_indices:
-            self.outbox.add(gateway, MessageKind.REPORTS, risk_recovered_record(self.index))  # type: ignore[union-attr]
+            self.outbox.add(gateway, MSG_REPORTS, risk_recovered_record(self.index))  # type: ignore[union-attr]
         if state is None and not records:
             self.flush()
             return
@@ -255,7 +266,7 @@ class RiskActor(ClusterActor):
         """Ask book ``symbol`` for its events after the last one journaled; hold its events until they come."""
         self.gate.wait_for(symbol)
         last = self.replays.last.get(symbol.encode().ljust(8, b" "), 0)
-        self.outbox.add(self.config.actor_index[f"book/{symbol}"], MessageKind.REPORTS,  # type: ignore[union-attr]
+        self.outbox.add(self.config.actor_index[f"book/{symbol}"], MSG_REPORTS,  # type: ignore[union-attr]
                         resend_request_record(symbol, last))
 
     def on_stop(self) -> None:
@@ -281,9 +292,9 @@ class RiskActor(ClusterActor):
         return risk
 
     def handle_batch(self, batch) -> None:  # noqa: ANN001
-        if batch.kind is MessageKind.ORDERS:
+        if batch.kind is MSG_ORDERS:
             self._orders(batch)
-        elif batch.kind is MessageKind.REPORTS:
+        elif batch.kind is MSG_REPORTS:
             self._reports(batch)
         else:
             self.count("unexpected_batches")
@@ -298,7 +309,7 @@ class RiskActor(ClusterActor):
             return
         payload = batch.payload
         add = self.outbox.add  # type: ignore[union-attr]
-        orders_kind = MessageKind.ORDERS
+        orders_kind = MSG_ORDERS
         for offset in offsets:
             fields = _unpack_order(payload, offset)
             op, side, _, _, _, flags, _, trace_ns, symbol_b, account_b, order_id, price, qty, version = fields
@@ -308,18 +319,18 @@ class RiskActor(ClusterActor):
             if book is None:
                 self._reject(batch.source, symbol, order_id, op, "unknown_symbol", trace_ns)
                 continue
-            if op == Op.NEW and order_id in self.refused_new:
+            if op == OP_NEW and order_id in self.refused_new:
                 self.count("refused_copies")
                 self._reject(batch.source, symbol, order_id, op, REASONS_BY_CODE.get(self.refused_new[order_id], ""),
                              trace_ns)
                 continue
-            if op != Op.MODIFY:
+            if op != OP_MODIFY:
                 version = 0  # the field is a new order's display quantity
             elif version and version <= self.modify_seen.get(order_id, 0):
                 self._modify_copy(batch.source, book, symbol, order_id, version, trace_ns,
                                   bytes(payload[offset:offset + ORDER_SIZE]))
                 continue
-            if op == Op.NEW and (order_id in self.seen_ids or order_id in self.in_flight_new
+            if op == OP_NEW and (order_id in self.seen_ids or order_id in self.in_flight_new
                                  or order_id in self.orders):
                 # A gateway that restarted sends its unanswered orders again. This one passed before (its
                 # exposure is reserved): it goes on unchecked, and the book answers a copy it has with
@@ -331,7 +342,7 @@ class RiskActor(ClusterActor):
                 continue
             hold = False
             if self.book_node[symbol] in self.down_nodes or symbol in self.recovering:
-                if self.durable_books and op in (Op.MODIFY, Op.CANCEL) and (
+                if self.durable_books and op in (OP_MODIFY, OP_CANCEL) and (
                         order_id in self.in_flight_cmds or order_id in self.in_flight_new):
                     # The book's recovery re-sends the order's earlier commands: this one waits behind them
                     # (an answer now would overtake theirs, and OUCH pairs answers with requests in order).
@@ -342,14 +353,14 @@ class RiskActor(ClusterActor):
                     self._reject(batch.source, symbol, order_id, op, ClusterReason.INSTRUMENT_UNAVAILABLE, trace_ns,
                                  version=version)
                     continue
-            if op == Op.NEW:
+            if op == OP_NEW:
                 account = self.account(_text(account_b))
                 reason = account.check_new(symbol, side, price, qty, self.marks.get(symbol), self.ticks[symbol],
                                            self.marks)
                 if reason is not None:
                     self._reject(batch.source, symbol, order_id, op, reason, trace_ns, account.account)
                     continue
-            elif op == Op.MODIFY and not flags & FLAG_REDUCE:  # a cut only lowers risk: it always passes
+            elif op == OP_MODIFY and not flags & FLAG_REDUCE:  # a cut only lowers risk: it always passes
                 order = self.orders.get(order_id)
                 if order is not None:
                     account = self.account(order.account)
@@ -375,18 +386,18 @@ class RiskActor(ClusterActor):
             # Answered here the first time, and that answer died with the gateway: the same answer again (no
             # state changes: the first answer made them).
             event = tuple.__new__(Rejected, (None, symbol, order_id, "modify", REASONS_BY_CODE.get(code, ""), ""))
-            self._answer(source, order_id, Op.MODIFY, event_to_record(event, trace_ns))
+            self._answer(source, order_id, OP_MODIFY, event_to_record(event, trace_ns))
             return
         # Passed on before (its exposure is reserved): on unchecked. The book drops a copy of one it applied;
         # one it never got is applied now. While the book is down its recovery re-sends the original.
         if self.book_node[symbol] not in self.down_nodes and symbol not in self.recovering:
             self.copies.add(order_id)
-            self.outbox.add(book, MessageKind.ORDERS, record)  # type: ignore[union-attr]
+            self.outbox.add(book, MSG_ORDERS, record)  # type: ignore[union-attr]
 
     def _forward(self, source: int, payload: bytes, offset: int) -> None:
         """The state change of an order that passed its checks (live, or from the journal)."""
         op, side, _, _, _, flags, _, _, symbol_b, account_b, order_id, price, qty, _ = _unpack_order(payload, offset)
-        if op == Op.NEW:
+        if op == OP_NEW:
             self.seen_ids.add(order_id)
             self.in_flight_new[order_id] = bytes(payload[offset:offset + ORDER_SIZE])
             if order_id not in self.orders:
@@ -394,16 +405,16 @@ class RiskActor(ClusterActor):
                 value_price = price or self.marks.get(symbol, 0)
                 self.orders[order_id] = self.account(_text(account_b)).reserve_new(order_id, symbol, side,
                                                                                    value_price, qty)
-        elif op == Op.MODIFY:
+        elif op == OP_MODIFY:
             order = self.orders.get(order_id)
             if order is not None and not flags & FLAG_REDUCE:  # a cut reserves nothing more; its answer settles
                 self.account(order.account).reserve_modify(order, price, qty)
             version = _unpack_order(payload, offset)[13]
             if version:
                 self.modify_seen[order_id] = max(version, self.modify_seen.get(order_id, 0))
-        if op == Op.MODIFY or op == Op.CANCEL:
+        if op == OP_MODIFY or op == OP_CANCEL:
             cmds = self.in_flight_cmds.setdefault(order_id, [])
-            if op == Op.CANCEL and any(record[0] == Op.CANCEL for record in cmds):
+            if op == OP_CANCEL and any(record[0] == OP_CANCEL for record in cmds):
                 # A gateway sent its unanswered cancel again (this shard restarted): the one in flight may have
                 # died in a socket with the old process, so this copy goes on, but the book answers the order's
                 # cancels once (a second one unknown_order): one entry waits for that answer.
@@ -433,7 +444,7 @@ class RiskActor(ClusterActor):
 
     def _answer(self, gateway: int, order_id: int, op: int, record: bytes) -> None:
         """Send this shard's own answer to a command, after the book's answers to the order's earlier commands."""
-        if op == Op.MODIFY or op == Op.CANCEL:
+        if op == OP_MODIFY or op == OP_CANCEL:
             earlier = list(self.in_flight_cmds.get(order_id, ()))
             new = self.in_flight_new.get(order_id)
             if new is not None:
@@ -442,7 +453,7 @@ class RiskActor(ClusterActor):
                 self.deferred_answers.setdefault(order_id, []).append((gateway, record, earlier))
                 self.count("answers_deferred")
                 return
-        self.outbox.add(gateway, MessageKind.REPORTS, record)  # type: ignore[union-attr]
+        self.outbox.add(gateway, MSG_REPORTS, record)  # type: ignore[union-attr]
 
     def _release_answers(self, order_id: int, everything: bool = False) -> None:
         """Send the deferred answers of an order whose earlier commands have all been answered (or all of them:
@@ -457,7 +468,7 @@ class RiskActor(ClusterActor):
             if not everything and any(r == new or r in in_flight for r in earlier):
                 break
             queued.pop(0)
-            self.outbox.add(gateway, MessageKind.REPORTS, record)  # type: ignore[union-attr]
+            self.outbox.add(gateway, MSG_REPORTS, record)  # type: ignore[union-attr]
         if not queued:
             del self.deferred_answers[order_id]
 
@@ -473,7 +484,7 @@ class RiskActor(ClusterActor):
                 cmds.remove(record)
                 if not cmds:
                     del self.in_flight_cmds[order_id]
-        if op == Op.NEW:
+        if op == OP_NEW:
             self.refused_new[order_id] = code
             if len(self.refused_new) > REFUSED_KEPT:
                 del self.refused_new[next(iter(self.refused_new))]  # the oldest: long answered
@@ -481,7 +492,7 @@ class RiskActor(ClusterActor):
             order = self.orders.pop(order_id, None)
             if order is not None:
                 self.account(order.account).on_rejected(order_id, "new")
-        elif op == Op.MODIFY:
+        elif op == OP_MODIFY:
             order = self.orders.get(order_id)
             if order is not None and order.pending is not None:
                 self.account(order.account).on_rejected(order_id, "modify")
@@ -494,25 +505,25 @@ class RiskActor(ClusterActor):
         failures = [(ClusterReason.BUSY, item) for item in result.busy]
         failures += [(ClusterReason.INSTRUMENT_UNAVAILABLE, item) for item in result.unreachable]
         for reason, (destination, kind, records) in failures:
-            if kind is not MessageKind.ORDERS:
+            if kind is not MSG_ORDERS:
                 self.hold_for_peer(destination, kind, records)
                 continue
             for record in records:
                 fields = _unpack_order(record, 0)
                 op, flags, trace_ns, symbol_b, order_id = fields[0], fields[5], fields[7], fields[8], fields[10]
-                if op == Op.CANCEL and flags & FLAG_ADMIN:
+                if op == OP_CANCEL and flags & FLAG_ADMIN:
                     # A kill-switch cancel must get through: keep it for the next flush.
                     self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
                     continue
-                if order_id in self.copies and op in (Op.NEW, Op.MODIFY, Op.CANCEL):
+                if order_id in self.copies and op in (OP_NEW, OP_MODIFY, OP_CANCEL):
                     # The original may be in the book, so this is no answer: keep trying until one comes.
-                    if (order_id in self.in_flight_new if op == Op.NEW
+                    if (order_id in self.in_flight_new if op == OP_NEW
                             else record in self.in_flight_cmds.get(order_id, ())):
                         self.outbox.add(destination, kind, record)  # type: ignore[union-attr]
                     continue
                 source = self.pending_source.get(order_id, self.gateway_indices[0])
                 self._reject(source, _text(symbol_b), order_id, op, reason, trace_ns,
-                             version=fields[13] if op == Op.MODIFY else 0, record=record)
+                             version=fields[13] if op == OP_MODIFY else 0, record=record)
 
     # -- reports from books --------------------------------------------------------------
 
@@ -551,7 +562,7 @@ class RiskActor(ClusterActor):
             return  # a recovered book re-sent it, and it was seen already
         (kind, side, _, _, _, _, reason, op, _, _, symbol_b, account_b, account2_b, order_id, order_id2, price,
          qty, _, _) = _unpack_report(payload, offset)
-        if kind == EventKind.RECOVERED:
+        if kind == EV_RECOVERED:
             if op == 1 and not self.replaying:
                 self._book_recovered(_text(symbol_b))
             return
@@ -559,7 +570,7 @@ class RiskActor(ClusterActor):
             self.journal.append(_TAG_EVENT + bytes(payload[offset:offset + REPORT_SIZE]))
         if self.in_flight_new:
             self.in_flight_new.pop(order_id, None)  # any answer from the book settles a new order
-            if kind == EventKind.FILL:
+            if kind == EV_FILL:
                 self.in_flight_new.pop(order_id2, None)
         self.copies.discard(order_id)
         cmds = self.in_flight_cmds.get(order_id)
@@ -573,39 +584,39 @@ class RiskActor(ClusterActor):
                         break
                 if not cmds:
                     del self.in_flight_cmds[order_id]
-        if kind == EventKind.FILL:
+        if kind == EV_FILL:
             symbol = _text(symbol_b)
             self.marks[symbol] = price
             for oid, acct_b, is_taker in ((order_id, account_b, False), (order_id2, account2_b, True)):
                 name = _text(acct_b)
                 if self.config.risk_shard(name) != self.name:
                     continue
-                buys = (side == Side.BUY) == is_taker
+                buys = (side == BUY) == is_taker
                 self.account(name).on_fill(oid, symbol, buys, qty)
                 if oid in orders and oid not in self.account(name).orders:
                     del orders[oid]
                     self._forget_versions(oid)
             return
         order = orders.get(order_id)
-        if kind == EventKind.ACCEPTED:
+        if kind == EV_ACCEPTED:
             self.pending_source.pop(order_id, None)
             if order is not None:
                 self.account(order.account).on_accepted(order_id)
-        elif kind == EventKind.REJECTED:
+        elif kind == EV_REJECTED:
             if REASONS_BY_CODE.get(reason) == RejectReason.DUPLICATE_ORDER_ID:
                 return  # the answer to an order a restarted gateway sent again: the original has its own
             self.pending_source.pop(order_id, None)
             if order is not None:
                 self.account(order.account).on_rejected(order_id, _OP_NAMES.get(op, "new"))
-                if op == Op.NEW:
+                if op == OP_NEW:
                     del orders[order_id]
-        elif kind == EventKind.CANCELLED:
+        elif kind == EV_CANCELLED:
             if REASONS_BY_CODE.get(reason) == "user":
                 self.pending_source.pop(order_id, None)
             if order is not None:
                 self.account(order.account).on_cancelled(order_id)
                 del orders[order_id]
-        elif kind == EventKind.MODIFIED:
+        elif kind == EV_MODIFIED:
             self.pending_source.pop(order_id, None)
             if order is not None:
                 self.account(order.account).on_modified(order_id, price, qty)
@@ -633,13 +644,13 @@ class RiskActor(ClusterActor):
             if record is not None and not order.accepted:
                 # It may have reached the new incarnation already: send it again rather than guess.
                 self.copies.add(order_id)
-                self.outbox.add(book, MessageKind.ORDERS, record)  # type: ignore[union-attr]
+                self.outbox.add(book, MSG_ORDERS, record)  # type: ignore[union-attr]
                 self.count("orders_resent_to_recovered_book")
                 continue
             if order_id in self.in_flight_cmds:
                 continue  # sent again below
             self._reject(self.pending_source[order_id], symbol, order_id,
-                         Op.NEW if not order.accepted else Op.MODIFY, ClusterReason.INSTRUMENT_UNAVAILABLE, 0,
+                         OP_NEW if not order.accepted else OP_MODIFY, ClusterReason.INSTRUMENT_UNAVAILABLE, 0,
                          order.account)
         # Modifies and cancels likewise, after their new order and in the order they came: the book is the one
         # to answer them (a modify it has applied is dropped by version, a cancel of a gone order is refused).
@@ -649,7 +660,7 @@ class RiskActor(ClusterActor):
                 continue
             self.copies.add(order_id)
             for record in cmds:
-                self.outbox.add(book, MessageKind.ORDERS, record)  # type: ignore[union-attr]
+                self.outbox.add(book, MSG_ORDERS, record)  # type: ignore[union-attr]
             self.count("commands_resent_to_recovered_book", len(cmds))
 
     def on_peer_down(self, node: str) -> None:
@@ -671,7 +682,7 @@ class RiskActor(ClusterActor):
             source = self.pending_source.get(order.order_id)
             if not order.accepted:
                 self._reject(source if source is not None else self.gateway_indices[0], order.symbol,
-                             order.order_id, Op.NEW, ClusterReason.INSTRUMENT_UNAVAILABLE, 0)
+                             order.order_id, OP_NEW, ClusterReason.INSTRUMENT_UNAVAILABLE, 0)
                 continue
             # The book that held it is gone (and with it the order): tell the owner, once, what was left of it
             # (taken before the account's bookkeeping zeroes it).
@@ -683,7 +694,7 @@ class RiskActor(ClusterActor):
                                               ClusterReason.INSTRUMENT_UNAVAILABLE))
             gateway = self._gateway_for(order.order_id)
             if gateway is not None:
-                self.outbox.add(gateway, MessageKind.REPORTS, event_to_record(event, 0))  # type: ignore[union-attr]
+                self.outbox.add(gateway, MSG_REPORTS, event_to_record(event, 0))  # type: ignore[union-attr]
 
     def _gateway_for(self, order_id: int) -> int | None:
         number = gateway_number_of(order_id)
@@ -716,9 +727,9 @@ class RiskActor(ClusterActor):
                 self.journal.append(_TAG_KILL + b"\x01" + name.encode("ascii", "replace"))
             cancels = 0
             for order in list(account.orders.values()):
-                record = _pack_order(Op.CANCEL, 0, 0, 0, 0, FLAG_ADMIN, 0, 0, order.symbol.encode().ljust(8),
+                record = _pack_order(OP_CANCEL, 0, 0, 0, 0, FLAG_ADMIN, 0, 0, order.symbol.encode().ljust(8),
                                      order.account.encode().ljust(8), order.order_id, 0, 0, 0)
-                self.outbox.add(self.book_index[order.symbol], MessageKind.ORDERS, record)  # type: ignore[union-attr]
+                self.outbox.add(self.book_index[order.symbol], MSG_ORDERS, record)  # type: ignore[union-attr]
                 cancels += 1
             self.flush()
             log.warning("%s: kill switch ON for %s: %d open orders being cancelled", self.name, name, cancels)

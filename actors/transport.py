@@ -29,7 +29,7 @@ import zmq
 
 from actors.config import ClusterConfig
 from exchange.layout import LayoutError
-from exchange.wire import HEADER, MessageKind, pack_header, parse_header
+from exchange.wire import HEADER, MSG_CONTROL, MSG_PING, MessageKind, pack_header, parse_header
 
 # Plain ints: pyzmq combines Flag members in Python, which costs on every send.
 log = logging.getLogger("matchwire.transport")
@@ -476,10 +476,10 @@ class Inbound(threading.Thread):
         except LayoutError:
             self.stats["malformed"] += 1
             return
-        if kind is MessageKind.PING:
+        if kind is MSG_PING:
             self.stats["pings"] += 1
             return
-        if kind is MessageKind.CONTROL:
+        if kind is MSG_CONTROL:
             self._control(sender, payload)
             return
         stats = self.stats
@@ -528,7 +528,7 @@ class Inbound(threading.Thread):
                     answer = {"error": "the actor did not answer in time"}
                 except Exception as exc:  # the actor died answering
                     answer = {"error": repr(exc)}
-            header = pack_header(MessageKind.CONTROL, 1, 0, 0, 0)
+            header = pack_header(MSG_CONTROL, 1, 0, 0, 0)
             try:
                 send_frames(socket, sender, header, json.dumps(answer).encode())
             except zmq.ZMQError:

@@ -20,3 +20,9 @@ bench: setup
 
 bench-quick: setup
 	$(PY) -m actors.report --quick --out $(BENCH_OUT) --itch-sample $(ITCH_SAMPLE) $(BENCH_ARGS)
+
+# CPU per order of each role's per-record work, the real actors in one thread (no hand-offs, no ZeroMQ):
+# repeatable to a few percent, for judging changes to per-record code (docs/benchmarks.md).
+.PHONY: bench-pipeline
+bench-pipeline: setup
+	$(PY) -m actors.bench_pipeline

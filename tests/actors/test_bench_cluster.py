@@ -13,10 +13,11 @@ from exchange.orders import CancelOrder, NewOrder
 from exchange.wire import record_to_command
 
 
-@pytest.mark.parametrize("placement", ["per-role", "single"])
-def test_bench_cluster_answers_every_order(placement):
+@pytest.mark.parametrize("placement, tick", [("per-role", "0"), ("single", "0"), ("per-role", "2000")])
+def test_bench_cluster_answers_every_order(placement, tick):
+    # A 2 ms send tick: the orders due go out together (about two per message at 800/s), and all are answered.
     done = subprocess.run([sys.executable, "-m", "actors.bench_cluster", "--quick", "--book-nodes", "1",
-                           "--rates", "800", "--seconds", "0.5", "--placement", placement],
+                           "--rates", "800", "--seconds", "0.5", "--placement", placement, "--send-tick-us", tick],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(line for line in done.stdout.splitlines() if "offered=800" in line)
@@ -24,6 +25,8 @@ def test_bench_cluster_answers_every_order(placement):
     assert sent == 400 and answered == sent, line
     assert re.search(r"cpu_us_per_order=.*client:\d+", line), line
     assert ("placement=single" in line) == (placement == "single")
+    messages = int(re.search(r"client_messages=(\d+)", line)[1])
+    assert (messages < 300) == (tick != "0"), line  # 400 orders: about 200 messages with the tick, ~400 without
 
 
 def test_the_plan_is_deterministic_and_cancels_only_live_orders():
