@@ -15,6 +15,7 @@ import time
 
 import zmq
 
+from actors.transport import recv_frames
 from exchange.layout import LayoutError
 from exchange.orders import (
     CancelOrder,
@@ -27,10 +28,11 @@ from exchange.orders import (
     Side,
     TimeInForce,
 )
-from exchange.wire import REPORT_SIZE, MessageKind, command_to_record, pack_header, parse_header, record_to_event
+from exchange.wire import MSG_ORDERS, REPORT_SIZE, command_to_record, pack_header, parse_header, record_to_event
 
-# A plain int: pyzmq combines Flag members in Python, which costs on every send.
+# Plain ints: pyzmq combines Flag members in Python, which costs on every send.
 NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
@@ -79,9 +81,12 @@ class ClusterClient:
         """Send queued commands as one message; False (and nothing sent) when the gateway is full."""
         if not self.pending:
             return True
-        header = pack_header(MessageKind.ORDERS, len(self.pending), 0, 0, 0)
+        header = pack_header(MSG_ORDERS, len(self.pending), 0, 0, 0)
         try:
-            self.socket.send_multipart([header, b"".join(self.pending)], flags=NOBLOCK)
+            # Two plain sends, as send_multipart does them but without its per-part checks and Flag arithmetic.
+            # A full queue refuses the first part (EAGAIN) before anything of the message is queued.
+            self.socket.send(header, _MORE_NOBLOCK)
+            self.socket.send(b"".join(self.pending), NOBLOCK)
         except zmq.Again:
             self.busy += len(self.pending)
             return False
@@ -133,12 +138,13 @@ class ClusterClient:
             return out
         while True:
             try:
-                header_frame, payload = self.socket.recv_multipart(flags=NOBLOCK)
+                frames = recv_frames(self.socket)
             except zmq.Again:
                 return out
-            except ValueError:
+            if len(frames) != 2:
                 self.malformed += 1
                 continue
+            header_frame, payload = frames
             try:
                 count = parse_header(header_frame)[1]
                 if len(payload) != count * REPORT_SIZE:

@@ -438,31 +438,32 @@ def record_to_event(buffer: bytes | memoryview, offset: int = 0) -> tuple[Event,
         raise LayoutError(f"report record at offset {offset}: {exc}") from exc
     seq_value = seq or None
     sym = _text(symbol)
-    if kind == EV_FILL:
-        return _new_event(Fill, (seq_value, sym, price, qty, order_id, order_id2, _text(account), _text(account2),
-                                 _SIDES.get(side, side), match)), trace_ns
+    # The most frequent kinds first (a book's acceptances and resting orders), the reason code looked up last.
     if kind == EV_ACCEPTED:
         return _new_event(Accepted, (seq_value, sym, order_id, _text(account), _SIDES.get(side, side),
                                      _TYPES.get(order_type, order_type), _TIFS.get(tif, tif),
                                      None if flags & FLAG_NULL_PRICE else price, qty, extra,
                                      bool(flags & FLAG_POST_ONLY), _STPS.get(stp, stp))), trace_ns
+    if kind == EV_ORDER_ADDED:
+        return _new_event(OrderAdded, (seq_value, sym, order_id, _SIDES.get(side, side), price, qty)), trace_ns
+    if kind == EV_ORDER_REMOVED:
+        return _new_event(OrderRemoved, (seq_value, sym, order_id, qty)), trace_ns
+    if kind == EV_FILL:
+        return _new_event(Fill, (seq_value, sym, price, qty, order_id, order_id2, _text(account), _text(account2),
+                                 _SIDES.get(side, side), match)), trace_ns
+    if kind == EV_ORDER_REDUCED:
+        return _new_event(OrderReduced, (seq_value, sym, order_id, qty, extra)), trace_ns
+    if kind == EV_MODIFIED:
+        return _new_event(Modified, (seq_value, sym, order_id, _text(account), price, qty,
+                                     bool(flags & FLAG_KEPT_PRIORITY))), trace_ns
+    if kind == EV_BASE_PRICE_SET:
+        return _new_event(BasePriceSet, (seq_value, sym, price)), trace_ns
     reason_name = REASONS_BY_CODE.get(reason, f"reason_{reason}")
     if kind == EV_CANCELLED:
         return _new_event(Cancelled, (seq_value, sym, order_id, _text(account), qty, reason_name)), trace_ns
     if kind == EV_REJECTED:
         return _new_event(Rejected, (seq_value, sym, order_id, _OP_NAMES.get(op, "new"), reason_name,
                                      reason_text(reason_name))), trace_ns
-    if kind == EV_MODIFIED:
-        return _new_event(Modified, (seq_value, sym, order_id, _text(account), price, qty,
-                                     bool(flags & FLAG_KEPT_PRIORITY))), trace_ns
-    if kind == EV_ORDER_ADDED:
-        return _new_event(OrderAdded, (seq_value, sym, order_id, _SIDES.get(side, side), price, qty)), trace_ns
-    if kind == EV_ORDER_REDUCED:
-        return _new_event(OrderReduced, (seq_value, sym, order_id, qty, extra)), trace_ns
-    if kind == EV_ORDER_REMOVED:
-        return _new_event(OrderRemoved, (seq_value, sym, order_id, qty)), trace_ns
-    if kind == EV_BASE_PRICE_SET:
-        return _new_event(BasePriceSet, (seq_value, sym, price)), trace_ns
     raise LayoutError(f"report record at offset {offset}: unknown kind {kind}")
 
 
