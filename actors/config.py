@@ -103,6 +103,7 @@ class ClusterConfig:
                                key=lambda a: int(a.split("/", 1)[1]))
         self.market_data = [a for a in self.actor_index if a.startswith("md/")]
         self.feeds = [a for a in self.actor_index if a.startswith("feed/")]
+        self._shard_of: dict[str, str] = {}  # risk_shard's answers so far
 
     def node(self, name: str) -> NodeConfig:
         for node in self.nodes:
@@ -134,7 +135,14 @@ class ClusterConfig:
 
     def risk_shard(self, account: str) -> str:
         """The risk actor of an account: a stable hash, so every node agrees."""
-        return self.risk_shards[zlib.crc32(account.encode("ascii", "replace")) % len(self.risk_shards)]
+        # Asked for both accounts of every fill by every risk shard: remembered (bounded, as accounts are the
+        # clients' texts; past the bound the hash is computed each time).
+        shard = self._shard_of.get(account)
+        if shard is None:
+            shard = self.risk_shards[zlib.crc32(account.encode("ascii", "replace")) % len(self.risk_shards)]
+            if len(self._shard_of) < 65536:
+                self._shard_of[account] = shard
+        return shard
 
     def book_actor(self, symbol: str) -> str:
         return f"book/{symbol}"

@@ -310,11 +310,11 @@ class RiskActor(ClusterActor):
         payload = batch.payload
         add = self.outbox.add  # type: ignore[union-attr]
         orders_kind = MSG_ORDERS
+        self.count("orders", batch.count)
         for offset in offsets:
             fields = _unpack_order(payload, offset)
             op, side, _, _, _, flags, _, trace_ns, symbol_b, account_b, order_id, price, qty, version = fields
             symbol = _text(symbol_b)
-            self.count("orders")
             book = self.book_index.get(symbol)
             if book is None:
                 self._reject(batch.source, symbol, order_id, op, "unknown_symbol", trace_ns)
