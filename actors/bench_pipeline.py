@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"command": " ".join(["python -m actors.bench_pipeline", *(argv or
                                                                      sys.argv[1:])]),
-                                               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "best": best,
-                                               "runs": runs}, indent=2))
+                                               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rounds": args.rounds,
+                                               "best": best, "runs": runs}, indent=2))
     return 0
 
 

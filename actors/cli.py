@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = verbs.add_parser("bench", help="run every benchmark; write bench/report.json, report.md and plots")
     bench.add_argument("--quick", action="store_true", help="small counts, one short rate each (under 2 minutes)")
     bench.add_argument("--out", metavar="DIR", default="bench", help="where the report goes (default: bench)")
-    bench.add_argument("--only", metavar="SECTIONS", help="comma list of engine, cluster, itch, gateware")
+    bench.add_argument("--only", metavar="SECTIONS", help="comma list of engine, pipeline, cluster, itch, gateware")
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -1,11 +1,13 @@
 """``make bench`` / ``matchwire bench``: every benchmark, one report — JSON, Markdown and PNG plots.
 
-    python -m actors.report [--quick] [--out bench] [--only engine,cluster,itch,gateware]
+    python -m actors.report [--quick] [--out bench] [--only engine,pipeline,cluster,itch,gateware]
 
 Each section runs the project's own benchmark command in a subprocess (the very command a reader
 can run again, recorded with the result) and reads its machine-readable output:
 
 * ``engine``   ``python -m exchange.bench --json``: engine ns/msg per workload beside the bare loop;
+* ``pipeline`` ``python -m actors.bench_pipeline --json``: CPU per order of each role's per-record work, the
+  real actors in one thread (no hand-offs): what bounds the cluster's ceiling on a small machine;
 * ``cluster``  ``python -m actors.bench_cluster --json``: open-loop throughput and HdrHistogram
   latency (from each order's scheduled send time: coordinated omission avoided) for 1 and 2 book
   nodes and each durability setting (no journal; fsync none, batch, always), ZeroMQ clients;
@@ -48,7 +50,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_VERSION = 1
-SECTIONS = ("engine", "cluster", "itch", "gateware")
+SECTIONS = ("engine", "pipeline", "cluster", "itch", "gateware")
 DEFAULT_ITCH_SAMPLE = ROOT.parent / "shared" / "data" / "itch" / "sample-20101224.ITCH50.gz"
 FSYNC_POLICIES = ("off", "none", "batch", "always")
 FULL_RATES = "2000,5000,10000,20000"
@@ -243,6 +245,28 @@ def engine_section(ctx: Context) -> dict[str, Any]:
                                                  "ratio", "engine_msgs_per_s", "events_per_msg")}
                              for w in data["workloads"]]}
     return _section("ok", "", [command], date, run.seconds, results, log="raw/engine.log")
+
+
+def pipeline_section(ctx: Context) -> dict[str, Any]:
+    """Each role's per-record CPU per order, the real actors in one thread (what bounds the cluster's ceiling)."""
+    date = _now()
+    out_json = ctx.raw / "pipeline.json"
+    argv = [_python(), "-m", "actors.bench_pipeline", "--json", str(out_json)]
+    if ctx.quick:
+        argv += ["--orders", "5000", "--rounds", "1"]
+    task = ctx.progress.add_task("per-record CPU (pipeline)", total=1)
+    run = run_producer(ctx, argv, task, r"^orders=", 300 if ctx.quick else 900, "pipeline.log")
+    ctx.progress.update(task, completed=1)
+    command = _display(argv)
+    if not run.ok or not out_json.exists():
+        return _section("failed", _failed(run, "actors.bench_pipeline"), [command], date, run.seconds,
+                        log="raw/pipeline.log")
+    data = json.loads(out_json.read_text())
+    best = data["best"]
+    results = {"orders": best["orders"], "batch": best["batch"], "rounds": data["rounds"],
+               "answered": best["answered"], "total_us_per_order": best["total_us_per_order"],
+               "us_per_order": best["us_per_order"], "one_core_orders_per_s": 1e6 / best["total_us_per_order"]}
+    return _section("ok", "", [command], date, run.seconds, results, log="raw/pipeline.log")
 
 
 def cluster_section(ctx: Context) -> dict[str, Any]:
@@ -706,7 +730,8 @@ def write_markdown(report: dict, path: Path) -> None:
     figures = {}
     for figure in report["figures"]:
         figures.setdefault(figure["section"], []).append(figure)
-    titles = {"engine": "Engine", "cluster": "Cluster", "itch": "ITCH decoding", "gateware": "Gateware"}
+    titles = {"engine": "Engine", "pipeline": "Per-record CPU (the actors in one thread)", "cluster": "Cluster",
+              "itch": "ITCH decoding", "gateware": "Gateware"}
     for name, section in report["sections"].items():
         lines += [f"## {titles.get(name, name)}", ""]
         status = section["status"]
@@ -725,6 +750,14 @@ def write_markdown(report: dict, path: Path) -> None:
                 lines.append(f"| {w['workload']} | {_fmt(w['engine_ns_per_msg'], 1)} | {_fmt(w['bare_ns_per_msg'], 1)}"
                              f" | {w['ratio']:.2f} | {_fmt(w['engine_msgs_per_s'])} | {w['events_per_msg']:.2f} |")
             lines.append("")
+        if name == "pipeline" and results:
+            roles = results["us_per_order"]
+            lines += ["| " + " | ".join(["orders", "batch", *(f"{role} us/order" for role in roles), "total us/order",
+                                         "orders/s on one core"]) + " |",
+                      "|" + "---:|" * (len(roles) + 4),
+                      "| " + " | ".join([_fmt(results["orders"]), str(results["batch"]),
+                                         *(_fmt(v, 1) for v in roles.values()), _fmt(results["total_us_per_order"], 1),
+                                         _fmt(results["one_core_orders_per_s"])]) + " |", ""]
         if name == "cluster" and results:
             lines += ["| client | durability | book nodes | offered/s | achieved/s | answered | rejected | p50 us |"
                       " p99 us | p99.9 us | max us |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -767,7 +800,7 @@ def write_markdown(report: dict, path: Path) -> None:
 def build_report(ctx: Context, sections: list[str], command: str) -> dict:
     """Run the sections, draw the plots, and return the report document (also written to ctx.out)."""
     started = time.monotonic()
-    runners = {"engine": engine_section, "cluster": cluster_section, "itch": itch_section,
+    runners = {"engine": engine_section, "pipeline": pipeline_section, "cluster": cluster_section, "itch": itch_section,
                "gateware": gateware_section}
     results: dict[str, dict] = {}
     for name in sections:

@@ -40,7 +40,7 @@ def test_quick_report_validates_and_carries_its_provenance(quick_report):
     assert elapsed < 120, f"the quick report took {elapsed:.0f} s (budget: under 2 minutes)"
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["cpu_model"]
-    assert set(report["sections"]) == {"engine", "cluster", "itch", "gateware"}
+    assert set(report["sections"]) == {"engine", "pipeline", "cluster", "itch", "gateware"}
     for name, section in report["sections"].items():
         if section["status"] != "ok":
             assert section["reason"], name  # never a silent gap
@@ -54,7 +54,7 @@ def test_quick_report_validates_and_carries_its_provenance(quick_report):
     markdown = (out / "report.md").read_text()
     for figure in report["figures"]:
         assert f"]({figure['file']})" in markdown
-    for heading in ("## Engine", "## Cluster", "## ITCH decoding", "## Gateware"):
+    for heading in ("## Engine", "## Per-record CPU", "## Cluster", "## ITCH decoding", "## Gateware"):
         assert heading in markdown
 
 
@@ -64,6 +64,12 @@ def test_quick_report_measures_engine_and_cluster(quick_report):
     assert engine["status"] == "ok"
     assert {w["workload"] for w in engine["results"]["workloads"]} == {"mixed", "crossing"}
     assert "engine.png" in {f["file"] for f in report["figures"]}
+    pipeline = report["sections"]["pipeline"]
+    assert pipeline["status"] == "ok" and "actors.bench_pipeline" in pipeline["commands"][0]
+    assert pipeline["results"]["answered"] == pipeline["results"]["orders"] == 5000
+    roles = pipeline["results"]["us_per_order"]
+    assert set(roles) == {"gateway", "risk", "book", "md"} and all(v > 0 for v in roles.values())
+    assert abs(sum(roles.values()) - pipeline["results"]["total_us_per_order"]) < 0.01
     cluster = report["sections"]["cluster"]
     assert cluster["status"] == "ok"
     runs = cluster["results"]["runs"]
