@@ -108,7 +108,8 @@ class Pipeline:
         pending: deque = deque()
         clock = time.process_time
         for orders in batches:
-            pending.append((self.gateway, Batch(MSG_ORDERS, 0, b"".join(orders), len(orders),
+            # As the gateway's client port hands a client's message over (source -1: no actor).
+            pending.append((self.gateway, Batch(MSG_ORDERS, -1, b"".join(orders), len(orders),
                                                 session=CLIENT_SESSION)))
             while pending:
                 index, batch = pending.popleft()
