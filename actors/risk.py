@@ -373,7 +373,7 @@ class RiskActor(ClusterActor):
             record = bytes(payload[offset:offset + ORDER_SIZE])
             if self.journal is not None:
                 self.journal.append(_TAG_ORDER + _SOURCE.pack(batch.source) + record)
-            self._forward(batch.source, record, 0)
+            self._forward(batch.source, record, 0, fields)
             if not hold:
                 add(book, orders_kind, record)
 
@@ -394,12 +394,18 @@ class RiskActor(ClusterActor):
             self.copies.add(order_id)
             self.outbox.add(book, MSG_ORDERS, record)  # type: ignore[union-attr]
 
-    def _forward(self, source: int, payload: bytes, offset: int) -> None:
-        """The state change of an order that passed its checks (live, or from the journal)."""
-        op, side, _, _, _, flags, _, _, symbol_b, account_b, order_id, price, qty, _ = _unpack_order(payload, offset)
+    def _forward(self, source: int, payload: bytes, offset: int, fields: tuple | None = None) -> None:
+        """The state change of an order that passed its checks (live, or from the journal).
+
+        ``fields``: the record unpacked already (the live path has them), else unpacked here.
+        """
+        if fields is None:
+            fields = _unpack_order(payload, offset)
+        op, side, _, _, _, flags, _, _, symbol_b, account_b, order_id, price, qty, version = fields
+        record = payload if offset == 0 and len(payload) == ORDER_SIZE else bytes(payload[offset:offset + ORDER_SIZE])
         if op == OP_NEW:
             self.seen_ids.add(order_id)
-            self.in_flight_new[order_id] = bytes(payload[offset:offset + ORDER_SIZE])
+            self.in_flight_new[order_id] = record
             if order_id not in self.orders:
                 symbol = _text(symbol_b)
                 value_price = price or self.marks.get(symbol, 0)
@@ -409,7 +415,6 @@ class RiskActor(ClusterActor):
             order = self.orders.get(order_id)
             if order is not None and not flags & FLAG_REDUCE:  # a cut reserves nothing more; its answer settles
                 self.account(order.account).reserve_modify(order, price, qty)
-            version = _unpack_order(payload, offset)[13]
             if version:
                 self.modify_seen[order_id] = max(version, self.modify_seen.get(order_id, 0))
         if op == OP_MODIFY or op == OP_CANCEL:
@@ -420,7 +425,7 @@ class RiskActor(ClusterActor):
                 # cancels once (a second one unknown_order): one entry waits for that answer.
                 self.count("cancels_resent")
             else:
-                cmds.append(bytes(payload[offset:offset + ORDER_SIZE]))
+                cmds.append(record)
         self.pending_source[order_id] = source
 
     def _reject(self, gateway: int, symbol: str, order_id: int, op: int, reason: str, trace_ns: int,
