@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from actors.base import ClusterActor, NodeContext
-from actors.config import ClusterConfig, gateway_number_of, recent_order_ids
+from actors.config import GATEWAY_SHIFT, ClusterConfig, gateway_number_of, recent_order_ids
 from actors.durable import RESEND_REQUEST, instrument_grid, resend_done_record
 from actors.event_history import EventHistory, in_memory_for
 from exchange.engine import Book
@@ -199,6 +199,8 @@ class BookActor(ClusterActor):
             self.count("malformed_batches")
             return
         process = self.book.process
+        route = self._route
+        source = batch.source
         payload = batch.payload
         journal = self.journal
         live = getattr(self.book, "orders", None)  # the engine's resting orders by id
@@ -229,7 +231,7 @@ class BookActor(ClusterActor):
             if journal is not None:
                 journal.append(bytes(payload[offset:offset + ORDER_SIZE]))
             for event in process(command):
-                self._route(event, trace_ns, batch.source)
+                route(event, trace_ns, source)
         if live is not None and len(self.modify_versions) > 2 * len(live) + 1024:
             # Without journal snapshots nothing else would forget orders that left the book; pruning only
             # when the map outgrows the book twice over keeps the cost per command constant.
@@ -292,18 +294,22 @@ class BookActor(ClusterActor):
             add(index, _REPORTS, record)
         if kind not in _CLIENT_EVENTS:
             return 0 if only is None else sent[0]
+        gateways = self.gateway_indices
         if kind is Fill:
             if only is None and not self.resending:
                 self.count("fills")
-            for index in {self._gateway_of(event[4]), self._gateway_of(event[5])}:
-                if index is not None:
-                    add(index, _REPORTS, record)
+            # Both sides' gateways (gateway_number_of, inline: twice an event), once if they are the same.
+            maker, taker = (event[4] >> GATEWAY_SHIFT) - 1, (event[5] >> GATEWAY_SHIFT) - 1
+            if 0 <= maker < len(gateways):
+                add(gateways[maker], _REPORTS, record)
+            if taker != maker and 0 <= taker < len(gateways):
+                add(gateways[taker], _REPORTS, record)
             for index in self.risk_indices:
                 add(index, _REPORTS, record)
             return 0 if only is None else sent[0]
-        gateway = self._gateway_of(event[2])
-        if gateway is not None:
-            add(gateway, _REPORTS, record)
+        number = (event[2] >> GATEWAY_SHIFT) - 1
+        if 0 <= number < len(gateways):
+            add(gateways[number], _REPORTS, record)
         if kind is Rejected:
             # A reject names no account: it goes back to the risk shard that sent the command
             # (after a recovery, to every shard; they drop what they saw by sequence number).

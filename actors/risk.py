@@ -45,7 +45,6 @@ from exchange.wire import (
     OP_CANCEL,
     OP_MODIFY,
     OP_NEW,
-    OP_SET_BASE,
     ORDER,
     ORDER_SIZE,
     REASON_CODES,
@@ -92,7 +91,7 @@ def _answer_kind(kind: int, reason: int, op: int) -> int:
 
 
 _OP_NAMES = {Op.NEW: "new", Op.CANCEL: "cancel", Op.MODIFY: "modify", Op.END_OF_DAY: "end_of_day",
-             OP_SET_BASE: "set_base"}
+             Op.SET_BASE: "set_base"}
 
 
 # Journal records of a risk shard (docs/durability.md "Risk"): what changed its state, in order.
