@@ -138,6 +138,13 @@ _ACCEPTED, _REJECTED, _CANCELLED = int(EventKind.ACCEPTED), int(EventKind.REJECT
 _USER = REASON_CODES["user"]
 
 
+def is_answer(payload: bytes, offset: int = 0) -> bool:
+    """Whether the report at ``offset`` answers a command: accepted, rejected, or the cancel of a user's cancel
+    (an IOC remainder's cancel follows its Accepted and answers nothing)."""
+    kind = payload[offset]
+    return kind == _ACCEPTED or kind == _REJECTED or (kind == _CANCELLED and payload[offset + _REASON_AT] == _USER)
+
+
 def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7, send_tick_us: float = 0.0) -> dict:
     """Offer ``rate`` commands/s for ``seconds``; returns achieved rate and latency percentiles (us).
 
@@ -167,13 +174,11 @@ def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7, send_tic
         for payload in client.poll_records(timeout):
             now = time.perf_counter_ns()
             for offset in range(0, len(payload), REPORT_SIZE):
-                kind = payload[offset]
-                if kind == _ACCEPTED or kind == _REJECTED or (kind == _CANCELLED and
-                                                              payload[offset + _REASON_AT] == _USER):
+                if is_answer(payload, offset):
                     latencies.append(now - unpack_trace(payload, offset + _TRACE_AT)[0])
                     answered += 1
                     last_answer = now
-                    if kind == _REJECTED:  # an answer, but not a trade: overload shows as "busy"
+                    if payload[offset] == _REJECTED:  # an answer, but not a trade: overload shows as "busy"
                         reason = REASONS_BY_CODE.get(payload[offset + _REASON_AT], "?")
                         rejected[reason] = rejected.get(reason, 0) + 1
 
@@ -356,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke-sized run (see the defaults above)")
     parser.add_argument("--json", metavar="FILE", help="also write every run as JSON (with HdrHistogram latencies)")
     args = parser.parse_args(argv)
+    if args.send_tick_us < 0:
+        parser.error(f"--send-tick-us must be 0 or more, got {args.send_tick_us:g}")
     # Explicit values win over --quick's.
     args.rates = args.rates or ("1000" if args.quick else "5000,10000,25000,50000,100000")
     args.seconds = args.seconds or (1.0 if args.quick else 3.0)

@@ -32,7 +32,7 @@ import zmq
 
 from actors.backends import BackendOptions, book_factory
 from actors.base import ClusterActor, NodeContext
-from actors.bench_cluster import _config_text, _zmq_plan
+from actors.bench_cluster import _config_text, _zmq_plan, is_answer
 from actors.book import BookActor
 from actors.config import ClusterConfig, load_config
 from actors.gateway import GatewayActor
@@ -40,20 +40,10 @@ from actors.marketdata import MarketDataActor
 from actors.ports import free_port_block
 from actors.risk import RiskActor
 from actors.transport import Batch, LocalDirectory
-from exchange.wire import MSG_ORDERS, REASON_CODES, REPORT, EventKind
+from exchange.wire import MSG_ORDERS
 
 CLIENT_SESSION = b"bench-pipeline"
 _ROLES = {"gateway": GatewayActor, "risk": RiskActor, "md": MarketDataActor}
-_ACCEPTED, _REJECTED, _CANCELLED = int(EventKind.ACCEPTED), int(EventKind.REJECTED), int(EventKind.CANCELLED)
-_REASON_AT = REPORT.offset_of("reason") // 8  # offset_of counts bits
-_USER = REASON_CODES["user"]
-
-
-def _is_answer(record: bytes) -> bool:
-    """Whether a report answers a command (as the cluster bench counts them): accepted, rejected, or the
-    cancel of a user's cancel."""
-    kind = record[0]
-    return kind == _ACCEPTED or kind == _REJECTED or (kind == _CANCELLED and record[_REASON_AT] == _USER)
 
 
 class Pipeline:
@@ -100,7 +90,7 @@ class Pipeline:
         if to_clients:
             actor.to_clients = {}  # type: ignore[attr-defined]
             for records in to_clients.values():
-                self.answers += sum(map(_is_answer, records))
+                self.answers += sum(map(is_answer, records))
 
     def run(self, batches: list[list[bytes]]) -> dict[str, float]:
         """Every batch through the gateway and on, to the end of what it causes, before the next."""
