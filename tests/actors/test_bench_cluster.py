@@ -85,3 +85,9 @@ def test_bench_instruments_names_a_node_that_refuses_to_start():
     assert result.returncode == 1, result.stderr[-2000:]
     assert "bench_instruments: node book" in result.stderr and "open files" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_a_negative_send_tick_is_refused():
+    done = subprocess.run([sys.executable, "-m", "actors.bench_cluster", "--quick", "--send-tick-us", "-5"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--send-tick-us must be 0 or more" in done.stderr
