@@ -40,6 +40,7 @@ SYMBOLS = ("AAPL", "MSFT", "GOOG", "TSLA")
 
 
 BENCH_PASSWORD = "bench"
+BENCH_USER = "BENCH"  # the OUCH user of the bench cluster
 
 
 # Where the actors run (--placement): "per-role" is the embedded default's shape (gateway, risk, book and
@@ -69,7 +70,7 @@ def _config_text(base: int, book_nodes: int, extra_cluster: str = "", fsync: str
     accounts = "".join(f'[[account]]\nname = "B{i}"\n\n' for i in range(8))
     from exchange.accounts import hash_password
 
-    accounts += (f'[[user]]\nname = "BENCH"\npassword_hash = "{hash_password(BENCH_PASSWORD, n=1 << 10)}"\n'
+    accounts += (f'[[user]]\nname = "{BENCH_USER}"\npassword_hash = "{hash_password(BENCH_PASSWORD, n=1 << 10)}"\n'
                  f'accounts = [{", ".join(repr(f"B{i}").replace(chr(39), chr(34)) for i in range(8))}]\n\n'
                  '[risk.defaults]\nmax_open_orders = 10000000\norders_per_second = 10000000\nburst = 10000000\n\n')
     if fsync != "off":
@@ -218,37 +219,75 @@ def run_load(endpoint: str, rate: float, seconds: float, seed: int = 7, send_tic
             "rejected": rejected, "latency": latency_histogram(latencies)}
 
 
+def ouch_plan(total: int, seed: int, first_ref: int = 1) -> list[tuple[tuple[str, int], bytes]]:
+    """The OUCH messages of a run, made before it starts, with the key of the answer each waits for: the mix
+    of :func:`_zmq_plan` (45 % new orders resting near 10,000, 45 % cancels of resting ones, 10 % IOC takers),
+    seeded, UserRefNums from ``first_ref`` on. Made up front, as :func:`_zmq_plan`, and shared with the
+    pipeline bench's OUCH mode (``actors.bench_pipeline --client ouch``)."""
+    from exchange import ouch
+
+    rng = random.Random(seed)
+    live: list[int] = []
+    plan: list[tuple[tuple[str, int], bytes]] = []
+    ref = first_ref
+    encode = ouch.encode_inbound
+    for _ in range(total):
+        roll = rng.random()
+        if roll < 0.45 or roll >= 0.9 or not live:
+            ioc = roll >= 0.9
+            side = "B" if rng.random() < 0.5 else "S"
+            if ioc:
+                price = 10_060 if side == "B" else 9_940
+            else:
+                price = 10_000 - rng.randint(1, 50) if side == "B" else 10_000 + rng.randint(1, 50)
+            plan.append((("O", ref), encode("O", user_ref_num=ref, side=side, quantity=100,
+                                            symbol=rng.choice(SYMBOLS), price=price,
+                                            time_in_force="3" if ioc else "0", display="Y", capacity="A",
+                                            inter_market_sweep_eligibility="N", cross_type="N", cl_ord_id="",
+                                            options={"firm": f"B{ref % 8}"})))
+            if not ioc:
+                live.append(ref)
+            ref += 1
+        else:
+            cancelled = live.pop(rng.randrange(len(live)))
+            plan.append((("X", cancelled), encode("X", user_ref_num=cancelled, quantity=0)))
+    return plan
+
+
+def ouch_answer_key(message: dict) -> tuple[str, int | None]:
+    """The plan key (:func:`ouch_plan`) an outbound OUCH message would answer: a cancel's by Canceled or Cancel
+    Reject, an order's by anything else with its UserRefNum; only the first message for a key answers."""
+    return ("X", message["user_ref_num"]) if message["type"] in "CI" else ("O", message.get("user_ref_num"))
+
+
 def run_load_ouch(address: tuple[str, int], rate: float, seconds: float, seed: int = 7) -> dict:
     """The same open-loop schedule as :func:`run_load`, through OUCH 5.0 over SoupBinTCP 4.0."""
     from actors.ouch_client import OuchClient
     from exchange import ouch
 
-    rng = random.Random(seed)
-    client = OuchClient(address[0], address[1], "BENCH", BENCH_PASSWORD, next_seq=0)
+    client = OuchClient(address[0], address[1], BENCH_USER, BENCH_PASSWORD, next_seq=0)
     client.sync_user_ref_num()
-    live: list[int] = []
-    scheduled_of: dict[tuple[str, int], int] = {}
-    latencies: list[int] = []
     total = int(rate * seconds)
+    plan = ouch_plan(total, seed, client.next_user_ref_num)
+    client.next_user_ref_num += sum(1 for (kind, _), _ in plan if kind == "O")
+    scheduled_of: dict[tuple[str, int | None], int] = {}
+    latencies: list[int] = []
     interval_ns = int(1e9 / rate)
     start = time.perf_counter_ns() + 20_000_000
     sent = answered = 0
     last_answer = start
     rejected: dict[str, int] = {}
-    encode = ouch.encode_inbound
 
     def read(timeout: float) -> None:
         nonlocal answered, last_answer
         for message in client.messages(timeout):
-            kind = message["type"]
-            key = ("X", message["user_ref_num"]) if kind in "CI" else ("O", message.get("user_ref_num"))
-            scheduled = scheduled_of.pop(key, None)
+            scheduled = scheduled_of.pop(ouch_answer_key(message), None)
             if scheduled is not None:
                 now = time.perf_counter_ns()
                 latencies.append(now - scheduled)
                 answered += 1
                 last_answer = now
-                if kind == "J":
+                if message["type"] == "J":
                     code = message.get("reason")
                     reason = ouch.matchwire_reason("J", code) or f"ouch_{code}"
                     rejected[reason] = rejected.get(reason, 0) + 1
@@ -260,27 +299,9 @@ def run_load_ouch(address: tuple[str, int], rate: float, seconds: float, seed: i
             due = min(total, (now - start) // interval_ns + 1) if now >= start else 0
             payloads = []
             while sent < due:
-                scheduled = start + sent * interval_ns
-                roll = rng.random()
-                if roll < 0.45 or roll >= 0.9 or not live:
-                    ref = client.allocate_user_ref_num()
-                    ioc = roll >= 0.9
-                    side = "B" if rng.random() < 0.5 else "S"
-                    if ioc:
-                        price = 10_060 if side == "B" else 9_940
-                    else:
-                        price = 10_000 - rng.randint(1, 50) if side == "B" else 10_000 + rng.randint(1, 50)
-                    payloads.append(encode("O", user_ref_num=ref, side=side, quantity=100,
-                                           symbol=rng.choice(SYMBOLS), price=price, time_in_force="3" if ioc else "0",
-                                           display="Y", capacity="A", inter_market_sweep_eligibility="N",
-                                           cross_type="N", cl_ord_id="", options={"firm": f"B{ref % 8}"}))
-                    scheduled_of[("O", ref)] = scheduled
-                    if not ioc:
-                        live.append(ref)
-                else:
-                    ref = live.pop(rng.randrange(len(live)))
-                    payloads.append(encode("X", user_ref_num=ref, quantity=0))
-                    scheduled_of[("X", ref)] = scheduled
+                key, payload = plan[sent]
+                scheduled_of[key] = start + sent * interval_ns
+                payloads.append(payload)
                 sent += 1
             if payloads:
                 client.send_many(payloads)
