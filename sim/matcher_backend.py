@@ -744,6 +744,7 @@ class SimBook:
 
     def _start(self) -> None:
         import os
+        import shutil
         import socket
         import tempfile
         import threading
@@ -784,6 +785,8 @@ class SimBook:
                         raise RuntimeError(self._failure("the simulation did not start")) from self._error
         finally:
             listener.close()
+            # The path only served to connect: a simulated card per book per run left a directory in /tmp.
+            shutil.rmtree(directory, ignore_errors=True)
         conn.settimeout(None)
         self._sock = conn
         self._stream = conn.makefile("rwb")

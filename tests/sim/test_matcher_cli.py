@@ -6,9 +6,12 @@ backend places it at the first limit price, silently, so the outputs are byte-id
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -18,9 +21,9 @@ from sim.matcher_backend import realistic_commands
 from sim.runner import SIMULATORS
 
 
-def matchwire(*args: str) -> subprocess.CompletedProcess:
+def matchwire(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "actors.cli", "match", *args], capture_output=True, text=True,
-                          timeout=1200)
+                          timeout=1200, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +41,16 @@ def script(tmp_path_factory):
 def test_sim_backend(simulator, script):
     """The output equals the software backend's, byte for byte; ``--bench`` prints the cycles."""
     software = matchwire(str(script))
-    simulated = matchwire(str(script), "--backend", "sim", "--simulator", simulator)
+    # A temporary directory of its own (short: it holds the simulators' Unix socket paths), to see what is left.
+    temporary = tempfile.mkdtemp(prefix="mw-")
+    try:
+        simulated = matchwire(str(script), "--backend", "sim", "--simulator", simulator,
+                              env={**os.environ, "TMPDIR": temporary})
+        left = sorted(name for name in os.listdir(temporary) if name.startswith("matchwire-sim-"))
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
     assert software.returncode == 0 and simulated.returncode == 0, simulated.stderr
+    assert not left, f"the simulated matchers left {left} behind"
     assert simulated.stdout == software.stdout
     assert simulated.stdout.count("\n") > 250
     bench = matchwire(str(script), "--backend", "sim", "--simulator", simulator, "--bench", "--min-seconds", "0")
