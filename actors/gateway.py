@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import glob
 import itertools
 import logging
 import operator
+import os
 import shutil
 import struct
 import tempfile
@@ -246,6 +248,32 @@ class OuchInbound:
     payloads: list[bytes]
 
 
+def remove_dead_spills(prefix: str) -> list[str]:
+    """Remove the spill directories (``prefix`` + pid + ``-`` + random) of gateway processes that are gone; their
+    names, removed.
+
+    A gateway without journals spills its OUCH sessions' older messages to a temporary directory and removes it
+    when it stops; one killed (``kill -9``, the OOM killer, a crash) cannot, and what it spilled stayed in the
+    temporary directory for good, a day's sessions at a time. Its successor removes it: a directory is another
+    process's until that process is gone (a process of another user counts as alive).
+    """
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(glob.escape(prefix) + "*"):
+        pid, dash, _ = path.name[len(prefix):].partition("-")
+        if not (dash and pid.isdigit()) or int(pid) == os.getpid():
+            continue  # not named by this scheme, or this process's own
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue  # alive under another user, or no such number: not ours to judge
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
+
+
 class GatewaySoupApplication(SoupApplication):
     """The SoupBinTCP server's view of the gateway: authentication here, everything else by tell.
 
@@ -389,7 +417,12 @@ class GatewayActor(ClusterActor):
         if self.users is not None and self.store is None:
             # Without journals, a session's messages still go to disk (a client may ask for any of them again),
             # so that its memory does not grow with the day: a spill directory of this process's own.
-            self.spill_dir = Path(tempfile.mkdtemp(prefix=f"matchwire-{self.name.replace('/', '-')}-soup-"))
+            prefix = f"matchwire-{self.name.replace('/', '-')}-soup-"
+            removed = remove_dead_spills(prefix)
+            if removed:
+                log.info("%s: removed %d spill director%s of earlier processes that died: %s", self.name,
+                         len(removed), "y" if len(removed) == 1 else "ies", ", ".join(removed))
+            self.spill_dir = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
             self.store = DurableSequencedStore(None)
             self.archive = SnapshotArchive(self.spill_dir, 0, sink=self.store.restore_archived)
             self.store.archive = self.archive

@@ -6,6 +6,8 @@ import itertools
 import os
 import random
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -832,6 +834,8 @@ def test_without_journals_a_gateway_spills_old_ouch_messages_and_a_login_from_on
     from actors.gateway import SPILL_MESSAGES
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the nodes' spill directories, to look at
+    # What a gateway killed earlier left: the new one removes it as it starts.
+    (tmp_path / f"matchwire-gateway-0-soup-{_dead_pid()}-earlier" / "archive").mkdir(parents=True)
     path = write_config(tmp_path, extra=users_toml(OUCH_USERS))
     cluster = start_cluster(path, tmp_path / "logs")
     address = cluster.config.ouch_address()
@@ -862,6 +866,36 @@ def test_without_journals_a_gateway_spills_old_ouch_messages_and_a_login_from_on
     finally:
         cluster.stop()
     assert not list(tmp_path.glob("matchwire-gateway-0-soup-*"))
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_a_gateway_removes_the_spill_directories_of_gateway_processes_that_died(tmp_path, monkeypatch):
+    """A gateway killed without journals cannot remove its spill directory; the next one removes those whose
+    process is gone, and nothing else: not a live process's, not its own, not other names."""
+    from actors.gateway import remove_dead_spills
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    prefix = "matchwire-gateway-0-soup-"
+    dead = _dead_pid()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        names = [f"{prefix}{dead}-gone", f"{prefix}{alive.pid}-alive", f"{prefix}{os.getpid()}-own",
+                 f"{prefix}a1b2c3d4", f"{prefix}-{dead}", f"{prefix}99999999999999999999999-huge",
+                 f"matchwire-gateway-1-soup-{dead}-other-gateway"]
+        for name in names:
+            (tmp_path / name / "archive").mkdir(parents=True)
+            (tmp_path / name / "archive" / "journal-0.log").write_bytes(b"spilled")
+        assert remove_dead_spills(prefix) == [f"{prefix}{dead}-gone"]
+        assert sorted(path.name for path in tmp_path.iterdir()) == sorted(names[1:])
+        assert remove_dead_spills(prefix) == []
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 def _logs_in(address: tuple[str, int]) -> bool:
