@@ -6,8 +6,9 @@ Each section runs the project's own benchmark command in a subprocess (the very 
 can run again, recorded with the result) and reads its machine-readable output:
 
 * ``engine``   ``python -m exchange.bench --json``: engine ns/msg per workload beside the bare loop;
-* ``pipeline`` ``python -m actors.bench_pipeline --json``: CPU per order of each role's per-record work, the
-  real actors in one thread (no hand-offs): what bounds the cluster's ceiling on a small machine;
+* ``pipeline`` ``python -m actors.bench_pipeline --json`` (binary API, then ``--client ouch``): CPU per order of
+  each role's per-record work, the real actors in one thread (no hand-offs): what bounds the cluster's ceiling on
+  a small machine;
 * ``cluster``  ``python -m actors.bench_cluster --json``: open-loop throughput and HdrHistogram
   latency (from each order's scheduled send time: coordinated omission avoided) for 1 and 2 book
   nodes and each durability setting (no journal; fsync none, batch, always), ZeroMQ clients;
@@ -248,25 +249,38 @@ def engine_section(ctx: Context) -> dict[str, Any]:
 
 
 def pipeline_section(ctx: Context) -> dict[str, Any]:
-    """Each role's per-record CPU per order, the real actors in one thread (what bounds the cluster's ceiling)."""
+    """Each role's per-record CPU per order, the real actors in one thread (what bounds the cluster's ceiling): the
+    binary API's orders, then the same orders as OUCH 5.0 messages."""
     date = _now()
-    out_json = ctx.raw / "pipeline.json"
-    argv = [_python(), "-m", "actors.bench_pipeline", "--json", str(out_json)]
-    if ctx.quick:
-        argv += ["--orders", "5000", "--rounds", "1"]
-    task = ctx.progress.add_task("per-record CPU (pipeline)", total=1)
-    run = run_producer(ctx, argv, task, r"^orders=", 300 if ctx.quick else 900, "pipeline.log")
-    ctx.progress.update(task, completed=1)
-    command = _display(argv)
-    if not run.ok or not out_json.exists():
-        return _section("failed", _failed(run, "actors.bench_pipeline"), [command], date, run.seconds,
-                        log="raw/pipeline.log")
-    data = json.loads(out_json.read_text())
-    best = data["best"]
-    results = {"orders": best["orders"], "batch": best["batch"], "rounds": data["rounds"],
-               "answered": best["answered"], "total_us_per_order": best["total_us_per_order"],
-               "us_per_order": best["us_per_order"], "one_core_orders_per_s": 1e6 / best["total_us_per_order"]}
-    return _section("ok", "", [command], date, run.seconds, results, log="raw/pipeline.log")
+    started = time.monotonic()
+    commands: list[str] = []
+    results: dict[str, Any] = {}
+    task = ctx.progress.add_task("per-record CPU (pipeline)", total=2)
+    for client in ("zmq", "ouch"):
+        out_json = ctx.raw / ("pipeline.json" if client == "zmq" else "pipeline_ouch.json")
+        log_name = "pipeline.log" if client == "zmq" else "pipeline_ouch.log"
+        argv = [_python(), "-m", "actors.bench_pipeline", "--json", str(out_json)]
+        if client == "ouch":
+            argv += ["--client", "ouch"]
+        if ctx.quick:
+            argv += ["--orders", "5000", "--rounds", "1"]
+        run = run_producer(ctx, argv, task, r"^(client=ouch )?orders=", 300 if ctx.quick else 900, log_name)
+        commands.append(_display(argv))
+        if not run.ok or not out_json.exists():
+            ctx.progress.update(task, completed=2)
+            return _section("failed", _failed(run, "actors.bench_pipeline"), commands, date,
+                            time.monotonic() - started, log=f"raw/{log_name}")
+        data = json.loads(out_json.read_text())
+        best = data["best"]
+        figures = {"orders": best["orders"], "batch": best["batch"], "rounds": data["rounds"],
+                   "answered": best["answered"], "total_us_per_order": best["total_us_per_order"],
+                   "us_per_order": best["us_per_order"], "one_core_orders_per_s": 1e6 / best["total_us_per_order"]}
+        if client == "zmq":
+            results.update(figures)
+        else:
+            results["ouch"] = figures
+    ctx.progress.update(task, completed=2)
+    return _section("ok", "", commands, date, time.monotonic() - started, results, log="raw/pipeline.log")
 
 
 def cluster_section(ctx: Context) -> dict[str, Any]:
@@ -752,12 +766,16 @@ def write_markdown(report: dict, path: Path) -> None:
             lines.append("")
         if name == "pipeline" and results:
             roles = results["us_per_order"]
-            lines += ["| " + " | ".join(["orders", "batch", *(f"{role} us/order" for role in roles), "total us/order",
-                                         "orders/s on one core"]) + " |",
-                      "|" + "---:|" * (len(roles) + 4),
-                      "| " + " | ".join([_fmt(results["orders"]), str(results["batch"]),
-                                         *(_fmt(v, 1) for v in roles.values()), _fmt(results["total_us_per_order"], 1),
-                                         _fmt(results["one_core_orders_per_s"])]) + " |", ""]
+            lines += ["| " + " | ".join(["client", "orders", "batch", *(f"{role} us/order" for role in roles),
+                                         "total us/order", "orders/s on one core"]) + " |",
+                      "|---|" + "---:|" * (len(roles) + 4)]
+            for client, run in (("binary API", results), ("OUCH 5.0", results.get("ouch"))):
+                if run:
+                    lines.append("| " + " | ".join([client, _fmt(run["orders"]), str(run["batch"]),
+                                                    *(_fmt(run["us_per_order"].get(role, 0), 1) for role in roles),
+                                                    _fmt(run["total_us_per_order"], 1),
+                                                    _fmt(run["one_core_orders_per_s"])]) + " |")
+            lines.append("")
         if name == "cluster" and results:
             lines += ["| client | durability | book nodes | offered/s | achieved/s | answered | rejected | p50 us |"
                       " p99 us | p99.9 us | max us |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -70,6 +70,10 @@ def test_quick_report_measures_engine_and_cluster(quick_report):
     roles = pipeline["results"]["us_per_order"]
     assert set(roles) == {"gateway", "risk", "book", "md"} and all(v > 0 for v in roles.values())
     assert abs(sum(roles.values()) - pipeline["results"]["total_us_per_order"]) < 0.01
+    ouch = pipeline["results"]["ouch"]  # the same orders as OUCH messages: the gateway's translation costs
+    assert "--client ouch" in pipeline["commands"][1] and ouch["answered"] == ouch["orders"] == 5000
+    assert set(ouch["us_per_order"]) == set(roles) and ouch["us_per_order"]["gateway"] > roles["gateway"]
+    assert "| OUCH 5.0 | 5000 |" in (out / "report.md").read_text()
     cluster = report["sections"]["cluster"]
     assert cluster["status"] == "ok"
     runs = cluster["results"]["runs"]
