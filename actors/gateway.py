@@ -513,6 +513,7 @@ class GatewayActor(ClusterActor):
                     self._replay_limited = set(ids[minted:])
                     if self.translator is not None:
                         self._ouch(username, record[at:])
+                        self._emit()  # sends nothing while replaying: lets go of the answers the store restores
                 elif tag == _TAG_LEASE:
                     self.id_lease = max(self.id_lease, struct.unpack_from("<Q", record, 1)[0])
                 else:
@@ -676,6 +677,9 @@ class GatewayActor(ClusterActor):
                         # is not acted on (nor journaled), as if the connection had been cut there.
                         self.count("ouch_messages_after_protocol_error", len(payloads) - position - 1)
                         break
+                # The answers of the whole read go to the store at once: one lock, and at most one wake-up of the
+                # SoupBinTCP thread per read instead of one per message (each after its journal record, as before).
+                self._emit()
             finally:
                 self.ctx.local.done(self.index)
             self.count("ouch_messages", len(message.payloads))  # type: ignore[attr-defined]
@@ -693,6 +697,7 @@ class GatewayActor(ClusterActor):
         if result.error is not None:
             # A malformed OUCH message inside valid SoupBinTCP framing: end that session alone.
             self.count("ouch_protocol_errors")
+            self._emit()  # the answers to the messages before it in the same read are the session's still
             if self.soup is not None and not replaying:
                 log.warning("%s: OUCH session %s disconnected: %s", self.name, username, result.error)
                 self.soup.disconnect(username)
@@ -740,8 +745,7 @@ class GatewayActor(ClusterActor):
             ids = self._minted + limited
             self.journal.append(_TAG_OUCH + _OUCH_HEAD.pack(len(name), len(self._minted), len(limited)) + name
                                 + struct.pack(f"<{len(ids)}Q", *ids) + payload)
-        self._emit()
-        return True
+        return True  # its answers wait in _out for the caller's _emit
 
     def _sequenced(self, username: str, payload: bytes) -> None:
         self._out.append((username, payload))
@@ -1131,17 +1135,17 @@ class GatewayActor(ClusterActor):
                 return  # more input is queued: it joins this batch, and a later flush sends both
         super().flush()
         if journal is not None and journal.index != self._committed_index:
-            self._commit(wait=True)  # answers to orders risk could not take (handle_send_failures)
+            self._commit(idle=True)  # answers to orders risk could not take (handle_send_failures)
         self._flush_clients()
         if self.snapshots is not None and self.snapshots.due():
             self._snapshot()
 
-    def _commit(self, wait: bool | None = None) -> bool:
+    def _commit(self, idle: bool | None = None) -> bool:
         assert self.journal is not None
         if self.journal.index != self._committed_index or not self.journal.durable():
-            if wait is None:
-                wait = self.stopping or self.actor_inbox.empty()
-            if not commit_and_wait(self.journal, wait):
+            if idle is None:
+                idle = self.stopping or self.actor_inbox.empty()
+            if not commit_and_wait(self.journal, idle):
                 return False
             self._committed_index = self.journal.index
         if self.soup is not None:
