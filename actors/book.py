@@ -94,6 +94,7 @@ class BookActor(ClusterActor):
         self.match_prefix = (list(config.instruments).index(self.symbol) + 1) << MATCH_SHIFT
         self.durability = config.durability
         self.journal: JournalWriter | None = None
+        self.stopping = False
         self.since_snapshot = 0
         self.last_snapshot = time.monotonic()
         self.recovery: str | None = None
@@ -170,6 +171,7 @@ class BookActor(ClusterActor):
         self.flush()
 
     def on_stop(self) -> None:
+        self.stopping = True  # the last flush sends everything, whatever is still queued
         super().on_stop()
         if self.journal is not None:
             self.journal.close()
@@ -324,11 +326,11 @@ class BookActor(ClusterActor):
     def flush(self) -> None:
         journal = self.journal
         if journal is not None and not journal.durable():
-            # Group commit: no report leaves before the commands it answers are durable. Waiting
-            # here (at most batch_ms) lets more commands queue up for the next, shared, fsync.
-            wait = journal.sync_due_ns()
-            if wait:
-                time.sleep(wait / 1e9)
+            # Group commit: no report leaves before the commands it answers are durable. With more commands
+            # queued and the batch policy's sync not due, the reports wait for the next flush and those commands
+            # share its fsync; an idle book syncs now (commit_and_wait's rule).
+            if not self.stopping and journal.sync_due_ns() and not self.actor_inbox.empty():
+                return
             journal.sync()
         super().flush()
         if journal is not None and self.outbox is not None and not self.outbox.buffered and (

@@ -477,7 +477,7 @@ def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], ela
             durability = cluster.config.durability
             if durability.enabled and durability.fsync != "none":
                 # Users compare this with the benchmarks, which run without journals by default.
-                every = f" (at most every {durability.batch_ms:g} ms)" if durability.fsync == "batch" else ""
+                every = f" (when idle, else every {durability.batch_ms:g} ms)" if durability.fsync == "batch" else ""
                 print(f"  (journals on, fsync {durability.fsync}{every}: an answer waits for the gateway's, "
                       "risk's and the book's commits; docs/benchmarks.md has the cost)", file=out)
     else:

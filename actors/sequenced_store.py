@@ -12,7 +12,6 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-import time
 from array import array
 from typing import TYPE_CHECKING, Protocol
 
@@ -338,13 +337,10 @@ class DurableSequencedStore:
         return users
 
     def commit(self) -> set[str]:
-        """Commit the journal by its policy (waiting for the batch policy's fsync), then publish."""
+        """Commit the journal and make it durable (the batch policy's fsync at once), then publish."""
         assert self.journal is not None
         self.journal.commit()
         if not self.journal.durable():
-            wait = self.journal.sync_due_ns()
-            if wait:
-                time.sleep(wait / 1e9)
             self.journal.sync()
         return self.publish()
 

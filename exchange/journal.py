@@ -9,10 +9,11 @@ Durability policies (what "committed" promises):
 
 * ``always``: :meth:`JournalWriter.commit` writes and ``fsync``\\ s before it returns. An answer
   sent after ``commit`` survives a process crash and a power cut.
-* ``batch``: ``commit`` writes at once but ``fsync``\\ s at most every ``batch_ms`` milliseconds;
-  :meth:`JournalWriter.durable` says whether everything written is synced. Callers hold answers
-  until it is (group commit): they survive process crashes and power cuts, after a delay of at
-  most ``batch_ms``.
+* ``batch``: ``commit`` writes at once but ``fsync``\\ s only once ``batch_ms`` milliseconds have passed
+  since the last sync; :meth:`JournalWriter.durable` says whether everything written is synced, and
+  :meth:`JournalWriter.sync` syncs now (what an actor does when it runs out of input). Callers hold
+  answers until it is (group commit): they survive process crashes and power cuts, after a delay of
+  an fsync, and of at most ``batch_ms`` more while input keeps coming.
 * ``none``: ``commit`` writes to the operating system and never syncs. Answers survive a crash of
   the process (the page cache outlives it) but not of the machine.
 

@@ -32,6 +32,38 @@ def test_only_committed_batches_are_recovered_and_the_rest_is_cut_off(tmp_path):
     assert records == [b"O-1", b"S-1", b"O-2", b"S-2", b"O-4"] and not report.truncated
 
 
+def test_batch_policy_an_idle_actor_syncs_at_once_a_busy_one_when_the_interval_has_passed(tmp_path):
+    # A long interval, so that "not due yet" holds for the whole test: the old rule slept it out.
+    durability = Durability(enabled=True, state_dir=str(tmp_path), fsync="batch", batch_ms=600_000)
+    journal, _, _, _ = open_journal(durability, "node", "risk/0")
+    journal.append(b"O-1")
+    assert commit_and_wait(journal, idle=True)  # idle: synced now, however recent the last sync
+    assert journal.durable() and journal.stats["fsyncs"] == 1
+    journal.append(b"O-2")
+    # More input queued and the interval not over: not durable yet, the caller keeps what the batch caused.
+    assert not commit_and_wait(journal, idle=False)
+    assert not journal.durable() and journal.stats["fsyncs"] == 1
+    journal.append(b"O-3")
+    assert commit_and_wait(journal, idle=True)  # the queue ran dry: both batches share one fsync
+    assert journal.durable() and journal.stats["fsyncs"] == 2
+    journal.last_sync_ns -= 600_000 * 10**6  # the interval has passed: a busy actor syncs too
+    journal.append(b"O-4")
+    assert commit_and_wait(journal, idle=False) and journal.stats["fsyncs"] == 3
+    journal.close()
+    _, _, records, _ = open_journal(durability, "node", "risk/0")
+    assert records == [b"O-1", b"O-2", b"O-3", b"O-4"]
+
+
+def test_policy_none_never_syncs_and_never_holds_output(tmp_path):
+    durability = Durability(enabled=True, state_dir=str(tmp_path), fsync="none")
+    journal, _, _, _ = open_journal(durability, "node", "md/0")
+    for n in range(3):
+        journal.append(b"M-%d" % n)
+        assert commit_and_wait(journal, idle=n % 2 == 0)
+    assert journal.stats["fsyncs"] == 0
+    journal.close()
+
+
 def _accepted(seq: int, symbol: str = "AAPL") -> bytes:
     return event_to_record(Accepted(seq, NewOrder(symbol, seq, "A1", Side.BUY, 100, 10)), 0)
 
