@@ -347,6 +347,13 @@ def _stage_ages(cluster: Cluster) -> dict[str, dict]:
     return out
 
 
+def _fsyncs(cluster: Cluster) -> dict[str, int]:
+    """Per node, the fsyncs of its actors' journals so far (from its last statistics report)."""
+    return {name: sum(stats.get("journal_fsyncs", 0) for stats in ((node.stats or {}).get("actors") or {}).values()
+                      if isinstance(stats, dict))
+            for name, node in cluster.nodes.items()}
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -419,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                         before = {n: _cpu_seconds(p.process.pid) for n, p in cluster.nodes.items()}
                         gc_before = {n: _gc_totals(p.stats) for n, p in cluster.nodes.items()}
                         ages_before = _stage_ages(cluster)
+                        fsyncs_before = _fsyncs(cluster)
                         bench_cpu = time.process_time()
                         if client == "ouch":
                             result = run_load_ouch(config.ouch_address(), rate, args.seconds)
@@ -431,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
                         time.sleep(1.1)  # the nodes' next statistics report covers the whole run
                         cluster.pump(0)
                         gc_ms = {n: _gc_totals(p.stats)[1] - gc_before[n][1] for n, p in cluster.nodes.items()}
+                        # What the group commit costs: fsyncs per order, per node (none without journals).
+                        fsyncs = {n: (v - fsyncs_before[n]) / max(result["sent"], 1)
+                                  for n, v in _fsyncs(cluster).items()} if policy in ("batch", "always") else {}
                         ages = {stage: histogram_delta(hist, ages_before.get(stage) or None)
                                 for stage, hist in _stage_ages(cluster).items()}
                         # None where nothing was measured (OUCH orders reach the gateway outside batches).
@@ -446,7 +457,10 @@ def main(argv: list[str] | None = None) -> int:
                               f"max_us={result['max_us']:.0f} cpu_us_per_order="
                               + ",".join(f"{n}:{v:.0f}" for n, v in cpu.items())
                               + " gc_ms=" + ",".join(f"{n}:{v:.1f}" for n, v in gc_ms.items())
-                              + f" gc_max_pause_us={gc_max} arrival_age_p50/p99_us="
+                              + f" gc_max_pause_us={gc_max}"
+                              + (" fsyncs_per_order=" + ",".join(f"{n}:{v:.2f}" for n, v in fsyncs.items())
+                                 if fsyncs else "")
+                              + " arrival_age_p50/p99_us="
                               + ",".join(f"{stage}:{p50}/{p99}" for stage, (p50, p99) in age_us.items()
                                          if p50 is not None)
                               + (f" client_messages={result['client_messages']}" if "client_messages" in result
@@ -454,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
                         sustained = result["answered"] == result["sent"] and result["achieved"] >= 0.95 * rate
                         runs.append({"fsync": policy, "book_nodes": book_nodes, "client": client, **result,
                                      "sustained": sustained, "cpu_us_per_order": cpu, "gc_ms": gc_ms,
-                                     "gc_max_pause_us": gc_max, "arrival_age_us": age_us})
+                                     "gc_max_pause_us": gc_max, "arrival_age_us": age_us,
+                                     "fsyncs_per_order": fsyncs})
                         if sustained:
                             key = (policy, book_nodes, client)
                             best[key] = max(best.get(key, 0.0), result["achieved"])

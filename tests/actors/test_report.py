@@ -85,6 +85,13 @@ def test_quick_report_measures_engine_and_cluster(quick_report):
         values = [v for _, v in run["percentiles_us"]]
         assert values == sorted(values) and values[0] > 0  # HdrHistogram percentiles rise
         assert run["hdr"].startswith("HISTF")
+        # What the group commit costs, per node: counted where actors fsync, absent where they do not.
+        fsyncs = run["fsyncs_per_order"]
+        if run["fsync"] in ("batch", "always"):
+            assert set(fsyncs) == {"gateway", "risk", "md"} | {f"book{n + 1}" for n in range(run["book_nodes"])}
+            assert fsyncs["gateway"] > 0 and fsyncs["risk"] > 0, fsyncs
+        else:
+            assert fsyncs == {}
     assert {"cluster_throughput.png", "cluster_latency.png", "cluster_percentiles.png"} <= {
         f["file"] for f in report["figures"]}
     itch = report["sections"]["itch"]
