@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from actors.config import Durability
 from actors.durable import ResendGate, commit_and_wait, open_journal, resend_done_record
 from exchange.orders import Accepted, NewOrder, Side
@@ -83,3 +85,29 @@ def test_a_held_book_is_released_in_sequence_order_when_its_re_send_is_complete(
     assert applied == [5]
     gate.route(resend_done_record("AAPL", 13), 0, REPORT_SIZE, apply, asked.append)
     assert applied == [5, 10, 11, 12, 13] and not gate.waiting and asked == []
+
+
+def test_an_idle_book_syncs_at_once_under_the_batch_policy(tmp_path):
+    """A book that runs out of input syncs and sends its reports now; it used to sleep until ``batch_ms`` had passed
+    since its last fsync (here a minute, so the old rule could not pass)."""
+    from actors.config import cluster_order_id, load_config
+    from exchange.orders import NewOrder, Side
+    from exchange.wire import command_to_record
+    from tests.actors.cluster_helpers import wait_for
+    from tests.actors.test_modify_versions import BookUnderTest
+
+    book = BookUnderTest(tmp_path)
+    path = tmp_path / "cluster.toml"
+    path.write_text(path.read_text().replace('fsync = "none"', 'fsync = "batch"\nbatch_ms = 60000'))
+    book.config = load_config(path)
+    book.start()
+    try:
+        started = time.monotonic()
+        book.send(command_to_record(NewOrder("AAPL", cluster_order_id(0, 1), "A1", Side.BUY, 100, 50)))
+        book.send(command_to_record(NewOrder("AAPL", cluster_order_id(0, 2), "A2", Side.SELL, 100, 20)))
+        assert wait_for(lambda: len(book.collector.ask("reports")) >= 4, timeout=20)  # 2 accepted, added, fill
+        assert time.monotonic() - started < 20
+        stats = book.control("stats")["stats"]
+        assert stats["journal_policy"] == "batch" and 1 <= stats["journal_fsyncs"] <= 2, stats
+    finally:
+        book.stop()
