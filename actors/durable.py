@@ -406,9 +406,9 @@ def commit_and_wait(journal: JournalWriter, idle: bool = True) -> bool:
     once ``batch_ms`` have passed since the last sync; until then: False, and the caller keeps its output for a
     later call, so the input behind joins the same fsync. An idle actor used to sleep until ``batch_ms`` had
     passed: at low rates that only added latency, since nothing arrived to share the fsync with (measured: the
-    median order at 1k-2k orders/s took half as long without the sleep, an fsync taking 0.15-0.4 ms here). Sleeping while input was queued
-    stalled the actor once per flush (a flush is due every 0.5 ms under load): that cut an OUCH gateway to
-    half its rate under the batch policy.
+    median order at 1k-2k orders/s took half as long without the sleep, an fsync taking 0.15-0.4 ms here).
+    Sleeping while input was queued stalled the actor once per flush (a flush is due every 0.5 ms under load):
+    that cut an OUCH gateway to half its rate under the batch policy.
     """
     if journal.index != journal.commit_mark:
         journal.append(COMMIT)
