@@ -418,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                                          placement=args.placement))
             config = load_config(path)
             cluster = Cluster(config, str(path), log_dir=work / "logs")
+            finished = False
             try:
                 cluster.start()
                 for client in args.client.split(","):
@@ -473,10 +474,15 @@ def main(argv: list[str] | None = None) -> int:
                         if sustained:
                             key = (policy, book_nodes, client)
                             best[key] = max(best.get(key, 0.0), result["achieved"])
+                finished = True
             finally:
-                cluster.stop()
-                # Journals of a finished run are only bulk: the logs stay for a post-mortem.
-                shutil.rmtree(work / "logs" / "state", ignore_errors=True)
+                codes = cluster.stop()
+                if finished and not cluster.events and all(code == 0 for code in codes.values()):
+                    shutil.rmtree(work, ignore_errors=True)  # a clean run leaves nothing behind (one per run, else)
+                else:
+                    # Journals are only bulk: the logs stay for a post-mortem.
+                    shutil.rmtree(work / "logs" / "state", ignore_errors=True)
+                    print(f"# the nodes' logs of this cluster are kept in {work / 'logs'}", file=sys.stderr, flush=True)
     for (policy, nodes, client), rate in sorted(best.items()):
         tag = f"fsync={policy} " if policy != "off" else ""
         print(f"{tag}book_nodes={nodes} client={client} max_sustained_per_s={rate:.0f}")

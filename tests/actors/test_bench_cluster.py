@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -14,11 +15,11 @@ from exchange.wire import record_to_command
 
 
 @pytest.mark.parametrize("placement, tick", [("per-role", "0"), ("single", "0"), ("per-role", "2000")])
-def test_bench_cluster_answers_every_order(placement, tick):
+def test_bench_cluster_answers_every_order(placement, tick, tmp_path):
     # A 2 ms send tick: the orders due go out together (about two per message at 800/s), and all are answered.
     done = subprocess.run([sys.executable, "-m", "actors.bench_cluster", "--quick", "--book-nodes", "1",
                            "--rates", "800", "--seconds", "0.5", "--placement", placement, "--send-tick-us", tick],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(line for line in done.stdout.splitlines() if "offered=800" in line)
     sent, answered = int(re.search(r"answered=(\d+)/(\d+)", line)[2]), int(re.search(r"answered=(\d+)/", line)[1])
@@ -27,6 +28,9 @@ def test_bench_cluster_answers_every_order(placement, tick):
     assert ("placement=single" in line) == (placement == "single")
     messages = int(re.search(r"client_messages=(\d+)", line)[1])
     assert (messages < 300) == (tick != "0"), line  # 400 orders: about 200 messages with the tick, ~400 without
+    # A clean run leaves nothing behind: its cluster's directory (configuration, logs) went with it.
+    assert not list(tmp_path.glob("matchwire-bench-*")), list(tmp_path.iterdir())
+    assert "logs of this cluster are kept" not in done.stderr
 
 
 def test_the_plan_is_deterministic_and_cancels_only_live_orders():
