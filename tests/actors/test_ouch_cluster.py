@@ -211,3 +211,28 @@ def test_what_a_client_sends_behind_a_protocol_error_is_not_acted_on(cluster):
     log = (cluster.log_dir / "gateway.log").read_text()
     assert "OUCH session BOB disconnected: offset" in log and "disconnected by the application" in log
     client.close()
+
+
+def test_answers_to_the_messages_before_a_protocol_error_in_the_same_read_are_kept(cluster):
+    """The gateway hands a read's answers to the session's store together, after the whole read: a malformed
+    message in the middle must not lose the answers the gateway gave at once to the messages before it (here an
+    Order Rejected for a bad side and a Cancel Reject for an unknown order), nor act on what follows it."""
+    from exchange import soupbintcp as soup
+
+    client = login(cluster, "BOB")
+    first = client.next_user_ref_num
+    bad_side = ouch.encode_inbound("O", user_ref_num=first, side="X", quantity=100, symbol="MSFT", price=960_000,
+                                   time_in_force="0", display="Y", capacity="A", inter_market_sweep_eligibility="N",
+                                   cross_type="N", cl_ord_id="")
+    cancel_unknown = ouch.encode_inbound("X", user_ref_num=first + 500, quantity=0)
+    behind = ouch.encode_inbound("O", user_ref_num=first + 1, side="B", quantity=100, symbol="MSFT", price=961_000,
+                                 time_in_force="0", display="Y", capacity="A", inter_market_sweep_eligibility="N",
+                                 cross_type="N", cl_ord_id="")
+    malformed = b"O" + b"\xff" * 7  # an Enter Order far too short
+    client.sock.sendall(b"".join(soup.unsequenced_data(m) for m in (bad_side, cancel_unknown, malformed, behind)))
+    got = wait_messages(client, lambda got: False, timeout=1.0)  # the connection is cut meanwhile
+    assert not client.connected
+    client.reconnect()  # what it missed is replayed from the store
+    got += wait_messages(client, lambda got: False, timeout=1.5)
+    assert [(m["type"], m["user_ref_num"]) for m in got] == [("J", first), ("I", first + 500)], got
+    client.close()
