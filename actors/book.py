@@ -15,7 +15,7 @@ from pathlib import Path
 
 from actors.base import ClusterActor, NodeContext
 from actors.config import GATEWAY_SHIFT, ClusterConfig, gateway_number_of, recent_order_ids
-from actors.durable import RESEND_REQUEST, instrument_grid, resend_done_record
+from actors.durable import RESEND_REQUEST, instrument_grid, resend_done_record, sync_when_due
 from actors.event_history import EventHistory, in_memory_for
 from exchange.engine import Book
 from exchange.journal import JournalWriter, recover
@@ -325,13 +325,10 @@ class BookActor(ClusterActor):
 
     def flush(self) -> None:
         journal = self.journal
-        if journal is not None and not journal.durable():
-            # Group commit: no report leaves before the commands it answers are durable. With more commands
-            # queued and the batch policy's sync not due, the reports wait for the next flush and those commands
-            # share its fsync; an idle book syncs now (commit_and_wait's rule).
-            if not self.stopping and journal.sync_due_ns() and not self.actor_inbox.empty():
-                return
-            journal.sync()
+        # Group commit: no report leaves before the commands it answers are durable. With more commands queued and
+        # the batch policy's sync not due, the reports wait for the next flush and those commands share its fsync.
+        if journal is not None and not sync_when_due(journal, self.stopping or self.actor_inbox.empty()):
+            return
         super().flush()
         if journal is not None and self.outbox is not None and not self.outbox.buffered and (
                 self.since_snapshot >= self.durability.snapshot_every

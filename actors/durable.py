@@ -414,6 +414,12 @@ def commit_and_wait(journal: JournalWriter, idle: bool = True) -> bool:
         journal.append(COMMIT)
         journal.commit_mark = journal.index
     journal.commit()
+    return sync_when_due(journal, idle)
+
+
+def sync_when_due(journal: JournalWriter, idle: bool) -> bool:
+    """The group commit's rule (see :func:`commit_and_wait`) for a journal already committed: True when what it
+    holds is durable, syncing now if the actor is ``idle`` or the batch policy's interval has passed."""
     if not journal.durable():
         if not idle and journal.sync_due_ns():
             return False
