@@ -255,8 +255,93 @@ def _price(value: object) -> str:
 VIEW_INSTRUMENTS = 16
 
 
-def render_view(cluster: Cluster, rates: dict[str, float]) -> list[str]:
-    """The live view: rates, per-instrument top of book, node health."""
+def cpu_reading(cluster: Cluster) -> dict[str, tuple[int, float]]:
+    """Each node's process CPU seconds as it last reported them, keyed by node and tagged with its pid (a node
+    started again counts from zero), and this launcher's own (the live view and the demo traders)."""
+    reading = {name: (node.stats["pid"], node.stats["cpu_s"]) for name, node in cluster.nodes.items()
+               if "cpu_s" in node.stats and "pid" in node.stats}
+    reading[LAUNCHER] = (os.getpid(), time.process_time())
+    busy = machine_busy_seconds()
+    if busy is not None:
+        reading[MACHINE] = (0, busy)
+    return reading
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy since boot, every core (``/proc/stat``: all but idle and
+    I/O wait), or None where there is no ``/proc/stat``. The kernel's own work for the cluster (loopback TCP,
+    the journals' disk writes) shows here and in no process."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cores_used(before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]],
+               seconds: float) -> dict[str, float]:
+    """Cores each process kept busy on average between two :func:`cpu_reading`\\ s ``seconds`` apart (only the
+    processes that ran throughout)."""
+    return {name: (cpu - before[name][1]) / seconds for name, (pid, cpu) in after.items()
+            if name in before and before[name][0] == pid and cpu >= before[name][1] and seconds > 0}
+
+
+LAUNCHER = "launcher"  # this process, in CPU readings: the live view, the control socket and the demo traders
+MACHINE = "machine"  # the whole machine, in CPU readings (Linux)
+
+#: Above this share of the cores in use, the run's latency is mostly waiting for a core (the summary says so).
+BUSY_SHARE = 0.85
+
+
+@dataclass
+class CpuUse:
+    """What a run cost the machine over ``seconds``: cores each process kept busy on average (nodes by name, and
+    :data:`LAUNCHER`), the cores there were, and the commands the books took meanwhile."""
+
+    cores: dict[str, float]
+    seconds: float
+    available: int
+    book_commands: int
+
+    @property
+    def nodes(self) -> dict[str, float]:
+        return {name: share for name, share in self.cores.items() if name not in (LAUNCHER, MACHINE)}
+
+    @property
+    def busy(self) -> float:
+        """Cores busy in all: the machine's figure where there is one, else the processes' sum."""
+        return max(self.cores.get(MACHINE, 0.0), sum(self.nodes.values()) + self.cores.get(LAUNCHER, 0.0))
+
+    @property
+    def full(self) -> bool:
+        """The cores were nearly all busy: work waited for a core."""
+        return self.busy >= BUSY_SHARE * self.available
+
+    def line(self) -> str | None:
+        """The summary's CPU line (None when the nodes did not report their CPU)."""
+        nodes = self.nodes
+        if not nodes:
+            return None
+        processes = sum(nodes.values()) + self.cores.get(LAUNCHER, 0.0)
+        total = self.busy
+        text = (f"  CPU while running: {total:.2f} of {self.available} cores busy (nodes {sum(nodes.values()):.2f}: "
+                + ", ".join(f"{name} {share:.2f}" for name, share in nodes.items()))
+        if LAUNCHER in self.cores:
+            text += f"; this process and its demo traders {self.cores[LAUNCHER]:.2f}"
+        if MACHINE in self.cores:
+            text += f"; the kernel and other processes {max(0.0, total - processes):.2f}"
+        text += ")"
+        if self.book_commands:
+            per_command = sum(nodes.values()) * self.seconds / self.book_commands * 1e6
+            text += f"; the nodes' CPU per book command {per_command:,.0f} us"
+        return text
+
+
+def render_view(cluster: Cluster, rates: dict[str, float], cores: dict[str, float] | None = None) -> list[str]:
+    """The live view: rates, per-instrument top of book, node health (and, given ``cores``, the share of a core
+    each node used since the last view)."""
     lines = [f"matchwire {cluster.config.name}: orders/s {rates.get('orders', 0):>8.0f}   "
              f"trades/s {rates.get('trades', 0):>7.0f}   reports/s {rates.get('reports', 0):>8.0f}"]
     books: dict = {}
@@ -284,8 +369,9 @@ def render_view(cluster: Cluster, rates: dict[str, float]) -> list[str]:
         elif now - node.last_report > 3:
             health.append(f"{name}:silent")
         else:
-            health.append(f"{name}:ok")
-    lines.append("  nodes: " + "  ".join(health))
+            share = (cores or {}).get(name)
+            health.append(f"{name}:ok" + (f" {share * 100:.0f}%" if share is not None else ""))
+    lines.append("  nodes: " + "  ".join(health) + ("  (CPU, % of a core)" if cores else ""))
     return lines
 
 
@@ -322,6 +408,8 @@ def run_cluster(config: ClusterConfig, config_path: str | None, duration: float 
         t0 = time.monotonic()
         last_view = t0
         last_counts = {"orders": 0, "trades": 0, "reports": 0}
+        first_counts, first_cpu = _counts(cluster), cpu_reading(cluster)
+        last_cpu = first_cpu
         tty = out.isatty()
         drawn = 0
         while not stop.is_set():
@@ -332,16 +420,19 @@ def run_cluster(config: ClusterConfig, config_path: str | None, duration: float 
             if duration is not None and now - t0 >= duration:
                 break
             if now - last_view >= 1.0:
-                counts = _counts(cluster)
+                counts, reading = _counts(cluster), cpu_reading(cluster)
                 rates = {k: (counts[k] - last_counts[k]) / (now - last_view) for k in counts}
-                last_counts, last_view = counts, now
-                lines = render_view(cluster, rates)
+                cores = cores_used(last_cpu, reading, now - last_view)
+                last_counts, last_cpu, last_view = counts, reading, now
+                lines = render_view(cluster, rates, cores)
                 if tty and drawn:
                     out.write(f"\x1b[{drawn}F\x1b[J")
                 out.write("\n".join(lines) + "\n")
                 out.flush()
                 drawn = len(lines) if tty else 0
         elapsed = time.monotonic() - t0
+        cpu = CpuUse(cores_used(first_cpu, cpu_reading(cluster), elapsed), elapsed, os.cpu_count() or 1,
+                     _counts(cluster)["orders"] - first_counts["orders"])
     except RuntimeError as exc:
         print(f"matchwire: {exc}", file=sys.stderr)
         stop.set()
@@ -358,7 +449,7 @@ def run_cluster(config: ClusterConfig, config_path: str | None, duration: float 
     final_counts = _counts(cluster)
     exit_codes = cluster.stop()
     signal.signal(signal.SIGINT, previous)
-    _summary(out, traders, final_counts, elapsed, exit_codes, cluster)
+    _summary(out, traders, final_counts, elapsed, exit_codes, cluster, cpu)
     _tidy_run_state(out, cluster, exit_codes)
     return 0 if not any(n.reported_dead for n in cluster.nodes.values()) or not cluster.events else 1
 
@@ -436,7 +527,7 @@ def _counts(cluster: Cluster) -> dict[str, int]:
 
 
 def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], elapsed: float,
-             exit_codes: dict[str, int | None], cluster: Cluster) -> None:
+             exit_codes: dict[str, int | None], cluster: Cluster, cpu: CpuUse | None = None) -> None:
     total = TraderStats()
     for trader in traders:
         total.merge(trader.stats)
@@ -474,6 +565,9 @@ def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], ela
         if pct:
             print("  latency, send -> first answer over OUCH (us): "
                   + "  ".join(f"{k} {v:.0f}" for k, v in pct.items()), file=out)
+            if cpu is not None and cpu.full:
+                print("  (the cores were nearly all busy (below): much of this latency is waiting for a core; "
+                      "docs/benchmarks.md, \"What make run measures\")", file=out)
             durability = cluster.config.durability
             if durability.enabled and durability.fsync != "none":
                 # Users compare this with the benchmarks, which run without journals by default.
@@ -482,6 +576,9 @@ def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], ela
                       "risk's and the book's commits; docs/benchmarks.md has the cost)", file=out)
     else:
         print(f"  book commands {counts['orders']}, trades {counts['trades']}", file=out)
+    cpu_line = cpu.line() if cpu is not None else None
+    if cpu_line:
+        print(cpu_line, file=out)
     for event in cluster.events:
         print(f"  event: {event}", file=out)
     out.flush()

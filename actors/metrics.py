@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -429,6 +430,9 @@ class MetricsServer:
     def __init__(self, source: Callable[[], NodeSnapshot], host: str, port: int) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(NodeCollector(source))  # type: ignore[arg-type]
+        # The standard process_* series (CPU seconds, memory, open files; Linux): what each node costs the machine,
+        # under the names every Prometheus dashboard already knows.
+        ProcessCollector(registry=self.registry)
         self.host = host
         self.port = port
         self._server: Any = None

@@ -205,8 +205,9 @@ class SupervisorActor(pykka.ThreadingActor):
             else:
                 actors = {name: self.actor_stats[name] for name in self.changed}
             self.changed = set()
+            # cpu_s: the process's CPU time, every thread (the launcher shows each node's share of the cores).
             self._send({"type": "stats", "full": full, "actors": actors, "inbound": dict(inbound),
-                        "ready": self.ready_sent, "gc": self.gc_pauses.report()})
+                        "ready": self.ready_sent, "gc": self.gc_pauses.report(), "cpu_s": time.process_time()})
         elif message == "stats":
             return dict(self.actor_stats)
         return None

@@ -255,6 +255,9 @@ def test_a_clean_run_removes_its_own_journals_and_keeps_its_logs(tmp_path):
     [run_dir] = _run_dirs(tmp_path)
     assert f"logs in {run_dir} (this run's journals removed" in result.stdout, result.stdout[-2000:]
     assert (run_dir / "gateway.log").is_file() and not (run_dir / "state").exists()
+    # Every node reported its CPU: the summary says what each cost the machine.
+    [cpu] = [line for line in result.stdout.splitlines() if line.startswith("  CPU while running: ")]
+    assert all(f" {node} " in cpu for node in ("gateway", "risk", "book1", "book2", "md")), cpu
 
 
 def _node_pid(launcher_pid: int, name: str) -> int | None:

@@ -138,6 +138,7 @@ def test_every_node_of_a_running_cluster_serves_its_metrics(tmp_path):
         for name, series in scraped.items():
             assert _total(series, "matchwire_node_up", node=name) == 1
             assert _total(series, "matchwire_node_uptime_seconds", node=name) > 0
+            assert _total(series, "process_cpu_seconds_total") > 0 and _total(series, "process_open_fds") > 0, name
             assert "matchwire_card_link_errors_total" in series
             assert _total(series, "matchwire_card_link_errors_total") == 0
             for actor in config.node(name).actors:
