@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +98,38 @@ def test_a_negative_send_tick_is_refused():
     done = subprocess.run([sys.executable, "-m", "actors.bench_cluster", "--quick", "--send-tick-us", "-5"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--send-tick-us must be 0 or more" in done.stderr
+
+
+def test_a_bench_whose_node_died_keeps_the_logs_and_says_where(tmp_path):
+    """The other branch of the clean-up: a cluster that lost a node keeps its logs for a post-mortem (its journals,
+    only bulk, go) and the bench says where they are."""
+    bench = subprocess.Popen([sys.executable, "-m", "actors.bench_cluster", "--quick", "--book-nodes", "1",
+                              "--rates", "500", "--seconds", "4", "--fsync", "none"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        def market_data_node() -> int | None:
+            for entry in os.listdir("/proc"):
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                        arguments = cmdline.read().split(b"\0")
+                except OSError:
+                    continue
+                if b"md" in arguments and str(tmp_path).encode() in b" ".join(arguments):
+                    return int(entry)
+            return None
+
+        deadline = time.monotonic() + 60
+        while (pid := market_data_node()) is None and time.monotonic() < deadline and bench.poll() is None:
+            time.sleep(0.1)
+        assert pid is not None, bench.communicate(timeout=60)
+        time.sleep(2.0)  # ready and under load
+        os.kill(pid, signal.SIGKILL)
+        stdout, stderr = bench.communicate(timeout=120)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    kept = re.search(r"# the nodes' logs of this cluster are kept in (\S+)", stderr)
+    assert kept, stderr[-3000:]
+    logs = Path(kept[1])
+    assert logs.parent.parent == tmp_path and (logs / "md.log").is_file(), sorted(tmp_path.rglob("*"))
+    assert not (logs / "state").exists()
