@@ -404,7 +404,7 @@ def run_cluster(config: ClusterConfig, config_path: str | None, duration: float 
             traders = _start_demo(config, stop)
             host, port = config.ouch_address()
             print(f"matchwire: {len(traders)} demo traders over OUCH 5.0 / SoupBinTCP 4.0 at {host}:{port}, "
-                  f"{config.demo.get('orders_per_second', 2000)} orders/s in all", file=out, flush=True)
+                  f"{demo_rate(config):g} orders/s in all", file=out, flush=True)
         t0 = time.monotonic()
         last_view = t0
         last_counts = {"orders": 0, "trades": 0, "reports": 0}
@@ -473,10 +473,15 @@ def _tidy_run_state(out: TextIO, cluster: Cluster, exit_codes: dict[str, int | N
               "(matchwire journal inspect)", file=out, flush=True)
 
 
+def demo_rate(config: ClusterConfig) -> float:
+    """Messages per second the demo traders are asked to send, all together (``[demo] orders_per_second``)."""
+    return float(config.demo.get("orders_per_second", 2000))
+
+
 def _start_demo(config: ClusterConfig, stop: threading.Event) -> list[DemoTrader]:
     demo = config.demo
     entries = demo.get("trader", [])
-    total = float(demo.get("orders_per_second", 2000))
+    total = demo_rate(config)
     instruments = list(config.instruments.values())
     users = {u.get("name"): u for u in config.raw.get("user", [])}
     makers = [e for e in entries if e.get("role") == "maker"]
@@ -540,7 +545,8 @@ def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], ela
         if trader.error:
             print(f"  trader error: {trader.error}", file=out)
     if traders:
-        print(f"  messages sent over OUCH {total.sent} ({total.sent / max(elapsed, 1e-9):.0f}/s); answers: "
+        print(f"  messages sent over OUCH {total.sent} ({total.sent / max(elapsed, 1e-9):.0f}/s of the "
+              f"{demo_rate(cluster.config):g}/s asked); answers: "
               f"accepted {total.messages.get('A', 0)}, replaced {total.messages.get('U', 0)}, "
               f"rejected {total.messages.get('J', 0)}, canceled {total.messages.get('C', 0)}, "
               f"executed {total.messages.get('E', 0)}", file=out)
@@ -565,9 +571,6 @@ def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], ela
         if pct:
             print("  latency, send -> first answer over OUCH (us): "
                   + "  ".join(f"{k} {v:.0f}" for k, v in pct.items()), file=out)
-            if cpu is not None and cpu.full:
-                print("  (the cores were nearly all busy (below): much of this latency is waiting for a core; "
-                      "docs/benchmarks.md, \"What make run measures\")", file=out)
             durability = cluster.config.durability
             if durability.enabled and durability.fsync != "none":
                 # Users compare this with the benchmarks, which run without journals by default.
@@ -577,8 +580,11 @@ def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], ela
     else:
         print(f"  book commands {counts['orders']}, trades {counts['trades']}", file=out)
     cpu_line = cpu.line() if cpu is not None else None
-    if cpu_line:
+    if cpu is not None and cpu_line:
         print(cpu_line, file=out)
+        if cpu.full and traders and total.latencies_ns:
+            print("  (the cores were nearly all busy: much of the latency above is waiting for a core; "
+                  "docs/benchmarks.md, \"What make run measures\")", file=out)
     for event in cluster.events:
         print(f"  event: {event}", file=out)
     out.flush()
