@@ -6,8 +6,9 @@ answers CONTROL messages), so it needs nothing but the cluster's configuration f
 while the cluster is under load. It shows:
 
 * per node: health (every actor answered / some / none / unreachable, and the peers its actors
-  cannot reach), input and output rates, trades/s, rejects, per-batch handling time (p50/p99 from
-  the actors' histograms over the last interval), outbox and busy sends;
+  cannot reach) with the share of a core its process used (every thread), input and output rates,
+  trades/s, rejects, per-batch handling time (p50/p99 from the actors' histograms over the last
+  interval), outbox and busy sends;
 * per instrument: a five-level ladder (orders, quantity, price each side), last price, trades and
   volume from market data; for the instruments given with ``--symbols``, or all if there are at most
   ``--ladders`` (12), or else the most traded ones (only their books are asked for depth);
@@ -59,6 +60,7 @@ class NodeSample:
     errors: list[str] = field(default_factory=list)
     expected: int = 0
     answered: int = 0
+    process: tuple[int, float] | None = None  # (pid, CPU seconds of the node process) from its actors' answers
 
 
 @dataclass
@@ -163,6 +165,10 @@ class ClusterProbe:
                     waiting -= 1
                     if "stats" in answer and "actor" in answer:
                         node.actors[answer["actor"]] = answer["stats"]
+                        process = answer.get("process")
+                        if isinstance(process, list) and len(process) == 2 and \
+                                (node.process is None or process[1] > node.process[1]):
+                            node.process = (process[0], process[1])
                     elif "depth" in answer and "symbol" in answer:
                         depth[answer["symbol"]] = answer["depth"]
                     else:
@@ -236,6 +242,14 @@ def _merged(actors: dict[str, dict], previous: dict[str, dict] | None, key: str)
                 counts.append(0)
             counts[i] += n
     return {"counts": counts}
+
+
+def _cpu_share(now: NodeSample, before: NodeSample | None, elapsed: float) -> float | None:
+    """The share of a core the node's process used between two samples (None: no figure, or it restarted)."""
+    if before is None or now.process is None or before.process is None or elapsed <= 0:
+        return None
+    (pid, cpu), (pid_before, cpu_before) = now.process, before.process
+    return (cpu - cpu_before) / elapsed if pid == pid_before and cpu >= cpu_before else None
 
 
 def _us(ns: float | None) -> str:
@@ -350,6 +364,9 @@ class TopView:
             for stats in actors.values():
                 for peer in stats.get("peers_down", []) or []:
                     unreachable_peers.setdefault(peer, set()).add(config_node.name)
+            cpu = _cpu_share(node, previous.nodes[config_node.name] if previous is not None else None, elapsed)
+            if cpu is not None and node.status in ("ok", "partial"):
+                health += f" {cpu:.0%}"
             if node.errors:
                 health += f" ({len(node.errors)} errors)"
 

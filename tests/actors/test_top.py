@@ -97,8 +97,9 @@ def test_a_frame_shows_nodes_ladders_and_trades_in_their_places(cluster):
     for row in rows:
         assert lines[row][health_column:].startswith("ok"), lines[row]
     book2 = lines[rows[3]].split()
-    assert book2[:3] == ["book2", "ok", "2/2"]
-    assert re.fullmatch(r"[\d,.]+", book2[5])  # fills/s: a number, since two samples were taken
+    assert book2[:2] == ["book2", "ok"] and book2[3] == "2/2", book2
+    assert re.fullmatch(r"\d+%", book2[2]), book2  # the node process's share of a core between the samples
+    assert re.fullmatch(r"[\d,.]+", book2[6])  # fills/s: a number, since two samples were taken
 
     # Ladders: two per row at this width, in configuration order, below the node table.
     first = _line(lines, r"^AAPL\s+last -\s+trades 0\s+vol 0\s+MSFT\s+last -", rows[-1])
