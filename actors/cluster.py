@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 import zmq
+from hdrh.histogram import HdrHistogram
 
 from actors.config import ClusterConfig, most_traded, name_list
 from actors.demo import DemoTrader, MarketMaker, Taker, TraderStats
@@ -236,12 +237,12 @@ class Cluster:
             self.stop()
 
 
-def _percentiles(values: list[int]) -> dict[str, float]:
-    if not values:
+def _percentiles(histogram: HdrHistogram) -> dict[str, float]:
+    """The summary's percentiles in µs of an HdrHistogram of µs (empty when nothing was recorded)."""
+    if not histogram.get_total_count():
         return {}
-    ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000.0  # noqa: E731
-    return {"p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99), "p99.9": pick(0.999), "max": ordered[-1] / 1000}
+    pick = histogram.get_value_at_percentile
+    return {"p50": pick(50), "p90": pick(90), "p99": pick(99), "p99.9": pick(99.9), "max": histogram.get_max_value()}
 
 
 def _price(value: object) -> str:
@@ -567,7 +568,7 @@ def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], ela
                 print(f"    as the gateways sent them: {reasons}", file=out)
         if total.cancels:
             print("  cancels by reason: " + ", ".join(f"{k} {v}" for k, v in total.cancels.most_common()), file=out)
-        pct = _percentiles(total.latencies_ns)
+        pct = _percentiles(total.latency_us)
         if pct:
             print("  latency, send -> first answer over OUCH (us): "
                   + "  ".join(f"{k} {v:.0f}" for k, v in pct.items()), file=out)
@@ -582,7 +583,7 @@ def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], ela
     cpu_line = cpu.line() if cpu is not None else None
     if cpu is not None and cpu_line:
         print(cpu_line, file=out)
-        if cpu.full and traders and total.latencies_ns:
+        if cpu.full and traders and total.latency_us.get_total_count():
             print("  (the cores were nearly all busy: much of the latency above is waiting for a core; "
                   "docs/benchmarks.md, \"What make run measures\")", file=out)
     for event in cluster.events:
