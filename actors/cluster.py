@@ -257,15 +257,21 @@ VIEW_INSTRUMENTS = 16
 
 
 def cpu_reading(cluster: Cluster) -> dict[str, tuple[int, float]]:
-    """Each node's process CPU seconds as it last reported them, keyed by node and tagged with its pid (a node
-    started again counts from zero), and this launcher's own (the live view and the demo traders)."""
-    reading = {name: (node.stats["pid"], node.stats["cpu_s"]) for name, node in cluster.nodes.items()
-               if "cpu_s" in node.stats and "pid" in node.stats}
+    """Each node's process CPU seconds as it last reported them (:func:`nodes_cpu`), this launcher's own (the live
+    view and the demo traders) and the machine's."""
+    reading = nodes_cpu({name: node.stats for name, node in cluster.nodes.items()})
     reading[LAUNCHER] = (os.getpid(), time.process_time())
     busy = machine_busy_seconds()
     if busy is not None:
         reading[MACHINE] = (0, busy)
     return reading
+
+
+def nodes_cpu(stats: dict[str, dict]) -> dict[str, tuple[int, float]]:
+    """``(pid, CPU seconds)`` of each node from its last statistics, tagged with the pid because a node started
+    again counts from zero; a node whose report lacks them (or holds something else) is left out."""
+    return {name: (report["pid"], float(report["cpu_s"])) for name, report in stats.items()
+            if type(report.get("pid")) is int and type(report.get("cpu_s")) in (int, float)}
 
 
 def machine_busy_seconds() -> float | None:

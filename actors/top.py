@@ -165,10 +165,9 @@ class ClusterProbe:
                     waiting -= 1
                     if "stats" in answer and "actor" in answer:
                         node.actors[answer["actor"]] = answer["stats"]
-                        process = answer.get("process")
-                        if isinstance(process, list) and len(process) == 2 and \
-                                (node.process is None or process[1] > node.process[1]):
-                            node.process = (process[0], process[1])
+                        process = _process(answer.get("process"))
+                        if process is not None and (node.process is None or process[1] > node.process[1]):
+                            node.process = process
                     elif "depth" in answer and "symbol" in answer:
                         depth[answer["symbol"]] = answer["depth"]
                     else:
@@ -242,6 +241,14 @@ def _merged(actors: dict[str, dict], previous: dict[str, dict] | None, key: str)
                 counts.append(0)
             counts[i] += n
     return {"counts": counts}
+
+
+def _process(value: object) -> tuple[int, float] | None:
+    """An answer's ``[pid, CPU seconds]``, or None for anything else (a node of another version, a bad answer)."""
+    if isinstance(value, list) and len(value) == 2 and type(value[0]) is int and \
+            type(value[1]) in (int, float) and value[1] >= 0:
+        return value[0], float(value[1])
+    return None
 
 
 def _cpu_share(now: NodeSample, before: NodeSample | None, elapsed: float) -> float | None:

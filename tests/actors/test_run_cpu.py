@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from actors.cluster import LAUNCHER, MACHINE, CpuUse, cores_used, machine_busy_seconds
+from actors.cluster import LAUNCHER, MACHINE, CpuUse, cores_used, machine_busy_seconds, nodes_cpu
+from actors.top import _process
 
 
 def test_cores_used_counts_only_processes_that_ran_between_the_readings():
@@ -45,3 +46,16 @@ def test_machine_busy_seconds_grows_with_work():
     while time.process_time() < deadline:
         pass
     assert machine_busy_seconds() - first >= 0.2
+
+
+def test_node_reports_without_a_usable_cpu_figure_are_left_out():
+    stats = {"gateway": {"pid": 10, "cpu_s": 1.5}, "risk": {"pid": 11, "cpu_s": 2},
+             "book1": {"pid": 12}, "book2": {"pid": "12", "cpu_s": 1.0}, "md": {"pid": 13, "cpu_s": "lots"},
+             "feed": {"pid": 14, "cpu_s": None}, "spare": {}}
+    assert nodes_cpu(stats) == {"gateway": (10, 1.5), "risk": (11, 2.0)}
+
+
+def test_top_takes_only_a_pid_and_a_cpu_time_from_an_answer():
+    assert _process([4242, 1.25]) == (4242, 1.25) and _process([4242, 3]) == (4242, 3.0)
+    for garbage in (None, "x", [1], [1, 2, 3], ["1", 2.0], [1, "2"], [1, -1.0], [True, 1.0], {"pid": 1}):
+        assert _process(garbage) is None, garbage
