@@ -588,6 +588,9 @@ def _summary(out: TextIO, traders: list[DemoTrader], counts: dict[str, int], ela
         print(f"  book commands {counts['orders']}, trades {counts['trades']}", file=out)
     cpu_line = cpu.line() if cpu is not None else None
     if cpu is not None and cpu_line:
+        uncounted = [name for name in cluster.nodes if name not in cpu.nodes]
+        if uncounted:  # started again, or silent: their CPU since the start is not known
+            cpu_line += f"; not counted: {', '.join(uncounted)} (restarted or silent)"
         print(cpu_line, file=out)
         if cpu.full and traders and total.latency_us.get_total_count():
             print("  (the cores were nearly all busy: much of the latency above is waiting for a core; "
