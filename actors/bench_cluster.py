@@ -23,6 +23,7 @@ from pathlib import Path
 from actors.client import ClusterClient
 from actors.cluster import Cluster
 from actors.config import load_config
+from actors.demo import LATENCY_MAX_US, new_latency_histogram
 from actors.metrics import histogram_delta, histogram_quantile
 from actors.ports import free_port_block
 from exchange.orders import CancelOrder, NewOrder, Side, TimeInForce
@@ -88,11 +89,9 @@ client_port = {base + 91}
 
 def latency_histogram(latencies_ns: list[int]) -> dict:
     """HdrHistogram (1 us .. 1 h, 3 significant digits) of latencies: percentile ladder and the encoded histogram."""
-    from hdrh.histogram import HdrHistogram
-
-    histogram = HdrHistogram(1, 3_600_000_000, 3)
+    histogram = new_latency_histogram()
     for value in latencies_ns:
-        histogram.record_value(max(1, value // 1000))
+        histogram.record_value(min(max(1, value // 1000), LATENCY_MAX_US))
     count = histogram.get_total_count()
     ladder = [0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0]
     # A percentile finer than one sample in the run is not a measurement: stop the ladder there.

@@ -274,17 +274,20 @@ def nodes_cpu(stats: dict[str, dict]) -> dict[str, tuple[int, float]]:
             if type(report.get("pid")) is int and type(report.get("cpu_s")) in (int, float)}
 
 
-def machine_busy_seconds() -> float | None:
-    """CPU seconds the whole machine has been busy since boot, every core (``/proc/stat``: all but idle and
-    I/O wait), or None where there is no ``/proc/stat``. The kernel's own work for the cluster (loopback TCP,
-    the journals' disk writes) shows here and in no process."""
+def machine_busy_seconds(path: str = "/proc/stat") -> float | None:
+    """CPU seconds the whole machine has been busy since boot, every core (``/proc/stat``'s first line: all but
+    idle and I/O wait), or None where there is no such file or it says something else. The kernel's own work for
+    the cluster (loopback TCP, the journals' disk writes) shows here and in no process."""
     try:
-        with open("/proc/stat") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:]]
-    except (OSError, ValueError):
+        with open(path) as stat:
+            name, *values = stat.readline().split()
+        fields = [int(v) for v in values[:8]]
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if name != "cpu" or len(fields) < 4 or min(fields) < 0:
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def cores_used(before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]],

@@ -23,9 +23,13 @@ RECONNECT_SECONDS = 30.0  # how long a demo trader keeps trying to log in again 
 ANSWER_GIVE_UP_NS = 5_000_000_000  # a market maker stops waiting for a replace's answer after this long
 
 
-def latency_histogram() -> HdrHistogram:
-    """Answer latencies in µs, 1 µs to 1 h at 3 significant digits (as the cluster bench records them)."""
-    return HdrHistogram(1, 3_600_000_000, 3)
+LATENCY_MAX_US = 3_600_000_000  # one hour: the top of every latency histogram (longer answers are counted there)
+
+
+def new_latency_histogram() -> HdrHistogram:
+    """An empty histogram of answer latencies in µs, 1 µs to 1 h at 3 significant digits: the demo traders' and the
+    cluster bench's alike."""
+    return HdrHistogram(1, LATENCY_MAX_US, 3)
 
 
 class TraderStats:
@@ -40,11 +44,11 @@ class TraderStats:
         self.rejects: Counter[str] = Counter()
         self.cancels: Counter[str] = Counter()
         self.executions = 0
-        self.latency_us = latency_histogram()
+        self.latency_us = new_latency_histogram()
         self.reconnects = 0
 
     def record_latency(self, ns: int) -> None:
-        self.latency_us.record_value(min(max(1, ns // 1000), 3_600_000_000))
+        self.latency_us.record_value(min(max(1, ns // 1000), LATENCY_MAX_US))
 
     def merge(self, other: TraderStats) -> None:
         self.sent += other.sent

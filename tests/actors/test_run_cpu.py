@@ -3,6 +3,7 @@ cores used (live view) and a summary line that says when the latency it printed 
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -59,3 +60,15 @@ def test_top_takes_only_a_pid_and_a_cpu_time_from_an_answer():
     assert _process([4242, 1.25]) == (4242, 1.25) and _process([4242, 3]) == (4242, 3.0)
     for garbage in (None, "x", [1], [1, 2, 3], ["1", 2.0], [1, "2"], [1, -1.0], [True, 1.0], {"pid": 1}):
         assert _process(garbage) is None, garbage
+
+
+def test_a_stat_file_that_says_something_else_gives_no_machine_figure(tmp_path):
+    good = tmp_path / "stat"
+    good.write_text("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n")
+    assert machine_busy_seconds(str(good)) * os.sysconf("SC_CLK_TCK") == 150
+    for text in ("", "cpu\n", "cpu 1 2\n", "intr 1 2 3 4 5\n", "cpu a b c d e\n", "cpu 1 2 3 -4 5\n"):
+        good.write_text(text)
+        assert machine_busy_seconds(str(good)) is None, text
+    good.write_bytes(b"\xff\xfe\x00garbage")
+    assert machine_busy_seconds(str(good)) is None
+    assert machine_busy_seconds(str(tmp_path / "absent")) is None
